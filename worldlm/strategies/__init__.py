@@ -1,0 +1,1 @@
+"""Aggregation strategies: pure, synchronous, deterministic, on plain tensors."""

@@ -1,0 +1,1 @@
+"""Models, data, local training and evaluation: synchronous, no transport."""
