@@ -180,7 +180,9 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_cls(hf)
-    return model.to(target)
+    # Built on the CPU so that a seed gives the same weights whatever the target device.
+    torch.nn.Module.to(model, target)  # in place; PreTrainedModel.to's wrapper confuses mypy
+    return model
 
 
 def load_pretrained(
