@@ -178,7 +178,7 @@ def build_model(
         with torch.device("meta"):
             return model_cls(hf)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # CPU only: CUDA's RNG is not ours to reseed
         model = model_cls(hf)
     # Built on the CPU so that a seed gives the same weights whatever the target device.
     torch.nn.Module.to(model, target)  # in place; PreTrainedModel.to's wrapper confuses mypy
