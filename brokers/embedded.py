@@ -101,9 +101,10 @@ class _Server:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.returncode is not None:
+                code = self._proc.returncode
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 await self.stop()
-                raise ServerError(f"{self.name} exited with {self._proc.returncode}: {tail}")
+                raise ServerError(f"{self.name} exited with {code}: {tail}")
             if await self.ready():
                 log.info("server_ready", server=self.name, port=self.port, pid=self._proc.pid)
                 return
@@ -219,7 +220,7 @@ class EmbeddedRedis(_Server):
     async def ready(self) -> bool:
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
             return bool(await client.ping())
         except Exception:

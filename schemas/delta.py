@@ -191,6 +191,10 @@ class Reassembler:
         """How many updates are incomplete."""
         return len(self._partials)
 
+    def pending_keys(self) -> set[Key]:
+        """(sender, update id) of every incomplete update."""
+        return set(self._partials)
+
     def add(self, message: DeltaMessage) -> CompletedDelta | None:
         """Fold in one manifest or chunk; return the delta once it is complete."""
         key = (message.envelope.sender, message.update_id)

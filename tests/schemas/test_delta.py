@@ -98,7 +98,7 @@ def test_in_order_reassembly_is_bit_exact_for_every_dtype() -> None:
 def test_reassembled_tensors_are_views_into_one_buffer() -> None:
     delta = encoded("a", 2)
     r = Reassembler()
-    done = [d for d in (r.add(wire(m)) for m in delta.messages()) if d][0]
+    done = next(d for d in (r.add(wire(m)) for m in delta.messages()) if d)
     tensors = done.tensors()
     base = torch.frombuffer(done.payload, dtype=torch.uint8).data_ptr()
     spec = {s.name: s for s in done.manifest.tensors}

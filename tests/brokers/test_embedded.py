@@ -1,0 +1,41 @@
+"""The embedded servers start on free ports, answer, and stop cleanly."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import redis.asyncio as aioredis
+
+from brokers.embedded import EmbeddedKafka, EmbeddedRedis, ServerError
+from brokers.kafka import KafkaSettings, ensure_topics
+
+
+async def test_embedded_redis_answers_and_stops() -> None:
+    async with EmbeddedRedis() as server:
+        client = aioredis.Redis.from_url(server.url)
+        assert await client.ping()
+        await client.aclose()
+        assert server.running
+    assert not server.running
+    await server.stop()  # idempotent
+
+
+async def test_embedded_kafka_creates_topics_and_stops_on_error() -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with EmbeddedKafka() as server:
+            await ensure_topics(KafkaSettings(server.bootstrap), ["a.b", "a.c"])
+            await ensure_topics(KafkaSettings(server.bootstrap), ["a.b"])  # exists: no error
+            assert server.running
+            raise RuntimeError("boom")
+    assert not server.running
+
+
+async def test_server_whose_port_is_taken_raises_clear_error() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(ServerError, match="redis exited"):
+            async with EmbeddedRedis(port=port, startup_timeout_s=10):
+                pass

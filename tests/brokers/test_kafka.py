@@ -1,0 +1,151 @@
+"""Kafka adapter and chunked-delta transport against the real embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import torch
+from aiokafka import TopicPartition
+
+from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
+from brokers.kafka import GroupConsumer, KafkaSettings, PartitionReader, Producer, ensure_topics
+from schemas.codec import encode
+from schemas.delta import encode_delta
+from schemas.messages import Envelope
+from schemas.topics import Topics
+
+
+def fifty_mb_state() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "embed.weight": torch.randn(4096, 2048, generator=g),  # 32 MiB fp32
+        "block.0.w": torch.randn(2048, 2048, generator=g).to(torch.bfloat16),  # 8 MiB
+        "block.1.w": torch.randn(2048, 2048, generator=g).to(torch.float16),  # 8 MiB
+        "positions": torch.arange(2048 * 128, dtype=torch.int64),  # 2 MiB
+        "norm.weight": torch.ones(2048),
+        "mask": torch.rand(4096, generator=g) > 0.5,
+    }
+
+
+async def read_until(
+    reader: PartitionReader, receiver: DeltaReceiver, n: int
+) -> list[Received | Rejected]:
+    out: list[Received | Rejected] = []
+    async with asyncio.timeout(60):
+        while sum(isinstance(x, Received) for x in out) < n:
+            for record in await reader.fetch(timeout_ms=100):
+                result = receiver.feed(record)
+                if result is not None:
+                    out.append(result)
+    return out
+
+
+async def test_fifty_mb_state_dict_round_trips_bit_exact(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    state = fifty_mb_state()
+    assert sum(t.numel() * t.element_size() for t in state.values()) >= 50 * 1024 * 1024
+    topic = topics.up(1)
+    await ensure_topics(kafka, [topic])
+    env = Envelope(run=topics.run, sender="client-1", federation="eu")
+    delta = encode_delta(state, envelope=env, kind="update", base_version=0, sample_count=5)
+    async with Producer(kafka) as producer:
+        published = await publish_delta(producer, topic, "eu", delta)
+    assert published.records == delta.manifest.chunk_count + 1
+    tp = TopicPartition(topic, published.partition)
+    receiver = DeltaReceiver()
+    async with PartitionReader(kafka, {tp: published.first_offset}) as reader:
+        (got,) = await read_until(reader, receiver, 1)
+    assert isinstance(got, Received)
+    assert (got.first_offset, got.last_offset) == (published.first_offset, published.last_offset)
+    tensors = got.delta.tensors()
+    for name, t in state.items():
+        assert tensors[name].dtype == t.dtype and tensors[name].shape == t.shape
+        assert torch.equal(
+            tensors[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)
+        ), name
+
+
+async def test_corrupt_record_on_topic_is_rejected_while_other_senders_arrive(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    topic = topics.up(0)
+    await ensure_topics(kafka, [topic])
+    deltas = {}
+    for i, sender in enumerate(["a", "b", "c"]):
+        env = Envelope(run=topics.run, sender=sender, federation="root")
+        g = torch.Generator().manual_seed(i)
+        deltas[sender] = encode_delta(
+            {"w": torch.randn(300, 300, generator=g)},
+            envelope=env,
+            kind="update",
+            base_version=1,
+            chunk_size=64 * 1024,
+        )
+    bad = deltas["b"].chunks[0]
+    flipped = bytes(b ^ 0xFF for b in bad.data)
+    corrupt = encode(msgspec.structs.replace(bad, data=memoryview(flipped)))
+    async with Producer(kafka) as producer:
+        # interleave the three senders chunk by chunk, then a corrupt copy and garbage
+        streams = [[encode(m) for m in d.messages()] for d in deltas.values()]
+        interleaved = [v for row in zip(*streams, strict=False) for v in row]
+        interleaved += [v for s in streams for v in s[len(min(streams, key=len)) :]]
+        await producer.send_many(topic, [corrupt, b"\x00garbage", *interleaved], key="root")
+        partition = (await producer.send(topic, b"\xc1", key="root")).partition
+    receiver = DeltaReceiver()
+    async with PartitionReader(kafka, {TopicPartition(topic, partition): 0}) as reader:
+        results = await read_until(reader, receiver, 3)
+    received = {r.delta.sender for r in results if isinstance(r, Received)}
+    assert received == {"a", "b", "c"}
+    assert receiver.rejected["chunk_corrupt"] == 1
+    assert receiver.rejected["malformed"] >= 1
+    assert receiver.reassembler.counters.chunks_rejected == 1
+
+
+async def test_reader_starts_from_explicit_offset(kafka: KafkaSettings, topics: Topics) -> None:
+    topic = topics.down(0)
+    await ensure_topics(kafka, [topic])
+    async with Producer(kafka) as producer:
+        meta = await producer.send_many(topic, [f"m{i}".encode() for i in range(10)], key="root")
+    tp = TopicPartition(topic, meta[0].partition)
+    async with PartitionReader(kafka, {tp: meta[6].offset}) as reader:
+        values: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(values) < 4:
+                values += [r.value for r in await reader.fetch(100)]
+    assert values == [b"m6", b"m7", b"m8", b"m9"]
+
+
+async def test_group_consumer_resumes_from_last_manual_commit(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    topic = topics.up(2)
+    await ensure_topics(kafka, [topic], partitions=1)
+    async with Producer(kafka) as producer:
+        await producer.send_many(topic, [f"u{i}".encode() for i in range(6)], partition=0)
+    group = f"{topics.run}-agg"
+    tp = TopicPartition(topic, 0)
+
+    async def consume(n: int) -> list[bytes]:
+        got: list[bytes] = []
+        async with asyncio.timeout(60):
+            while len(got) < n:
+                got += [r.value for r in await consumer.fetch(200)]
+        return got
+
+    async with GroupConsumer(kafka, group, [topic]) as consumer:
+        first = await consume(6)
+        await consumer.commit({tp: 3})  # only the first three were "processed"
+    async with GroupConsumer(kafka, group, [topic]) as consumer:
+        again = await consume(3)
+        assert await consumer.committed(tp) == 3
+    assert first == [f"u{i}".encode() for i in range(6)]
+    assert again[:3] == [b"u3", b"u4", b"u5"]
+
+
+async def test_stop_is_idempotent(kafka: KafkaSettings) -> None:
+    producer = Producer(kafka)
+    await producer.start()
+    await producer.stop()
+    await producer.stop()

@@ -1,0 +1,140 @@
+"""Redis control state against a real redis-server: barriers, membership, pointers, residuals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from brokers.embedded import Endpoints
+from brokers.state import RedisState
+from schemas.keys import Keys
+
+
+async def test_barrier_hit_by_50_concurrent_arrivals_closes_exactly_once(
+    servers: Endpoints, run_id: str
+) -> None:
+    # 50 participants, each with its own connection, all arriving at once; quorum 30.
+    states = [RedisState(servers.redis, Keys(run_id)) for _ in range(50)]
+    await asyncio.gather(*(s.start() for s in states))
+    try:
+        arrivals = await asyncio.gather(
+            *(s.arrive("eu", 1, f"client-{i}", quorum=30) for i, s in enumerate(states))
+        )
+    finally:
+        await asyncio.gather(*(s.stop() for s in states))
+    assert sum(a.closed_now for a in arrivals) == 1
+    assert sum(a.accepted for a in arrivals) == 30  # the rest came after the close
+    closer = next(a for a in arrivals if a.closed_now)
+    assert closer.arrived == 30 and closer.quorum == 30
+
+
+async def test_duplicate_arrival_is_not_counted_twice(state: RedisState) -> None:
+    first = await state.arrive("eu", 2, "a", quorum=3)
+    again = await state.arrive("eu", 2, "a", quorum=3)
+    assert first.accepted and not again.accepted
+    assert again.arrived == 1 and not again.closed
+
+
+async def test_quorum_derives_from_live_members(state: RedisState) -> None:
+    for m in ["a", "b", "c", "d"]:
+        await state.heartbeat("eu", m, ttl_s=30)
+    first = await state.arrive("eu", 1, "a", fraction=0.5)
+    assert first.quorum == 2 and not first.closed
+    second = await state.arrive("eu", 1, "b", fraction=0.5)
+    assert second.closed_now
+
+
+async def test_deadline_close_happens_once_and_blocks_late_arrivals(state: RedisState) -> None:
+    await state.arrive("eu", 5, "a", quorum=3)
+    results = await asyncio.gather(
+        *(state.close_round("eu", 5, "deadline", f"x{i}") for i in range(10))
+    )
+    assert sum(results) == 1
+    late = await state.arrive("eu", 5, "b", quorum=3)
+    assert not late.accepted and late.closed and not late.closed_now
+    status = await state.barrier("eu", 5)
+    assert status.closed and status.reason == "deadline" and status.members == {"a"}
+
+
+async def test_heartbeats_expire_and_expiry_is_reported_once(state: RedisState) -> None:
+    assert await state.heartbeat("eu", "short", ttl_s=0.3)
+    assert await state.heartbeat("eu", "long", ttl_s=30)
+    assert not await state.heartbeat("eu", "long", ttl_s=30)  # renewal, not a join
+    roster = await state.roster("eu")
+    assert set(roster.live) == {"short", "long"} and roster.expired == ()
+    await asyncio.sleep(0.5)
+    roster = await state.roster("eu")
+    assert roster.live == ("long",) and roster.expired == ("short",)
+    assert await state.purge_expired("eu") == ["short"]
+    assert await state.purge_expired("eu") == []
+    assert await state.heartbeat("eu", "short", ttl_s=30)  # rejoining counts as a join
+
+
+async def test_leave_removes_member_at_once(state: RedisState) -> None:
+    await state.heartbeat("eu", "a", ttl_s=30, role="client")
+    assert (await state.member_info("eu"))["a"] == {"role": "client"}
+    await state.leave("eu", "a")
+    assert (await state.roster("eu")).live == ()
+
+
+async def test_model_version_pointer_only_moves_forward(state: RedisState) -> None:
+    assert await state.model_version("eu") is None
+    assert await state.set_model_version("eu", 2, topic="t.down", partition=1, offset=40)
+    assert not await state.set_model_version("eu", 1, topic="t.down", partition=1, offset=10)
+    pointer = await state.model_version("eu")
+    assert pointer is not None
+    assert (pointer.version, pointer.topic, pointer.partition, pointer.offset) == (
+        2,
+        "t.down",
+        1,
+        40,
+    )
+
+
+async def test_staleness_counters_per_member(state: RedisState) -> None:
+    await state.record_staleness("eu", "a", 0)
+    await state.record_staleness("eu", "a", 2)
+    await state.record_staleness("eu", "b", 1)
+    assert await state.staleness("eu") == {"a": (2, 1), "b": (1, 1)}
+
+
+async def test_every_key_written_has_a_ttl(state: RedisState) -> None:
+    await state.arrive("eu", 1, "a", quorum=2)
+    await state.heartbeat("eu", "a", ttl_s=5)
+    await state.set_model_version("eu", 1, topic="t", partition=0, offset=0)
+    await state.record_staleness("eu", "a", 1)
+    await state.put_residual("eu", 1, {"k": torch.zeros(100_000)})
+    keys = [k async for k in state.redis.scan_iter(match=f"{state.keys.ns}:*")]
+    assert len(keys) >= 8
+    ttls = [await state.redis.ttl(k) for k in keys]
+    assert all(t > 0 for t in ttls), dict(zip(keys, ttls, strict=True))
+
+
+async def test_residual_larger_than_one_value_round_trips_in_parts(state: RedisState) -> None:
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        "layers.3.w": torch.randn(256, 256, generator=g),  # 256 KiB > 64 KiB per value
+        "norm.weight": torch.randn(256, generator=g).to(torch.bfloat16),
+    }
+    assert await state.put_residual("eu", 4, tensors)
+    raw = await state.redis.hgetall(state.keys.residual("eu"))
+    assert int(raw[b"parts"]) > 1
+    got = await state.get_residual("eu")
+    assert got is not None and got.round == 4 and got.federation == "eu"
+    for name, t in tensors.items():
+        assert torch.equal(got.tensors[name], t)
+
+
+async def test_residual_of_older_round_does_not_replace_newer(state: RedisState) -> None:
+    await state.put_residual("eu", 7, {"k": torch.ones(3)})
+    assert not await state.put_residual("eu", 6, {"k": torch.zeros(3)})
+    got = await state.get_residual("eu")
+    assert got is not None and got.round == 7 and torch.equal(got.tensors["k"], torch.ones(3))
+    assert await state.get_residual("missing") is None
+
+
+async def test_unstarted_state_raises_clear_error(servers: Endpoints, run_id: str) -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        await RedisState(servers.redis, Keys(run_id)).arrive("eu", 1, "a")
