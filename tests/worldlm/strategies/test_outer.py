@@ -15,7 +15,10 @@ def test_lr_one_momentum_zero_equals_fedavg_exactly_over_rounds(nesterov: bool) 
     w_outer = model()
     w_avg = model()
     for r in range(3):
-        updates = [update("a", w_avg, seed=10 * r, num_samples=3), update("b", w_avg, seed=10 * r + 1)]
+        updates = [
+            update("a", w_avg, seed=10 * r, num_samples=3),
+            update("b", w_avg, seed=10 * r + 1),
+        ]
         w_outer = outer.aggregate(w_outer, updates).weights
         w_avg = FedAvg().aggregate(w_avg, updates).weights
         assert_same(w_outer, w_avg)
