@@ -119,10 +119,11 @@ class DifferentialPrivacy:
 
     def epsilon(self) -> float:
         """(ε at the configured δ) spent so far; 0 before the first round, inf without noise."""
-        if not self.accountant.history:
+        history = self.accountant.history
+        if not history:
             return 0.0
-        if self.noise_multiplier == 0:
-            return math.inf
+        if any(sigma == 0 for sigma, _, _ in history):
+            return math.inf  # a round without noise released the mean in the clear
         return float(self.accountant.get_epsilon(self.delta))
 
     def aggregate(
@@ -152,11 +153,7 @@ class DifferentialPrivacy:
             # whatever device the tensors live on.
             noise = torch.randn(total.shape, generator=self.generator, dtype=total.dtype)
             mean[name] = (total + noise.to(total.device) * self.noise_std) / count
-        if self.noise_multiplier > 0:
-            self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
-        else:
-            # No noise, no privacy: record the round, report ε = inf (opacus would warn).
-            self.accountant.history.append((0.0, sample_rate, 1))
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=sample_rate)
         private = Update(
             sender=DP_SENDER, delta=mean, num_samples=sum(u.num_samples for u in updates)
         )
