@@ -163,7 +163,9 @@ def _man(lang_dir: str) -> Callable[[Path], Iterator[tuple[str, str]]]:
 
 
 _MAN_CLEANING = (
-    "roff markup stripped (requests, font/size escapes, comments, tables, macro definitions); "
+    "roff (man/mdoc) rendered to plain text the way groff fills it: requests, font/size "
+    "escapes, comments and macro definitions dropped, special characters mapped to Unicode, "
+    "paragraph lines joined, no-fill blocks and table rows kept line by line; "
     "redirect pages (.so) and pages that are not valid UTF-8 dropped; cut at paragraph "
     "boundaries into documents of at most 3000 characters"
 )

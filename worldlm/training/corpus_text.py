@@ -202,7 +202,8 @@ def strip_roff(source: str) -> str:
             elif name == "OP":
                 out.text("[" + roff_escapes(" ".join(args)) + "]")
             elif name[:1].isupper() and name not in _SILENT and args:
-                out.text(roff_escapes(" ".join(_mdoc_args(args))), alone=tag_next)
+                words = _mdoc_args([name, *args] if name in _MDOC_INLINE else args)
+                out.text(roff_escapes(" ".join(words)), alone=tag_next)
                 tag_next = False
             continue
         if table == "data":
@@ -287,7 +288,11 @@ class _TextExtractor(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._skipping():
             return
-        self.parts.append(data if self.pre else re.sub(r"\s+", " ", data))
+        if not self.pre:
+            data = re.sub(r"\s+", " ", data)
+            if not self.parts or self.parts[-1].endswith("\n"):
+                data = data.lstrip()  # no stray indent at the start of a block
+        self.parts.append(data)
 
 
 def html_to_text(source: str) -> str:
@@ -297,7 +302,7 @@ def html_to_text(source: str) -> str:
     parser.feed(source)
     parser.close()
     text = "".join(parser.parts)
-    return "\n".join(line.strip(" ") if line.strip() else "" for line in text.split("\n"))
+    return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
 # --------------------------------------------------------------------------- other formats
@@ -317,7 +322,7 @@ def email_text(raw: str) -> str:
         if part.get_content_type() != "text/plain":
             continue
         try:
-            body.append(str(part.get_content()))  # type: ignore[attr-defined]
+            body.append(str(part.get_content()))
         except (LookupError, ValueError, AssertionError):
             continue
     lines: list[str] = []
