@@ -9,6 +9,7 @@ commits only past what it has fully folded in.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -32,16 +33,27 @@ class Published:
 
 
 async def publish_delta(producer: Producer, topic: str, key: str, delta: EncodedDelta) -> Published:
-    """Publish manifest then chunks, in order, to the partition of ``key``."""
-    values = [encode(m) for m in delta.messages()]
-    meta = await producer.send_many(topic, values, key=key)
+    """Publish manifest then chunks, in order, to the partition of ``key``.
+
+    Chunks are encoded one at a time as the producer takes them, so encoding overlaps with
+    the network, and at most one encoded chunk is held here at a time.
+    """
+    sizes: list[int] = []
+
+    def records() -> Iterator[bytes]:
+        for message in delta.messages():
+            value = encode(message)
+            sizes.append(len(value))
+            yield value
+
+    meta = await producer.send_many(topic, records(), key=key)
     return Published(
         topic=topic,
         partition=meta[0].partition,
         first_offset=meta[0].offset,
         last_offset=meta[-1].offset,
-        records=len(values),
-        bytes=sum(len(v) for v in values),
+        records=len(sizes),
+        bytes=sum(sizes),
     )
 
 

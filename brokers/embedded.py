@@ -175,6 +175,13 @@ class EmbeddedKafka(_Server):
     async def ready(self) -> bool:
         from aiokafka.admin import AIOKafkaAdminClient
 
+        # A plain connect first: aiokafka logs an error for every refused bootstrap.
+        try:
+            _, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            return False
+        writer.close()
+
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
         try:
             await admin.start()

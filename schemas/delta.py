@@ -14,8 +14,9 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xxhash
 
 from schemas.errors import (
@@ -27,7 +28,7 @@ from schemas.errors import (
     TensorFormatError,
 )
 from schemas.messages import DeltaChunk, DeltaKind, DeltaManifest, DeltaMessage, Envelope
-from schemas.tensors import check_specs, pack, unpack
+from schemas.tensors import Segments, check_specs, layout, unpack
 
 if TYPE_CHECKING:
     import torch
@@ -53,18 +54,39 @@ def new_update_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(frozen=True)
 class EncodedDelta:
-    """A delta ready to publish: its manifest, then its chunks (views into ``payload``)."""
+    """A delta ready to publish: its manifest, then its chunks, built on demand."""
 
-    manifest: DeltaManifest
-    chunks: tuple[DeltaChunk, ...]
-    payload: bytearray
+    def __init__(self, manifest: DeltaManifest, segments: Segments) -> None:
+        self.manifest = manifest
+        self.segments = segments
+
+    def chunk(self, index: int) -> DeltaChunk:
+        """Chunk ``index``: a view into the tensors' memory where it lies inside one tensor."""
+        m = self.manifest
+        if not 0 <= index < m.chunk_count:
+            raise IndexError(f"chunk {index} of {m.chunk_count}")
+        data = self.segments.read(index * m.chunk_size, (index + 1) * m.chunk_size)
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        return DeltaChunk(
+            envelope=m.envelope,
+            update_id=m.update_id,
+            index=index,
+            count=m.chunk_count,
+            hash=chunk_hash(view),
+            data=view,
+        )
+
+    @property
+    def chunks(self) -> tuple[DeltaChunk, ...]:
+        """Every chunk, materialised (tests and tools; publishing uses :meth:`messages`)."""
+        return tuple(self.chunk(i) for i in range(self.manifest.chunk_count))
 
     def messages(self) -> Iterator[DeltaMessage]:
-        """Manifest first, then chunks in order (receivers tolerate any order)."""
+        """Manifest first, then chunks in order, lazily (receivers tolerate any order)."""
         yield self.manifest
-        yield from self.chunks
+        for i in range(self.manifest.chunk_count):
+            yield self.chunk(i)
 
 
 def encode_delta(
@@ -80,40 +102,32 @@ def encode_delta(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     update_id: str | None = None,
 ) -> EncodedDelta:
-    """Lay out, hash and chunk ``tensors``; one copy of the tensor bytes, none per chunk."""
+    """Lay out and hash ``tensors``; chunks are cut from their memory as they are published.
+
+    The tensors must not change until the delta has been published.
+    """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    specs, payload = pack(tensors)
-    update_id = update_id or new_update_id()
-    view = memoryview(payload)
-    count = max(1, -(-len(payload) // chunk_size))
-    chunks = tuple(
-        DeltaChunk(
-            envelope=envelope,
-            update_id=update_id,
-            index=i,
-            count=count,
-            hash=chunk_hash(part),
-            data=part,
-        )
-        for i, part in enumerate(view[i * chunk_size : (i + 1) * chunk_size] for i in range(count))
-    )
+    specs, segments = layout(tensors)
+    hasher = xxhash.xxh3_128()
+    for part in segments.iter_parts():
+        hasher.update(part)
     manifest = DeltaManifest(
         envelope=envelope,
-        update_id=update_id,
+        update_id=update_id or new_update_id(),
         kind=kind,
         tensors=specs,
-        total_bytes=len(payload),
-        content_hash=content_hash(payload),
+        total_bytes=len(segments),
+        content_hash=hasher.hexdigest(),
         chunk_size=chunk_size,
-        chunk_count=count,
+        chunk_count=max(1, -(-len(segments) // chunk_size)),
         base_version=base_version,
         sample_count=sample_count,
         version=version,
         round=round,
         metrics=dict(metrics or {}),
     )
-    return EncodedDelta(manifest, chunks, payload)
+    return EncodedDelta(manifest, segments)
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,7 @@ class CompletedDelta:
     """A fully reassembled, verified delta."""
 
     manifest: DeltaManifest
-    payload: bytearray
+    payload: np.ndarray[Any, np.dtype[np.uint8]]
 
     @property
     def sender(self) -> str:
@@ -153,7 +167,7 @@ class ReassemblyCounters:
 class _Partial:
     first_seen: float
     manifest: DeltaManifest | None = None
-    buffer: bytearray | None = None
+    buffer: np.ndarray[Any, np.dtype[np.uint8]] | None = None
     received: set[int] = field(default_factory=set)
     early: dict[int, DeltaChunk] = field(default_factory=dict)
     early_bytes: int = 0
@@ -247,7 +261,8 @@ class Reassembler:
             raise
         self.counters.manifests += 1
         partial.manifest = manifest
-        partial.buffer = bytearray(manifest.total_bytes)
+        # Not zero-filled: the chunks cover every byte, padding included.
+        partial.buffer = np.empty(manifest.total_bytes, dtype=np.uint8)
         early, partial.early, partial.early_bytes = partial.early, {}, 0
         for chunk in early.values():
             try:
@@ -304,7 +319,7 @@ class Reassembler:
         if chunk.index in partial.received:
             self.counters.chunks_duplicate += 1
             return
-        buffer[start : start + expected] = chunk.data
+        buffer.data[start : start + expected] = chunk.data
         partial.received.add(chunk.index)
         self.counters.chunks_accepted += 1
 
@@ -313,7 +328,7 @@ class Reassembler:
         if manifest is None or buffer is None or len(partial.received) != manifest.chunk_count:
             return None
         del self._partials[key]
-        if content_hash(buffer) != manifest.content_hash:
+        if content_hash(buffer.data) != manifest.content_hash:
             self.counters.updates_rejected += 1
             raise ContentHashMismatch(f"update {key[1]} from {key[0]}: content hash mismatch")
         self._completed[key] = None

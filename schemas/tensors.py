@@ -6,8 +6,9 @@ Torch is imported lazily, inside the functions that need it, so ``schemas`` stay
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import TensorFormatError
 from schemas.messages import TensorSpec
@@ -85,31 +86,82 @@ def check_specs(specs: tuple[TensorSpec, ...], total_bytes: int) -> None:
             raise TensorFormatError(f"tensor {spec.name!r} lies outside the payload")
 
 
-def pack(tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[TensorSpec, ...], bytearray]:
-    """Lay tensors out in one aligned payload: one copy of each tensor's bytes, no more."""
+class Segments:
+    """A payload that is never materialised: tensor memory and zero padding, in layout order.
+
+    ``read(start, stop)`` returns a view into one tensor's memory when the range lies inside
+    one tensor (the common case for large tensors: zero copy), else the joined bytes.
+    """
+
+    def __init__(self, total: int, parts: list[tuple[int, memoryview]]) -> None:
+        self.total = total
+        self._starts = [start for start, _ in parts]
+        self._parts = parts
+
+    def __len__(self) -> int:
+        return self.total
+
+    def read(self, start: int, stop: int) -> memoryview | bytes:
+        stop = min(stop, self.total)
+        i = max(0, bisect.bisect_right(self._starts, start) - 1)
+        pieces: list[memoryview] = []
+        while start < stop and i < len(self._parts):
+            base, part = self._parts[i]
+            lo, hi = start - base, min(stop - base, len(part))
+            if hi > lo:
+                pieces.append(part[lo:hi])
+                start += hi - lo
+            i += 1
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def iter_parts(self) -> list[memoryview]:
+        return [part for _, part in self._parts]
+
+    def materialise(self) -> bytearray:
+        out = bytearray(self.total)
+        view = memoryview(out)
+        for base, part in self._parts:
+            view[base : base + len(part)] = part
+        return out
+
+
+def layout(tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[TensorSpec, ...], Segments]:
+    """Lay tensors out in one aligned virtual payload, without copying their bytes.
+
+    Padding between tensors is zeros, so the payload (and its hash) is fully determined.
+    """
     import torch
 
     specs: list[TensorSpec] = []
-    sources: list[torch.Tensor] = []
+    parts: list[tuple[int, memoryview]] = []
     offset = 0
     for name, tensor in tensors.items():
         dtype = _wire_dtype(tensor)
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         nbytes = flat.numel() * ITEMSIZE[dtype]
         specs.append(TensorSpec(name, dtype, tuple(tensor.shape), offset, nbytes))
-        sources.append(flat)
-        offset = _align(offset + nbytes)
+        if nbytes:
+            parts.append((offset, flat.view(torch.uint8).numpy().data))
+        padded = _align(offset + nbytes)
+        if padded > offset + nbytes:
+            parts.append((offset + nbytes, memoryview(bytes(padded - offset - nbytes))))
+        offset = padded
     total = specs[-1].offset + specs[-1].nbytes if specs else 0
-    payload = bytearray(total)
-    out = torch.frombuffer(payload, dtype=torch.uint8) if total else None
-    for spec, flat in zip(specs, sources, strict=True):
-        if spec.nbytes and out is not None:
-            out[spec.offset : spec.offset + spec.nbytes].copy_(flat.view(torch.uint8))
-    return tuple(specs), payload
+    if parts and parts[-1][0] >= total:
+        parts.pop()  # no padding after the last tensor
+    return tuple(specs), Segments(total, parts)
 
 
-def unpack(specs: tuple[TensorSpec, ...], payload: bytearray) -> dict[str, torch.Tensor]:
-    """Tensors as views into ``payload`` (no copy); they share its memory."""
+def pack(tensors: Mapping[str, torch.Tensor]) -> tuple[tuple[TensorSpec, ...], bytearray]:
+    """Lay tensors out in one aligned, materialised payload (one copy of each tensor)."""
+    specs, segments = layout(tensors)
+    return specs, segments.materialise()
+
+
+def unpack(specs: tuple[TensorSpec, ...], payload: Any) -> dict[str, torch.Tensor]:
+    """Tensors as views into ``payload``, any writable buffer (no copy; they share memory)."""
     import torch
 
     tensors: dict[str, torch.Tensor] = {}

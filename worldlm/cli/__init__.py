@@ -1,0 +1,36 @@
+"""The ``worldlm`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from worldlm.cli.infra import app as infra_app
+
+app = typer.Typer(
+    name="worldlm",
+    help="WorldLM: worldwide federated training of language models over Kafka and Redis.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(infra_app, name="infra", help="Embedded Kafka (Tansu) and Redis servers.")
+
+try:  # the data commands arrive with the corpus tooling
+    from worldlm.cli.data import app as data_app
+except ImportError:  # pragma: no cover
+    data_app = None
+if data_app is not None:
+    app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
+
+
+@app.command()
+def demo(
+    megabytes: float = typer.Option(16.0, help="Size of the smoke delta."),
+) -> None:
+    """Run the shipped demo on embedded servers (for now: the data-plane smoke transfer)."""
+    from worldlm.cli.infra import run_smoke
+
+    run_smoke(kafka=None, redis=None, megabytes=megabytes)
+
+
+def main() -> None:
+    app()
