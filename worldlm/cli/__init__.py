@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from worldlm.cli.data import app as data_app
 from worldlm.cli.infra import app as infra_app
 
 app = typer.Typer(
@@ -13,13 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(infra_app, name="infra", help="Embedded Kafka (Tansu) and Redis servers.")
-
-try:  # the data commands arrive with the corpus tooling
-    from worldlm.cli.data import app as data_app
-except ImportError:  # pragma: no cover
-    data_app = None
-if data_app is not None:
-    app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
+app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
 
 
 @app.command()
