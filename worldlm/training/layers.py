@@ -105,7 +105,7 @@ def default_key_patterns(
     )
 
 
-def _tie_groups(model: torch.nn.Module) -> list[list[str]]:
+def tie_groups(model: torch.nn.Module) -> list[list[str]]:
     """State-dict names grouped by the tensor object they hold, in state-dict order.
 
     Grouping by object identity (not storage pointer) also works on the meta device, where
@@ -115,6 +115,11 @@ def _tie_groups(model: torch.nn.Module) -> list[list[str]]:
     for name, tensor in model.state_dict(keep_vars=True).items():
         groups.setdefault(id(tensor), []).append(name)
     return list(groups.values())
+
+
+def tied_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Each tied alias name of `model.state_dict()` mapped to its canonical (first) name."""
+    return {alias: group[0] for group in tie_groups(model) for alias in group[1:]}
 
 
 def split_parameters(model: torch.nn.Module, key_patterns: Iterable[str]) -> LayerSplit:
@@ -142,7 +147,7 @@ def split_parameters(model: torch.nn.Module, key_patterns: Iterable[str]) -> Lay
     key_names: set[str] = set()
     aliases: dict[str, str] = {}
     backbone_numel = key_numel = 0
-    for group in _tie_groups(model):
+    for group in tie_groups(model):
         flags = {is_key[n] for n in group}
         if len(flags) > 1:
             raise ValueError(
