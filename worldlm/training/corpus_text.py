@@ -290,9 +290,11 @@ class _TextExtractor(HTMLParser):
             return
         if not self.pre:
             data = re.sub(r"\s+", " ", data)
-            if not self.parts or self.parts[-1].endswith("\n"):
+            previous = next((p for p in reversed(self.parts) if p), "\n")
+            if previous.endswith("\n"):
                 data = data.lstrip()  # no stray indent at the start of a block
-        self.parts.append(data)
+        if data:
+            self.parts.append(data)
 
 
 def html_to_text(source: str) -> str:
