@@ -18,7 +18,9 @@ def build(
     ] = 500_000,
     partition: Annotated[
         list[str] | None,
-        typer.Option(help="Build only these partitions (repeatable). Default: all."),
+        typer.Option(
+            help="Build only these partitions (repeatable); the corpus then holds only them."
+        ),
     ] = None,
     workdir: Annotated[
         Path | None,
