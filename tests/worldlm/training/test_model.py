@@ -12,6 +12,7 @@ from worldlm.training.model import (
     ARCHS,
     PAPER_VOCAB_SIZE,
     PRESETS,
+    Arch,
     ModelConfig,
     build_model,
     count_parameters,
@@ -97,7 +98,7 @@ def test_llama_grouped_query_attention_builds(micro_config: ModelConfig) -> None
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_load_pretrained_reads_a_local_directory(
-    tmp_path: Path, micro_config: ModelConfig, arch: str
+    tmp_path: Path, micro_config: ModelConfig, arch: Arch
 ) -> None:
     model = build_model(replace(micro_config, arch=arch), seed=3)
     model.save_pretrained(tmp_path)
