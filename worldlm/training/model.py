@@ -33,10 +33,8 @@ from transformers import (
 Arch = Literal["llama", "gpt2"]
 ARCHS: tuple[Arch, ...] = ("llama", "gpt2")
 
-#: Vocabulary size the paper-scale presets are sized for: the GPT-NeoX tokenizer padded to a
-#: multiple of 64, as used by MPT-style models. With the project's small tokenizer these
-#: presets come out smaller (their embedding shrinks); see docs/models.md for both counts.
-PAPER_VOCAB_SIZE = 50_368
+#: Vocabulary size the presets are sized for: the shared tokenizer's (see tokenizer.py).
+PRESET_VOCAB_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -92,35 +90,42 @@ class ModelConfig:
         return dataclasses.replace(PRESETS[name], vocab_size=vocab_size, **overrides)  # type: ignore[arg-type]
 
 
-# Shapes: head dimension 32 (tiny) or 64, llama-style d_ff ≈ 2–2.7 × d_model rounded to 64.
-# The vocab_size stored here is the one each preset is sized for; `from_preset` replaces it.
+# Every preset is sized for PRESET_VOCAB_SIZE, the shared tokenizer's 4096 ids: its name is the
+# parameter count a user of this project gets. Head dimension 32 (tiny) or 64; d_ff ≈ 2–2.7 ×
+# d_model, a multiple of 64 (llama's SwiGLU keeps ~8/3). The vocab_size stored here is replaced
+# by `from_preset`; with a larger vocabulary the embedding, and the count, grow.
 PRESETS: dict[str, ModelConfig] = {
-    # ~1.18M at vocab 4096: tests and the demo. Half of it is the (tied) embedding.
-    "tiny": ModelConfig(vocab_size=4096, n_layer=4, d_model=128, n_head=4, d_ff=256),
-    # ~5.0M at vocab 4096: a few minutes per client on a laptop CPU.
-    "small": ModelConfig(vocab_size=4096, n_layer=6, d_model=256, n_head=4, d_ff=512),
-    # ~19.3M at vocab 4096: the largest preset that is still sensible on a CPU.
+    # 1.18M: tests and the demo. Almost half of it is the (tied) embedding.
+    "tiny": ModelConfig(vocab_size=PRESET_VOCAB_SIZE, n_layer=4, d_model=128, n_head=4, d_ff=256),
+    # 4.98M: a few minutes per client on a laptop CPU.
+    "small": ModelConfig(vocab_size=PRESET_VOCAB_SIZE, n_layer=6, d_model=256, n_head=4, d_ff=512),
+    # 19.3M: the largest preset that is still sensible on a CPU.
     "20m": ModelConfig(
-        vocab_size=4096, n_layer=10, d_model=384, n_head=6, d_ff=1024, max_seq_len=512
+        vocab_size=PRESET_VOCAB_SIZE, n_layer=10, d_model=384, n_head=6, d_ff=1024, max_seq_len=512
     ),
-    # The paper's sizes (for GPUs), counted at PAPER_VOCAB_SIZE: ~72M, ~162M, ~421M.
+    # The paper's sizes, for GPUs: 73.9M, 159.7M, 418.8M.
     "75m": ModelConfig(
-        vocab_size=PAPER_VOCAB_SIZE, n_layer=8, d_model=640, n_head=10, d_ff=1728, max_seq_len=1024
+        vocab_size=PRESET_VOCAB_SIZE,
+        n_layer=10,
+        d_model=768,
+        n_head=12,
+        d_ff=2048,
+        max_seq_len=1024,
     ),
     "160m": ModelConfig(
-        vocab_size=PAPER_VOCAB_SIZE,
-        n_layer=12,
+        vocab_size=PRESET_VOCAB_SIZE,
+        n_layer=16,
         d_model=896,
         n_head=14,
         d_ff=2432,
         max_seq_len=1024,
     ),
     "420m": ModelConfig(
-        vocab_size=PAPER_VOCAB_SIZE,
-        n_layer=18,
-        d_model=1280,
-        n_head=20,
-        d_ff=3456,
+        vocab_size=PRESET_VOCAB_SIZE,
+        n_layer=26,
+        d_model=1152,
+        n_head=18,
+        d_ff=3072,
         max_seq_len=1024,
     ),
 }
