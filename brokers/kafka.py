@@ -214,6 +214,11 @@ class PartitionReader(_Lifecycle):
     async def position(self, tp: TopicPartition) -> int:
         return await self._consumer.position(tp)
 
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The partition's high watermark as of the last fetch (None before one)."""
+        value = self._consumer.highwater(tp)
+        return int(value) if value is not None else None
+
     async def fetch(
         self, timeout_ms: int = 200, max_records: int | None = None
     ) -> list[ConsumerRecord]:

@@ -1,0 +1,394 @@
+"""The hierarchy config: a typed tree of federations and clients, loaded from TOML.
+
+Every federation keeps its own policy: ``[defaults]`` applies to all, ``[federations.<id>]``
+overrides any field for one federation (nested tables merge key by key). Validation happens
+at load, and every mistake is one :class:`ConfigError` naming the file and the place in it
+(``federations.romance.parent``), never a traceback from deep inside a run.
+
+    [run]
+    id = "demo"          # namespace of topics and Redis keys
+    model = "tiny"       # model preset
+    rounds = 4           # root rounds
+
+    [defaults]
+    local_steps = 10
+    [defaults.schedule]
+    mode = "sync"
+    quorum = 1.0
+
+    [federations.root]
+    [federations.romance]
+    parent = "root"
+    internal_rounds = 2
+
+    [clients.fr-0]
+    federation = "romance"
+    partition = "fr"
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from schemas.topics import check_name
+from worldlm.strategies import DPPolicy, StrategyPolicy
+
+
+class ConfigError(ValueError):
+    """A config mistake, with the file and the place in it."""
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class RunConfig(_Strict, frozen=True):
+    """Run-wide settings: the model, the data shapes, the number of root rounds."""
+
+    id: str = "worldlm"
+    seed: int = 0
+    model: str = "tiny"
+    arch: Literal["llama", "gpt2"] = "llama"
+    pretrained: str | None = None
+    rounds: int = 4
+    seq_len: int = 64
+    batch_size: int = 16
+    lr: float = 3e-3
+    eval_batches: int = 8
+    val_fraction: float = 0.1
+    heartbeat_s: float = 2.0
+    chunk_kib: int = 768
+    partitions: int = 4
+    corpus: str | None = None
+
+
+class AttentionConfig(_Strict, frozen=True):
+    eps: float = 1.0
+    tau: float = 1.0
+    sign: Literal[1, -1] = 1
+
+
+class ResidualConfig(_Strict, frozen=True):
+    """Residual embeddings: which federations' cached key layers to consider, and γ."""
+
+    gamma: float = 0.9
+    links: Literal["siblings", "none"] | list[str] = "siblings"
+
+
+class DPConfig(_Strict, frozen=True):
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+
+
+class ScheduleConfig(_Strict, frozen=True):
+    """``sync``: close at a quorum of live members or at the deadline. ``async``: fold updates
+    as they come, ``buffer`` at a time, discounted by staleness, rejected past the bound."""
+
+    mode: Literal["sync", "async"] = "sync"
+    quorum: float = 1.0
+    min_quorum: int = 1
+    deadline_s: float = 120.0
+    buffer: int = 2
+    staleness_bound: int = 2
+    staleness_exponent: float = 0.5
+
+
+class Policy(_Strict, frozen=True):
+    """One federation's policy."""
+
+    backbone: Literal["fedavg", "fedavgm", "nesterov", "local"] = "fedavg"
+    server_lr: float = 1.0
+    momentum: float = 0.9
+    key: Literal["attention", "fedavg", "local"] = "attention"
+    key_layers: list[str] = []
+    attention: AttentionConfig = AttentionConfig()
+    residual: ResidualConfig | None = ResidualConfig()
+    dp: DPConfig | None = None
+    schedule: ScheduleConfig = ScheduleConfig()
+    internal_rounds: int = 1
+    local_steps: int = 10
+    lr: float | None = None
+
+    def strategy_policy(self, seed: int = 0) -> StrategyPolicy:
+        """The aggregation strategy this policy asks for."""
+        dp = self.dp
+        return StrategyPolicy(
+            backbone=self.backbone,
+            server_lr=self.server_lr,
+            momentum=self.momentum,
+            key=self.key,
+            attention_eps=self.attention.eps,
+            attention_tau=self.attention.tau,
+            attention_sign=self.attention.sign,
+            residual_gamma=self.residual.gamma if self.residual is not None else None,
+            staleness_exponent=self.schedule.staleness_exponent,
+            staleness_bound=self.schedule.staleness_bound,
+            dp=(
+                DPPolicy(dp.clip_norm, dp.noise_multiplier, dp.delta, seed=seed)
+                if dp is not None
+                else None
+            ),
+        )
+
+
+class _FederationFile(msgspec.Struct, frozen=True):
+    parent: str | None = None
+
+
+class ClientConfig(_Strict, frozen=True):
+    """A client: its federation and its data (a shard of a corpus partition)."""
+
+    federation: str
+    partition: str
+    shard: int | None = None
+    shards: int | None = None
+    keep_key_layers: bool = False
+
+
+@dataclass(frozen=True)
+class Federation:
+    """An inner node of the tree."""
+
+    id: str
+    parent: str | None
+    level: int
+    policy: Policy
+    children: tuple[str, ...]  # sub-federations
+    clients: tuple[str, ...]
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.children + self.clients
+
+
+@dataclass(frozen=True)
+class Client:
+    id: str
+    federation: str
+    partition: str
+    shard: int
+    shards: int
+    keep_key_layers: bool
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """A validated tree: one root, federations to any depth, clients at the leaves."""
+
+    run: RunConfig
+    federations: dict[str, Federation]
+    clients: dict[str, Client]
+    source: str = "<config>"
+
+    @property
+    def root(self) -> Federation:
+        return next(f for f in self.federations.values() if f.parent is None)
+
+    @property
+    def depth(self) -> int:
+        """Level of the deepest federation (the root is level 0)."""
+        return max(f.level for f in self.federations.values())
+
+    def walk(self) -> Iterator[Federation]:
+        """Federations, parents before children."""
+        order = [self.root.id]
+        for fid in order:
+            order.extend(self.federations[fid].children)
+        return (self.federations[f] for f in order)
+
+    def siblings(self, federation: str) -> tuple[str, ...]:
+        parent = self.federations[federation].parent
+        if parent is None:
+            return ()
+        return tuple(c for c in self.federations[parent].children if c != federation)
+
+    def residual_links(self, federation: str) -> tuple[str, ...]:
+        """Federations whose residual embeddings ``federation`` reads."""
+        residual = self.federations[federation].policy.residual
+        if residual is None or residual.links == "none":
+            return ()
+        if residual.links == "siblings":
+            return self.siblings(federation)
+        return tuple(residual.links)
+
+    def client_policy(self, client: str) -> Policy:
+        return self.federations[self.clients[client].federation].policy
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _convert(value: Any, type_: Any, where: str, source: str) -> Any:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        path = ""
+        if " - at `$" in message:
+            message, _, path = message.partition(" - at `$")
+            path = path.rstrip("`")
+        raise ConfigError(f"{source}: {where}{path}: {message}") from None
+
+
+def load(path: str | Path, *, known_partitions: set[str] | None = None) -> Hierarchy:
+    """Load and validate a hierarchy config file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(raw, source=str(path), known_partitions=known_partitions)
+
+
+def parse(
+    raw: Mapping[str, Any], *, source: str = "<config>", known_partitions: set[str] | None = None
+) -> Hierarchy:
+    """Validate a config already read from TOML (see :func:`load`)."""
+    unknown = set(raw) - {"run", "defaults", "federations", "clients"}
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
+    run: RunConfig = _convert(raw.get("run", {}), RunConfig, "run", source)
+    _check(run.rounds >= 1, source, "run.rounds", "must be at least 1")
+    _check(run.seq_len >= 2 and run.batch_size >= 1, source, "run", "seq_len >= 2, batch_size >= 1")
+    _check_name(run.id, source, "run.id")
+    defaults = raw.get("defaults", {})
+    _convert(defaults, Policy, "defaults", source)  # report mistakes in defaults as such
+
+    fed_raw: Mapping[str, Any] = raw.get("federations", {})
+    client_raw: Mapping[str, Any] = raw.get("clients", {})
+    _check(bool(fed_raw), source, "federations", "at least one federation (the root) is needed")
+    policies: dict[str, Policy] = {}
+    parents: dict[str, str | None] = {}
+    for fid, table in fed_raw.items():
+        where = f"federations.{fid}"
+        _check_name(fid, source, where)
+        _check(isinstance(table, Mapping), source, where, "must be a table")
+        parents[fid] = _convert(
+            {"parent": table.get("parent")}, _FederationFile, where, source
+        ).parent
+        body = {k: v for k, v in table.items() if k != "parent"}
+        policies[fid] = _convert(_merge(defaults, body), Policy, where, source)
+        _check_policy(policies[fid], source, where)
+
+    roots = [f for f, p in parents.items() if p is None]
+    _check(
+        len(roots) == 1,
+        source,
+        "federations",
+        f"exactly one root (no parent) needed, found {roots}",
+    )
+    for fid, parent in parents.items():
+        if parent is not None and parent not in parents:
+            raise ConfigError(f"{source}: federations.{fid}.parent: unknown federation {parent!r}")
+    levels: dict[str, int] = {}
+    for fid in parents:
+        seen, node, level = [fid], parents[fid], 0
+        while node is not None:
+            if node in seen:
+                cycle = " -> ".join([*seen, node])
+                raise ConfigError(f"{source}: federations.{fid}.parent: cycle {cycle}")
+            seen.append(node)
+            node, level = parents[node], level + 1
+        levels[fid] = level
+
+    clients: dict[str, Client] = {}
+    per_partition: dict[str, list[str]] = {}
+    for cid, table in client_raw.items():
+        where = f"clients.{cid}"
+        _check_name(cid, source, where)
+        _check(cid not in parents, source, where, "a client and a federation share this id")
+        c: ClientConfig = _convert(table, ClientConfig, where, source)
+        if c.federation not in parents:
+            raise ConfigError(f"{source}: {where}.federation: unknown federation {c.federation!r}")
+        if known_partitions is not None and c.partition not in known_partitions:
+            raise ConfigError(
+                f"{source}: {where}.partition: unknown partition {c.partition!r}; "
+                f"known: {sorted(known_partitions)}"
+            )
+        per_partition.setdefault(c.partition, []).append(cid)
+        clients[cid] = Client(
+            cid, c.federation, c.partition, c.shard or 0, c.shards or 0, c.keep_key_layers
+        )
+    # Unset shards: the clients of one partition split it evenly, in file order.
+    for sharing in per_partition.values():
+        for i, cid in enumerate(sharing):
+            cl = clients[cid]
+            shards = cl.shards or len(sharing)
+            shard = cl.shard if cl.shards else i
+            _check(0 <= shard < shards, source, f"clients.{cid}.shard", f"must be in [0, {shards})")
+            clients[cid] = Client(
+                cid, cl.federation, cl.partition, shard, shards, cl.keep_key_layers
+            )
+
+    federations: dict[str, Federation] = {}
+    for fid in parents:
+        children = tuple(f for f, p in parents.items() if p == fid)
+        members = tuple(c for c, cl in clients.items() if cl.federation == fid)
+        _check(bool(children or members), source, f"federations.{fid}", "has no members")
+        federations[fid] = Federation(
+            fid, parents[fid], levels[fid], policies[fid], children, members
+        )
+    hierarchy = Hierarchy(run, federations, clients, source)
+    for fid in federations:
+        links = hierarchy.federations[fid].policy.residual
+        if links is not None and isinstance(links.links, list):
+            for other in links.links:
+                if other not in federations or other == fid:
+                    raise ConfigError(
+                        f"{source}: federations.{fid}.residual.links: unknown federation {other!r}"
+                    )
+    return hierarchy
+
+
+def _check(ok: bool, source: str, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{source}: {where}: {message}")
+
+
+def _check_name(value: str, source: str, where: str) -> None:
+    try:
+        check_name("id", value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _check_policy(p: Policy, source: str, where: str) -> None:
+    s = p.schedule
+    _check(0 < s.quorum <= 1, source, f"{where}.schedule.quorum", "must be in (0, 1]")
+    _check(s.min_quorum >= 1, source, f"{where}.schedule.min_quorum", "must be at least 1")
+    _check(s.deadline_s > 0, source, f"{where}.schedule.deadline_s", "must be positive")
+    _check(s.buffer >= 1, source, f"{where}.schedule.buffer", "must be at least 1")
+    _check(s.staleness_bound >= 0, source, f"{where}.schedule.staleness_bound", "must be >= 0")
+    _check(p.internal_rounds >= 1, source, f"{where}.internal_rounds", "must be at least 1")
+    _check(p.local_steps >= 1, source, f"{where}.local_steps", "must be at least 1")
+    _check(p.attention.tau > 0, source, f"{where}.attention.tau", "must be positive")
+    _check(0 <= p.attention.eps <= 1, source, f"{where}.attention.eps", "must be in [0, 1]")
+    if p.residual is not None:
+        _check(0 < p.residual.gamma <= 1, source, f"{where}.residual.gamma", "must be in (0, 1]")
+    if p.dp is not None:
+        _check(p.dp.clip_norm > 0, source, f"{where}.dp.clip_norm", "must be positive")
+        _check(p.dp.noise_multiplier >= 0, source, f"{where}.dp.noise_multiplier", "must be >= 0")
+        _check(0 < p.dp.delta < 1, source, f"{where}.dp.delta", "must be in (0, 1)")
+    _check(
+        math.isfinite(p.server_lr) and p.server_lr > 0,
+        source,
+        f"{where}.server_lr",
+        "must be positive",
+    )

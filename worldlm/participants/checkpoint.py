@@ -1,0 +1,133 @@
+"""Aggregator checkpoints: model, strategy state, round, offsets and pending updates on disk.
+
+Tensors go to safetensors files, everything else to JSON; every file is written to a
+temporary name and renamed into place, so a SIGKILL never leaves a torn checkpoint. Pending
+updates (accepted in the open round) are saved one file each *before* the offset that
+delivered them is recorded, so a restarted aggregator re-reads at most what it can
+deduplicate by update id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    data = {n: t.detach().contiguous().cpu() for n, t in tensors.items()}
+    _atomic(path, lambda p: save_file(data, str(p), metadata=metadata))
+
+
+def flatten_state(
+    state: Mapping[str, Any], prefix: str = ""
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Split a nested strategy state into JSON-able data and named tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value
+            return {"__tensor__": path}
+        if isinstance(value, Mapping):
+            return {str(k): walk(v, f"{path}/{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(value)]
+        return value
+
+    return walk(state, prefix), tensors
+
+
+def unflatten_state(data: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(data, dict):
+        if set(data) == {"__tensor__"}:
+            return tensors[data["__tensor__"]]
+        return {k: unflatten_state(v, tensors) for k, v in data.items()}
+    if isinstance(data, list):
+        return [unflatten_state(v, tensors) for v in data]
+    return data
+
+
+@dataclass
+class Meta:
+    """The JSON part of a checkpoint."""
+
+    version: int = 0
+    round: int = 0
+    parent_version: int = 0
+    rounds_since_submit: int = 0
+    round_opened: float = 0.0
+    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
+    pending: list[dict[str, Any]] = field(default_factory=list)  # id, sender, samples, base
+    seen: list[str] = field(default_factory=list)  # update ids folded recently
+    strategy: Any = None
+    counters: dict[str, int] = field(default_factory=dict)
+    final: bool = False
+    awaiting_parent: bool = False
+    submit_id: str = ""
+    samples: int = 0
+
+
+class Checkpoint:
+    """One aggregator's checkpoint directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "pending").mkdir(exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return (self.dir / "meta.json").is_file()
+
+    def save_pending(self, update_id: str, delta: Mapping[str, torch.Tensor]) -> None:
+        save_tensors(self.dir / "pending" / f"{update_id}.safetensors", delta)
+
+    def load_pending(self, update_id: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.dir / "pending" / f"{update_id}.safetensors"))
+
+    def drop_pending(self, keep: set[str]) -> None:
+        for path in (self.dir / "pending").glob("*.safetensors"):
+            if path.stem not in keep:
+                path.unlink(missing_ok=True)
+
+    def save_meta(self, meta: Meta) -> None:
+        text = json.dumps(asdict(meta))
+        _atomic(self.dir / "meta.json", lambda p: p.write_text(text))
+
+    def save_model(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        base: Mapping[str, torch.Tensor],
+        strategy_tensors: Mapping[str, torch.Tensor],
+    ) -> None:
+        tensors = {f"w/{n}": t for n, t in weights.items()}
+        tensors |= {f"base/{n}": t for n, t in base.items()}
+        tensors |= {f"s/{n}": t for n, t in strategy_tensors.items()}
+        save_tensors(self.dir / "model.safetensors", tensors)
+
+    def load(
+        self,
+    ) -> tuple[Meta, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(meta, weights, base weights, strategy tensors)."""
+        meta = Meta(**json.loads((self.dir / "meta.json").read_text()))
+        tensors = load_file(str(self.dir / "model.safetensors"))
+
+        def pick(prefix: str) -> dict[str, torch.Tensor]:
+            return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
+
+        return meta, pick("w/"), pick("base/"), pick("s/")

@@ -1,0 +1,106 @@
+"""Following a federation's broadcasts: start where Redis says the current model lies.
+
+A newcomer asks Redis for the federation's model pointer (version, topic, partition, offset),
+reads that partition from that offset with an explicitly assigned reader (no consumer group,
+no rebalance), and hands back the newest complete broadcast. Other federations' records that
+share the partition are skipped by key before they are decoded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import torch
+from aiokafka import TopicPartition
+
+from brokers.deltas import DeltaReceiver, Received, Rejected
+from brokers.kafka import KafkaSettings, PartitionReader
+from brokers.state import RedisState
+from schemas.messages import DeltaManifest
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """A federation's model at one version."""
+
+    manifest: DeltaManifest
+    tensors: dict[str, torch.Tensor]
+    bytes: int
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def round(self) -> int:
+        return self.manifest.round
+
+    @property
+    def final(self) -> bool:
+        return bool(self.manifest.metrics.get("final", 0.0))
+
+
+class BroadcastFollower:
+    """Yields ever newer broadcasts of one federation."""
+
+    def __init__(self, settings: KafkaSettings, state: RedisState, federation: str) -> None:
+        self.settings = settings
+        self.state = state
+        self.federation = federation
+        self._key = federation.encode()
+        self._reader: PartitionReader | None = None
+        self._receiver = DeltaReceiver()
+        self.rejected = self._receiver.rejected
+
+    async def start(self, stop: asyncio.Event | None = None, poll_s: float = 0.1) -> int:
+        """Wait for the federation's first pointer, then read from it; returns its version."""
+        while True:
+            pointer = await self.state.model_version(self.federation)
+            if pointer is not None:
+                break
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError
+            await asyncio.sleep(poll_s)
+        tp = TopicPartition(pointer.topic, pointer.partition)
+        self._reader = PartitionReader(self.settings, {tp: pointer.offset})
+        await self._reader.start()
+        return pointer.version
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
+
+    async def next(self, after_version: int, timeout_s: float | None = None) -> Broadcast | None:
+        """The newest broadcast with a version above ``after_version`` (None on timeout)."""
+        assert self._reader is not None, "start() first"
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        newest: Broadcast | None = None
+        while True:
+            records = await self._reader.fetch(timeout_ms=100)
+            for record in records:
+                if record.key != self._key:
+                    continue
+                result = self._receiver.feed(record)
+                if isinstance(result, Rejected) or result is None:
+                    continue
+                b = self._broadcast(result)
+                if (
+                    b is not None
+                    and b.version > after_version
+                    and (newest is None or b.version > newest.version)
+                ):
+                    newest = b
+            # Drain what is already here before answering: a late joiner skips old versions.
+            if newest is not None and not records:
+                return newest
+            if deadline is not None and time.monotonic() > deadline:
+                return newest
+
+    def _broadcast(self, received: Received) -> Broadcast | None:
+        m = received.delta.manifest
+        if m.kind != "broadcast" or m.envelope.sender != self.federation:
+            return None
+        return Broadcast(m, received.delta.tensors(), m.total_bytes)

@@ -1,0 +1,189 @@
+"""What every participant shares: where the run lives, a producer, Redis, and how to speak.
+
+A :class:`Node` publishes events, metrics and dead letters on the run-wide topics, keeps a
+heartbeat in its federation's membership, and counts what it did. Participants compose it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import structlog
+
+from brokers.kafka import KafkaSettings, Producer, ensure_topics
+from brokers.state import RedisState
+from schemas.codec import encode
+from schemas.keys import Keys
+from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
+from schemas.topics import Topics
+from worldlm.config import Hierarchy
+
+Role = Literal["client", "aggregator"]
+
+#: A dead letter keeps at most this much of the rejected record.
+DEAD_LETTER_PAYLOAD = 64 * 1024
+
+
+class Source(Protocol):
+    """Where a rejected input came from (a Kafka record, or a reassembled update's first)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where a participant finds Kafka and Redis."""
+
+    kafka: str
+    redis: str
+
+
+async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
+    """Create the run's topics (idempotent): every level's up/down and the run-wide ones."""
+    topics = Topics(hierarchy.run.id)
+    settings = KafkaSettings(bootstrap=endpoints.kafka, partitions=hierarchy.run.partitions)
+    await ensure_topics(settings, [*topics.levels(hierarchy.depth), *topics.run_wide()])
+
+
+class Node:
+    """One participant's connection to the run."""
+
+    def __init__(
+        self, hierarchy: Hierarchy, endpoints: Endpoints, node_id: str, role: Role, federation: str
+    ) -> None:
+        self.hierarchy = hierarchy
+        self.run = hierarchy.run
+        self.id = node_id
+        self.role: Role = role
+        self.federation = federation  # the federation this node is a member of ("" for root)
+        self.topics = Topics(self.run.id)
+        self.keys = Keys(self.run.id)
+        self.settings = KafkaSettings(
+            bootstrap=endpoints.kafka,
+            client_id=f"worldlm-{node_id}",
+            partitions=self.run.partitions,
+            max_request_size=self.run.chunk_kib * 1024 + 64 * 1024,
+        )
+        self.producer = Producer(self.settings)
+        self.state = RedisState(endpoints.redis, self.keys)
+        self.counters: Counter[str] = Counter()
+        self.log = structlog.get_logger("worldlm.node").bind(
+            node=node_id, role=role, federation=federation or node_id
+        )
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def envelope(self, federation: str | None = None) -> Envelope:
+        return Envelope(run=self.run.id, sender=self.id, federation=federation or self.federation)
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.state.start()
+
+    async def stop(self) -> None:
+        await self.stop_heartbeat()
+        await self.producer.stop()
+        await self.state.stop()
+
+    # -- membership ----------------------------------------------------------------------
+
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        return self.run.heartbeat_s * 3
+
+    async def join(self) -> None:
+        """Heartbeat into the federation and keep doing so in the background."""
+        if not self.federation:
+            return
+        if await self.state.heartbeat(
+            self.federation, self.id, ttl_s=self.heartbeat_ttl_s, role=self.role
+        ):
+            await self.event(
+                MembershipEvent(
+                    envelope=self.envelope(), member=self.id, action="joined", role=self.role
+                )
+            )
+        self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat-{self.id}")
+        self._heartbeat.add_done_callback(self._heartbeat_done)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.run.heartbeat_s)
+            if await self.state.heartbeat(
+                self.federation, self.id, ttl_s=self.heartbeat_ttl_s, role=self.role
+            ):
+                self.log.warning("member_rejoined")  # we had expired: a long stall
+
+    def _heartbeat_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("heartbeat_failed", error=repr(task.exception()))
+
+    async def stop_heartbeat(self) -> None:
+        task, self._heartbeat = self._heartbeat, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def leave(self) -> None:
+        """Leave cleanly: stop heartbeating, remove membership, say so."""
+        await self.stop_heartbeat()
+        if self.federation:
+            await self.state.leave(self.federation, self.id)
+            await self.event(
+                MembershipEvent(
+                    envelope=self.envelope(), member=self.id, action="left", role=self.role
+                )
+            )
+
+    # -- run-wide topics -----------------------------------------------------------------
+
+    async def event(self, message: MembershipEvent | RoundEvent) -> None:
+        await self.producer.send(
+            self.topics.events, encode(message), key=message.envelope.federation
+        )
+
+    async def metrics(
+        self, round: int, values: dict[str, float], federation: str | None = None
+    ) -> None:
+        report = MetricsReport(
+            envelope=self.envelope(federation),
+            round=round,
+            node=self.id,
+            role=self.role,
+            values=values,
+        )
+        await self.producer.send(self.topics.metrics, encode(report), key=self.id)
+
+    async def dead_letter(self, record: Source, reason: str, detail: str) -> None:
+        """Keep a rejected record with its reason, count it, log it; never raise."""
+        self.counters[f"rejected_{reason}"] += 1
+        self.counters["rejected"] += 1
+        self.log.warning(
+            "input_rejected",
+            reason=reason,
+            detail=detail[:500],
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+        value: bytes = record.value or b""
+        letter = DeadLetter(
+            envelope=self.envelope(),
+            reason=reason,
+            detail=detail[:2000],
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
+            payload=value[:DEAD_LETTER_PAYLOAD],
+        )
+        try:
+            await self.producer.send(self.topics.dead_letter, encode(letter), key=self.id)
+        except Exception as exc:  # the dead-letter topic must never take a participant down
+            self.log.error("dead_letter_failed", error=repr(exc))

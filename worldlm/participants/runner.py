@@ -1,0 +1,126 @@
+"""Run a whole hierarchy in one process: every aggregator and client as an asyncio task.
+
+The participants still speak only through Kafka and Redis; the runner only starts them and
+collects what they publish on the metrics topic (the same stream dashboards read).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import TopicPartition
+
+from brokers.kafka import PartitionReader
+from schemas.codec import metrics_decoder
+from schemas.errors import WireError
+from schemas.messages import MetricsReport
+from worldlm.config import Hierarchy
+from worldlm.participants.aggregator import AggregatorParticipant
+from worldlm.participants.client import ClientParticipant
+from worldlm.participants.node import Endpoints, Node, prepare_run
+
+
+@dataclass
+class RunResult:
+    """What a run published on its metrics topic, in order."""
+
+    reports: list[MetricsReport] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def client_reports(self) -> list[MetricsReport]:
+        return [r for r in self.reports if r.role == "client"]
+
+    def final_ppl(self) -> dict[str, float]:
+        """Each client's validation perplexity of the final model."""
+        return {r.node: r.values["val_ppl"] for r in self.client_reports() if r.values.get("final")}
+
+
+class MetricsCollector:
+    """Reads the run's metrics topic from the start; calls ``on_report`` for each report."""
+
+    def __init__(
+        self, node: Node, on_report: Callable[[MetricsReport], None] | None = None
+    ) -> None:
+        self.node = node
+        self.reports: list[MetricsReport] = []
+        self.on_report = on_report
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        topic = self.node.topics.metrics
+        partitions = await self.node.producer.partitions(topic)
+        self._reader = PartitionReader(
+            self.node.settings, {TopicPartition(topic, p): 0 for p in range(partitions)}
+        )
+        await self._reader.start()
+        self._task = asyncio.create_task(self._loop(), name="metrics-collector")
+
+    async def _loop(self) -> None:
+        while True:
+            for record in await self._reader.fetch(100):
+                try:
+                    report = metrics_decoder.decode(record.value or b"")
+                except WireError:
+                    continue
+                self.reports.append(report)
+                if self.on_report is not None:
+                    self.on_report(report)
+
+    async def stop(self, drain_s: float = 0.5) -> None:
+        await asyncio.sleep(drain_s)  # let the last reports arrive
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._reader.stop()
+
+
+async def run_hierarchy(
+    hierarchy: Hierarchy,
+    endpoints: Endpoints,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_report: Callable[[MetricsReport], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> RunResult:
+    """Run every participant of ``hierarchy`` until the root's final broadcast."""
+    started = time.perf_counter()
+    await prepare_run(hierarchy, endpoints)
+    with contextlib.ExitStack() as stack:
+        if checkpoint_dir is None:
+            checkpoint_dir = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="worldlm-ckpt-"))
+            )
+        watcher = Node(hierarchy, endpoints, f"{hierarchy.run.id}-runner", "client", "")
+        await watcher.start()
+        collector = MetricsCollector(watcher, on_report)
+        await collector.start()
+        aggregators = [
+            AggregatorParticipant(hierarchy, endpoints, f.id, checkpoint_dir=checkpoint_dir)
+            for f in hierarchy.walk()
+        ]
+        clients = [ClientParticipant(hierarchy, endpoints, c) for c in hierarchy.clients]
+        participants: list[AggregatorParticipant | ClientParticipant] = [*aggregators, *clients]
+
+        async def relay_stop() -> None:
+            if stop is not None:
+                await stop.wait()
+                for p in participants:
+                    p.stop.set()
+
+        relay = asyncio.create_task(relay_stop())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for p in participants:
+                    group.create_task(p.run(), name=getattr(p, "id", None) or p.node.id)
+        finally:
+            relay.cancel()
+            await collector.stop()
+            await watcher.stop()
+    return RunResult(collector.reports, time.perf_counter() - started)

@@ -1,0 +1,135 @@
+"""A participant's model and data in one place: the run's model, a client's tokens, and the
+B/K split — built from the hierarchy config, synchronous, no transport.
+
+Weights travel as *canonical* state dicts: tied aliases (``lm_head.weight`` when it is the
+embedding) are left out, so a tied tensor crosses the wire once.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from worldlm.config import Client, Policy, RunConfig
+from worldlm.training.corpus import client_split
+from worldlm.training.evaluate import EvalResult, evaluate
+from worldlm.training.layers import default_key_patterns, split_parameters, tied_aliases
+from worldlm.training.model import ModelConfig, build_model, load_pretrained
+from worldlm.training.tokenizer import encode_documents, load_tokenizer
+from worldlm.training.trainer import LocalResult, LocalTrainer, TrainConfig
+
+Weights = dict[str, torch.Tensor]
+
+
+def make_model(run: RunConfig) -> torch.nn.Module:
+    """The run's model, initialised from ``run.seed`` (or loaded from ``run.pretrained``)."""
+    if run.pretrained:
+        return load_pretrained(run.pretrained)
+    config = ModelConfig.from_preset(
+        run.model, vocab_size=load_tokenizer().vocab_size, arch=run.arch
+    )
+    return build_model(config, seed=run.seed)
+
+
+def canonical(model: torch.nn.Module) -> Weights:
+    """The model's state dict without tied aliases, as fresh fp32 CPU copies for floats."""
+    aliases = tied_aliases(model)
+    return {n: t.detach().clone().cpu() for n, t in model.state_dict().items() if n not in aliases}
+
+
+@functools.lru_cache(maxsize=4)
+def _initial(run: RunConfig) -> tuple[tuple[str, torch.Tensor], ...]:
+    return tuple(canonical(make_model(run)).items())
+
+
+def initial_weights(run: RunConfig) -> Weights:
+    """Every participant starts from these same weights (same seed, same config)."""
+    return {n: t.clone() for n, t in _initial(run)}
+
+
+@functools.lru_cache(maxsize=16)
+def _key_names(run: RunConfig, patterns: tuple[str, ...]) -> frozenset[str]:
+    model = make_model(run)
+    split = split_parameters(model, patterns or default_key_patterns(model))
+    aliases = tied_aliases(model)
+    return frozenset(n for n in split.key if n not in aliases)
+
+
+def key_names(run: RunConfig, policy: Policy) -> frozenset[str]:
+    """Names of the key layers K under ``policy`` (its patterns, or the default split)."""
+    return _key_names(run, tuple(policy.key_layers))
+
+
+def client_seed(run: RunConfig, client_id: str) -> int:
+    """A stable per-client seed (batch order), independent of Python's hash salt."""
+    return run.seed * 1_000_003 + zlib.crc32(client_id.encode())
+
+
+@dataclass(frozen=True)
+class ClientData:
+    train: torch.Tensor
+    validation: torch.Tensor
+
+
+def client_data(run: RunConfig, client: Client) -> ClientData:
+    """The client's token streams; its validation split is fixed by (partition, shard, seed)."""
+    split = client_split(
+        client.partition,
+        client.shard,
+        client.shards,
+        val_fraction=run.val_fraction,
+        seed=run.seed,
+        root=Path(run.corpus) if run.corpus else None,
+    )
+    tokenizer = load_tokenizer()
+    return ClientData(
+        encode_documents(tokenizer, split.train), encode_documents(tokenizer, split.validation)
+    )
+
+
+class Workbench:
+    """One client's model, data and trainer."""
+
+    def __init__(self, run: RunConfig, client: Client, policy: Policy) -> None:
+        self.run = run
+        self.data = client_data(run, client)
+        self.model = make_model(run)
+        self.trainer = LocalTrainer(
+            self.model,
+            TrainConfig(
+                steps=policy.local_steps,
+                lr=policy.lr or run.lr,
+                batch_size=run.batch_size,
+                seq_len=run.seq_len,
+                seed=client_seed(run, client.id),
+            ),
+        )
+
+    def load(self, weights: Mapping[str, torch.Tensor]) -> None:
+        missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
+        aliases = tied_aliases(self.model)
+        missing = [n for n in missing if n not in aliases]
+        if missing or unexpected:
+            raise KeyError(
+                f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
+            )
+
+    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> EvalResult:
+        """Validation loss and perplexity of ``weights`` on this client's fixed split."""
+        self.load(weights)
+        return evaluate(
+            self.model,
+            self.data.validation,
+            seq_len=self.run.seq_len,
+            batch_size=self.run.batch_size,
+            max_batches=self.run.eval_batches,
+        )
+
+    def train(self, weights: Mapping[str, torch.Tensor]) -> LocalResult:
+        """H local steps from ``weights``; the delta covers the canonical names."""
+        return self.trainer.train(weights, self.data.train)
