@@ -17,6 +17,7 @@ busy, torch's intra-op threads wait on each other and timings swing by 5×.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -99,17 +100,23 @@ def main() -> None:
         plain_loop(plain, batches_for(0)[:3], cfg, fused=fused)
     trainer.train(given, stream, seed=0)
 
+    def run_plain(fused: bool, batches: list[torch.Tensor]) -> float:
+        plain.load_state_dict(given)
+        return plain_loop(plain, batches, cfg, fused=fused)
+
     times: dict[str, list[float]] = {"plain": [], "plain_fused": [], "trainer": []}
+    order = list(times)
+    plain_loss, trainer_loss = math.nan, math.nan
     for r in range(1, args.repeats + 1):
         batches = batches_for(r)
-        for name, fused in (("plain", False), ("plain_fused", True)):
-            plain.load_state_dict(given)
+        # Rotate who goes first, so that no path always runs on a warmer or colder machine.
+        for name in order[r % 3 :] + order[: r % 3]:
             start = time.perf_counter()
-            plain_loss = plain_loop(plain, batches, cfg, fused=fused)
+            if name == "trainer":
+                trainer_loss = trainer.train(given, stream, seed=r).train_loss
+            else:
+                plain_loss = run_plain(name == "plain_fused", batches)
             times[name].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        result = trainer.train(given, stream, seed=r)
-        times["trainer"].append(time.perf_counter() - start)
 
     # Best of N (as timeit does): other processes on the machine only ever add time, so the
     # fastest repetition is the closest to the code's own cost. Medians are printed as well.
@@ -127,7 +134,7 @@ def main() -> None:
             f"ratio trainer / {labels[key]:26s}: {best['trainer'] / best[key]:.3f} best, "
             f"{median['trainer'] / median[key]:.3f} median (target >= 0.95)"
         )
-    print(f"mean loss, last repeat: plain {plain_loss:.4f}, trainer {result.train_loss:.4f}")
+    print(f"mean loss, last repeat: plain {plain_loss:.4f}, trainer {trainer_loss:.4f}")
 
 
 if __name__ == "__main__":
