@@ -6,6 +6,7 @@ import typer
 
 from worldlm.cli.data import app as data_app
 from worldlm.cli.infra import app as infra_app
+from worldlm.cli.participants import aggregator, client, run
 
 app = typer.Typer(
     name="worldlm",
@@ -15,6 +16,9 @@ app = typer.Typer(
 )
 app.add_typer(infra_app, name="infra", help="Embedded Kafka (Tansu) and Redis servers.")
 app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
+app.command()(run)
+app.command()(client)
+app.command()(aggregator)
 
 
 @app.command()

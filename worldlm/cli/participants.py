@@ -1,0 +1,168 @@
+"""``worldlm run``, ``worldlm client``, ``worldlm aggregator``: the hierarchy, or one participant.
+
+``run`` starts every participant of a config in one process (on embedded servers, or on the
+given ``--kafka``/``--redis``). ``client`` and ``aggregator`` run one participant as its own
+process against given servers: what docker-compose runs, one service per participant.
+SIGINT and SIGTERM stop a participant cleanly (it leaves its federation and says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+
+from worldlm import logs
+
+if TYPE_CHECKING:
+    from worldlm.config import Hierarchy
+
+T = TypeVar("T")
+
+KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap address host:port.")]
+RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL redis://host:port/db.")]
+RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="Override the config's run id.")]
+CheckpointOpt = Annotated[
+    Path, typer.Option("--checkpoint-dir", help="Where aggregators keep their checkpoints.")
+]
+LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+
+
+def load_config(path: Path, run_id: str | None) -> Hierarchy:
+    from msgspec.structs import replace
+
+    from worldlm.config import ConfigError, load
+    from worldlm.training.corpus import partitions
+
+    try:
+        hierarchy: Hierarchy = load(path, known_partitions={p.name for p in partitions()})
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG") from None
+    if run_id:
+        from dataclasses import replace as dc_replace
+
+        hierarchy = dc_replace(hierarchy, run=replace(hierarchy.run, id=run_id))
+    return hierarchy
+
+
+@contextlib.asynccontextmanager
+async def servers(kafka: str | None, redis: str | None) -> AsyncIterator[tuple[str, str]]:
+    """The given servers, or embedded ones for the duration."""
+    if kafka and redis:
+        yield kafka, redis
+        return
+    if kafka or redis:
+        raise typer.BadParameter("give both --kafka and --redis, or neither")
+    from brokers.embedded import embedded_servers
+
+    async with embedded_servers() as endpoints:
+        typer.echo(f"embedded kafka {endpoints.kafka}, redis {endpoints.redis}", err=True)
+        yield endpoints.kafka, endpoints.redis
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so it can shut down cleanly."""
+
+    async def runner() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await main(stop)
+
+    return asyncio.run(runner())
+
+
+def run(
+    config: Annotated[Path, typer.Argument(help="Hierarchy config (TOML).")],
+    kafka: KafkaOpt = None,
+    redis: RedisOpt = None,
+    run_id: RunIdOpt = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Keep checkpoints here.")
+    ] = None,
+    log_level: LogOpt = "warning",
+) -> None:
+    """Run a whole hierarchy in one process until the root's last round."""
+    from worldlm.participants.node import Endpoints
+    from worldlm.participants.progress import RoundProgress
+    from worldlm.participants.runner import run_hierarchy
+
+    logs.configure(level=log_level)
+    hierarchy = load_config(config, run_id)
+
+    async def main(stop: asyncio.Event) -> None:
+        async with servers(kafka, redis) as (k, r):
+            with RoundProgress(hierarchy) as progress:
+                result = await run_hierarchy(
+                    hierarchy,
+                    Endpoints(k, r),
+                    checkpoint_dir=checkpoint_dir,
+                    on_report=progress.update,
+                    stop=stop,
+                )
+        finals = result.final_ppl()
+        for client, ppl in sorted(finals.items()):
+            typer.echo(f"{client:>16}  final validation perplexity {ppl:9.2f}")
+        typer.echo(f"done in {result.wall_s:.1f}s")
+
+    run_until_signal(main)
+
+
+def client(
+    config: Annotated[Path, typer.Option("--config", help="Hierarchy config (TOML).")],
+    node: Annotated[str, typer.Option("--node", help="This client's id in the config.")],
+    kafka: Annotated[str, typer.Option("--kafka", help="Kafka bootstrap address host:port.")],
+    redis: Annotated[str, typer.Option("--redis", help="Redis URL redis://host:port/db.")],
+    run_id: RunIdOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run one client against the given Kafka and Redis until the run ends or a signal."""
+    from worldlm.participants.client import ClientParticipant
+    from worldlm.participants.node import Endpoints, prepare_run
+
+    logs.configure(level=log_level)
+    hierarchy = load_config(config, run_id)
+
+    async def main(stop: asyncio.Event) -> None:
+        await prepare_run(hierarchy, Endpoints(kafka, redis))
+        participant = ClientParticipant(hierarchy, Endpoints(kafka, redis), node)
+        participant.stop = stop
+        await participant.run()
+
+    run_until_signal(main)
+
+
+def aggregator(
+    config: Annotated[Path, typer.Option("--config", help="Hierarchy config (TOML).")],
+    node: Annotated[str, typer.Option("--node", help="This federation's id in the config.")],
+    kafka: Annotated[str, typer.Option("--kafka", help="Kafka bootstrap address host:port.")],
+    redis: Annotated[str, typer.Option("--redis", help="Redis URL redis://host:port/db.")],
+    checkpoint_dir: CheckpointOpt = Path("checkpoints"),
+    run_id: RunIdOpt = None,
+    log_level: LogOpt = "info",
+) -> None:
+    """Run one federation's aggregator; it resumes from its checkpoint if one exists."""
+    from worldlm.participants.aggregator import AggregatorParticipant
+    from worldlm.participants.node import Endpoints, prepare_run
+
+    logs.configure(level=log_level)
+    hierarchy = load_config(config, run_id)
+
+    async def main(stop: asyncio.Event) -> None:
+        await prepare_run(hierarchy, Endpoints(kafka, redis))
+        participant = AggregatorParticipant(
+            hierarchy,
+            Endpoints(kafka, redis),
+            node,
+            checkpoint_dir=checkpoint_dir,
+        )
+        participant.stop = stop
+        await participant.run()
+
+    run_until_signal(main)
