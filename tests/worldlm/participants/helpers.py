@@ -1,0 +1,254 @@
+"""Shared by the participant tests: tiny fast configs, topic readers, participant processes.
+
+Every config is the tiny model on short sequences with a few local steps, so a round takes
+a fraction of a second on two cores; each test names its own run (the ``run_id`` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import TopicPartition
+
+from brokers.deltas import DeltaReceiver, Received
+from brokers.embedded import Endpoints as Servers
+from brokers.kafka import KafkaSettings, PartitionReader, partition_for
+from schemas.codec import Decoder, metrics_decoder
+from schemas.errors import WireError
+from schemas.messages import DeltaManifest, MetricsReport
+from worldlm.config import Hierarchy, parse
+from worldlm.participants.node import Endpoints
+
+T = TypeVar("T")
+
+#: What every test run shares: the tiny model, short windows, fast heartbeats.
+FAST_RUN: dict[str, Any] = {
+    "model": "tiny",
+    "seq_len": 32,
+    "batch_size": 4,
+    "eval_batches": 2,
+    "heartbeat_s": 0.3,
+    "partitions": 2,
+}
+
+#: The `worldlm` console script of this virtual environment.
+WORLDLM = str(Path(sys.executable).with_name("worldlm"))
+
+
+def endpoints(servers: Servers) -> Endpoints:
+    return Endpoints(kafka=servers.kafka, redis=servers.redis)
+
+
+def settings(servers: Servers, hierarchy: Hierarchy) -> KafkaSettings:
+    return KafkaSettings(bootstrap=servers.kafka, partitions=hierarchy.run.partitions)
+
+
+def hierarchy(
+    run_id: str,
+    *,
+    federations: Mapping[str, Mapping[str, Any]],
+    clients: Mapping[str, tuple[str, str]],
+    rounds: int = 2,
+    defaults: Mapping[str, Any] | None = None,
+) -> Hierarchy:
+    """A validated tiny config; ``clients`` maps id -> (federation, partition)."""
+    raw = raw_config(
+        run_id, federations=federations, clients=clients, rounds=rounds, defaults=defaults
+    )
+    return parse(raw)
+
+
+def raw_config(
+    run_id: str,
+    *,
+    federations: Mapping[str, Mapping[str, Any]],
+    clients: Mapping[str, tuple[str, str]],
+    rounds: int = 2,
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "run": {**FAST_RUN, "id": run_id, "rounds": rounds},
+        "defaults": {"local_steps": 2, **(defaults or {})},
+        "federations": {f: dict(table) for f, table in federations.items()},
+        "clients": {c: {"federation": f, "partition": p} for c, (f, p) in clients.items()},
+    }
+
+
+def to_toml(raw: Mapping[str, Any]) -> str:
+    """Just enough TOML for our configs: tables of scalars and nested tables."""
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    def table(name: str, body: Mapping[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in body.items() if isinstance(v, Mapping)}
+        for k, v in body.items():
+            if k not in nested:
+                lines.append(f"{json.dumps(k)} = {value(v)}")
+        for k, v in nested.items():
+            table(f"{name}.{json.dumps(k)}", v)
+
+    for section, body in raw.items():
+        if section in ("federations", "clients"):
+            for name, sub in body.items():
+                table(f"{section}.{json.dumps(name)}", sub)
+        else:
+            table(section, body)
+    return "\n".join(lines) + "\n"
+
+
+async def read_topic(
+    kafka: KafkaSettings,
+    topic: str,
+    decode: Callable[[bytes], T],
+    *,
+    partitions: int,
+    quiet_s: float = 0.5,
+) -> list[T]:
+    """Every decodable message on ``topic`` so far (until nothing new came for ``quiet_s``)."""
+    start = {TopicPartition(topic, p): 0 for p in range(partitions)}
+    found: list[T] = []
+    async with PartitionReader(kafka, start) as reader:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while loop.time() - last < quiet_s:
+            records = await reader.fetch(timeout_ms=100)
+            if records:
+                last = loop.time()
+            for record in records:
+                try:
+                    found.append(decode(record.value or b""))
+                except WireError:
+                    continue
+    return found
+
+
+def decoding(decoder: Decoder[Any]) -> Callable[[bytes], Any]:
+    return decoder.decode
+
+
+async def broadcasts(
+    kafka: KafkaSettings, topic: str, federation: str, *, partitions: int
+) -> list[Received]:
+    """Every complete broadcast of ``federation`` on ``topic``, in order."""
+    tp = TopicPartition(topic, partition_for(federation, partitions))
+    receiver = DeltaReceiver()
+    found: list[Received] = []
+    async with PartitionReader(kafka, {tp: 0}) as reader:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while loop.time() - last < 0.5:
+            records = await reader.fetch(timeout_ms=100)
+            if records:
+                last = loop.time()
+            for record in records:
+                if record.key != federation.encode():
+                    continue
+                result = receiver.feed(record)
+                if isinstance(result, Received) and result.delta.manifest.kind == "broadcast":
+                    found.append(result)
+    return found
+
+
+def manifest_of(received: Received) -> DeltaManifest:
+    return received.delta.manifest
+
+
+class MetricsWatch:
+    """Follows the run's metrics topic in the background; tests wait on what it saw."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, partitions: int) -> None:
+        self._reader = PartitionReader(
+            kafka, {TopicPartition(topic, p): 0 for p in range(partitions)}
+        )
+        self.reports: list[MetricsReport] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> MetricsWatch:
+        await self._reader.start()
+        self._task = asyncio.create_task(self._loop(), name="metrics-watch")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._reader.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            records = await self._reader.fetch(timeout_ms=100)
+            if not records:
+                continue
+            for record in records:
+                with contextlib.suppress(WireError):
+                    self.reports.append(metrics_decoder.decode(record.value or b""))
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[MetricsReport], bool]) -> MetricsReport:
+        """The first report (seen so far or to come) that satisfies ``predicate``."""
+        async with self._changed:
+            while True:
+                for report in self.reports:
+                    if predicate(report):
+                        return report
+                await self._changed.wait()
+
+    def of(self, node: str) -> list[MetricsReport]:
+        return [r for r in self.reports if r.node == node]
+
+
+async def poll(check: Callable[[], Any], every_s: float = 0.1) -> Any:
+    """Wait until ``await check()`` is truthy and return it (wrap in asyncio.timeout)."""
+    while True:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(every_s)
+
+
+@contextlib.asynccontextmanager
+async def participant_process(
+    args: list[str], log_file: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``worldlm <args>`` as its own process, JSON logs to ``log_file``; killed on exit."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    with log_file.open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            WORLDLM, *args, stdout=log, stderr=log, stdin=asyncio.subprocess.DEVNULL, env=env
+        )
+        try:
+            yield proc
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+def log_events(log_file: Path) -> list[dict[str, Any]]:
+    """The structured log lines a participant process wrote (JSON off a TTY)."""
+    events = []
+    for line in log_file.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and "event" in entry:
+                events.append(entry)
+    return events
