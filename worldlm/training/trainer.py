@@ -143,7 +143,8 @@ class LocalTrainer:
         starts = sample_starts(
             tokens.numel(), cfg.seq_len, (cfg.steps, cfg.batch_size), self._generator
         )
-        offsets = torch.arange(cfg.seq_len + 1)
+        starts = starts.to(self.device)
+        offsets = torch.arange(cfg.seq_len + 1, device=self.device)
         stream = tokens.to(self.device, torch.long)
         dropout_seed = int(torch.randint(2**62, (1,), generator=self._generator))
         loss_sum = torch.zeros((), device=self.device)
@@ -153,7 +154,7 @@ class LocalTrainer:
             torch.manual_seed(dropout_seed)  # only dropout draws from the global RNG
             model.train()
             for step in range(cfg.steps):
-                batch = stream[(starts[step].unsqueeze(1) + offsets).to(self.device)]
+                batch = stream[starts[step].unsqueeze(1) + offsets]
                 loss = lm_loss(model, batch)
                 loss.backward()
                 if cfg.grad_clip:
