@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from worldlm.cli.data import app as data_app
@@ -23,12 +25,27 @@ app.command()(aggregator)
 
 @app.command()
 def demo(
-    megabytes: float = typer.Option(16.0, help="Size of the smoke delta."),
+    out: Path = typer.Option(Path("out/demo"), "--out", help="Where to write the report."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer rounds and steps (~1 minute)."),
+    log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
 ) -> None:
-    """Run the shipped demo on embedded servers (for now: the data-plane smoke transfer)."""
-    from worldlm.cli.infra import run_smoke
+    """Run WorldLM, flat FedAvg and local-only on the built-in corpus; write a report.
 
-    run_smoke(kafka=None, redis=None, megabytes=megabytes)
+    Three levels (root -> language-group federations -> two clients each), the tiny model,
+    embedded Kafka and Redis. Writes OUT/report.md, OUT/report.json and OUT/perplexity.png.
+    """
+    import asyncio
+
+    from worldlm import logs
+    from worldlm.demo import run_demo
+
+    logs.configure(level=log_level)
+    outcome = asyncio.run(run_demo(out, quick=quick))
+    methods = outcome.report["methods"]
+    typer.echo("")
+    for name, figures in methods.items():
+        typer.echo(f"{name:>8}: mean validation perplexity {figures['mean_val_ppl']:9.2f}")
+    typer.echo(f"report: {out / 'report.md'}  plot: {out / 'perplexity.png'}")
 
 
 def main() -> None:

@@ -1,0 +1,156 @@
+"""The shipped demo: WorldLM against flat FedAvg and local-only training, on the same clients.
+
+Three levels (root -> language-group federations -> clients) on the built-in corpus with the
+tiny model. Every method trains each client for the same number of rounds of the same number
+of local steps (the same token budget) and is evaluated on the same fixed validation splits:
+
+* ``worldlm``: the shipped hierarchy (``worldlm/configs/demo.toml``): backbone averaged up to
+  the root, key layers aggregated by attention inside each federation, residual embeddings
+  from sibling federations;
+* ``fedavg``: one flat federation of all clients, everything averaged (no key layers);
+* ``local``: each client trains alone, nothing shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from brokers.embedded import embedded_servers
+from schemas.messages import MetricsReport
+from worldlm.config import Hierarchy, parse
+from worldlm.participants.node import Endpoints
+from worldlm.participants.progress import RoundProgress
+from worldlm.participants.runner import run_hierarchy
+from worldlm.report import MethodResult, write_report
+from worldlm.training.corpus import partitions
+from worldlm.training.workbench import Workbench, initial_weights
+
+QUICK = {"rounds": 2, "internal_rounds": 2, "local_steps": 6, "eval_batches": 4}
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("worldlm") / "configs" / "demo.toml"))
+
+
+def demo_raw(quick: bool, run_id: str) -> dict[str, Any]:
+    raw = tomllib.loads(demo_config_path().read_text())
+    raw["run"]["id"] = run_id
+    if quick:
+        raw["run"]["rounds"] = QUICK["rounds"]
+        raw["run"]["eval_batches"] = QUICK["eval_batches"]
+        raw["defaults"]["internal_rounds"] = QUICK["internal_rounds"]
+        raw["defaults"]["local_steps"] = QUICK["local_steps"]
+    return raw
+
+
+def client_rounds(h: Hierarchy) -> int:
+    """Training rounds each client runs under the hierarchy (root rounds x internal rounds)."""
+    per_root_round = {
+        h.federations[c.federation].policy.internal_rounds for c in h.clients.values()
+    }
+    assert len(per_root_round) == 1, "the demo gives every leaf federation the same internal rounds"
+    return h.run.rounds * per_root_round.pop()
+
+
+def flat_fedavg(raw: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The same clients in one flat federation, FedAvg on every tensor, ``rounds`` rounds."""
+    flat = copy.deepcopy(raw)
+    flat["run"]["id"] = raw["run"]["id"] + "-fedavg"
+    flat["run"]["rounds"] = rounds
+    flat["defaults"] |= {"key": "fedavg", "backbone": "fedavg", "internal_rounds": 1}
+    flat["defaults"].pop("residual", None)
+    flat["defaults"]["residual"] = {"links": "none"}
+    flat["federations"] = {"root": {}}
+    for client in flat["clients"].values():
+        client["federation"] = "root"
+    return flat
+
+
+@dataclass
+class DemoOutcome:
+    report: dict[str, Any]
+    out: Path
+
+
+def _result(reports: list[MetricsReport], wall_s: float) -> MethodResult:
+    curve: dict[str, list[tuple[int, float]]] = {}
+    final: dict[str, float] = {}
+    for r in reports:
+        if r.role != "client" or "val_ppl" not in r.values:
+            continue
+        curve.setdefault(r.node, []).append((r.round, r.values["val_ppl"]))
+        if r.values.get("final"):
+            final[r.node] = r.values["val_ppl"]
+    return MethodResult(final, curve, wall_s)
+
+
+async def _federated(h: Hierarchy, endpoints: Endpoints, desc: str) -> MethodResult:
+    with RoundProgress(h, desc=desc) as progress:
+        result = await run_hierarchy(h, endpoints, on_report=progress.update)
+    return _result(result.reports, result.wall_s)
+
+
+def _local(h: Hierarchy, rounds: int) -> MethodResult:
+    """Each client alone: the same workbench, rounds and steps, no communication."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    final: dict[str, float] = {}
+    curve: dict[str, list[tuple[int, float]]] = {}
+    for cid in tqdm(sorted(h.clients), desc="local", unit="client"):
+        bench = Workbench(h.run, h.clients[cid], h.client_policy(cid))
+        weights = initial_weights(h.run)
+        for rnd in range(rounds):
+            curve.setdefault(cid, []).append((rnd, bench.evaluate(weights).perplexity))
+            result = bench.train(weights)
+            weights = {
+                n: w + result.delta[n] if w.is_floating_point() else w for n, w in weights.items()
+            }
+        final[cid] = bench.evaluate(weights).perplexity
+        curve[cid].append((rounds, final[cid]))
+    return MethodResult(final, curve, time.perf_counter() - started)
+
+
+async def run_demo(out: Path, *, quick: bool = False, run_id: str | None = None) -> DemoOutcome:
+    """Run the three methods and write the report into ``out``."""
+    started = time.perf_counter()
+    run_id = run_id or f"demo-{int(time.time())}"
+    known = {p.name for p in partitions()}
+    raw = demo_raw(quick, run_id)
+    worldlm = parse(raw, source=str(demo_config_path()), known_partitions=known)
+    rounds = client_rounds(worldlm)
+    fedavg = parse(flat_fedavg(raw, rounds), source="flat fedavg", known_partitions=known)
+    async with embedded_servers() as servers:
+        endpoints = Endpoints(servers.kafka, servers.redis)
+        results = {
+            "worldlm": await _federated(worldlm, endpoints, "worldlm"),
+            "fedavg": await _federated(fedavg, endpoints, "fedavg"),
+        }
+    results["local"] = await asyncio.to_thread(_local, worldlm, rounds)
+    clients = worldlm.clients
+    settings = {
+        "model": worldlm.run.model,
+        "root_rounds": worldlm.run.rounds,
+        "client_rounds": rounds,
+        "local_steps": worldlm.client_policy(next(iter(clients))).local_steps,
+        "batch_size": worldlm.run.batch_size,
+        "seq_len": worldlm.run.seq_len,
+        "quick": quick,
+    }
+    report = write_report(
+        out,
+        results,
+        groups={c: cl.federation for c, cl in clients.items()},
+        partitions={c: cl.partition for c, cl in clients.items()},
+        rounds=rounds,
+        wall_s=time.perf_counter() - started,
+        settings=settings,
+    )
+    return DemoOutcome(report, out)
