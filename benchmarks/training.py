@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda (untested here: CPU only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,8 +77,9 @@ def main() -> None:
         0, args.vocab_size, (200_000,), generator=torch.Generator().manual_seed(0)
     )
 
-    trainer = LocalTrainer(build_model(config, seed=0), cfg)
-    plain = build_model(config, seed=0)
+    device = torch.device(args.device)
+    trainer = LocalTrainer(build_model(config, seed=0, device=device), cfg)
+    plain = build_model(config, seed=0, device=device)
     given = {name: t.clone() for name, t in plain.state_dict().items()}
 
     # The same batches the trainer draws in a call made with seed=r (see LocalTrainer.train).
@@ -88,7 +90,7 @@ def main() -> None:
             (cfg.steps, cfg.batch_size),
             torch.Generator().manual_seed(round_seed),
         )
-        return [gather_windows(stream, s, cfg.seq_len) for s in starts]
+        return [gather_windows(stream, s, cfg.seq_len).to(device) for s in starts]
 
     print(
         f"model {args.preset}/{args.arch}: {count_parameters(plain) / 1e6:.2f}M parameters; "
@@ -116,6 +118,8 @@ def main() -> None:
                 trainer_loss = trainer.train(given, stream, seed=r).train_loss
             else:
                 plain_loss = run_plain(name == "plain_fused", batches)
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # (the trainer already waited: it reads its loss)
             times[name].append(time.perf_counter() - start)
 
     # Best of N (as timeit does): other processes on the machine only ever add time, so the
