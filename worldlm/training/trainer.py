@@ -111,6 +111,12 @@ class LocalTrainer:
         self.model = model
         self.config = config
         self.device = next(model.parameters()).device
+        # Learned position embeddings (gpt2) end at n_positions; RoPE (llama) has no hard end.
+        n_positions = getattr(getattr(model, "config", None), "n_positions", None)
+        if isinstance(n_positions, int) and config.seq_len > n_positions:
+            raise ValueError(
+                f"seq_len {config.seq_len} exceeds the model's {n_positions} positions"
+            )
         self._aliases = tied_aliases(model)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._optimizer: torch.optim.AdamW | None = None

@@ -150,6 +150,12 @@ def test_weights_of_another_shape_are_rejected(micro_config: ModelConfig) -> Non
         LocalTrainer(build_model(micro_config), FAST).train(weights, stream())
 
 
+def test_windows_longer_than_learned_positions_are_rejected(micro_config: ModelConfig) -> None:
+    model = build_model(replace(micro_config, arch="gpt2", max_seq_len=8))
+    with pytest.raises(ValueError, match="positions"):
+        LocalTrainer(model, FAST)  # seq_len 16 > 8
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 
