@@ -9,9 +9,26 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from collections.abc import Iterator
+
 import pytest
+import torch
 
 from worldlm.training.model import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Run torch single-threaded here, restoring the setting afterwards.
+
+    On a 2-core machine shared with brokers and other jobs, torch's intra-op threads wait on
+    each other: the 50-step test went from 3 s to 67 s at load 10. One thread costs ~1.5x
+    when the machine is idle and degrades gracefully when it is not.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture
