@@ -37,6 +37,7 @@ typecheck: setup
 
 bench: setup
 	$(BIN)/python benchmarks/transport.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/training.py --threads 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
