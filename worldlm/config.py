@@ -267,9 +267,13 @@ def parse(
     run: RunConfig = _convert(raw.get("run", {}), RunConfig, "run", source)
     _check(run.rounds >= 1, source, "run.rounds", "must be at least 1")
     _check(run.seq_len >= 2 and run.batch_size >= 1, source, "run", "seq_len >= 2, batch_size >= 1")
+    _check_run(run, source)
     _check_name(run.id, source, "run.id")
+    for section in ("defaults", "federations", "clients"):
+        _check(isinstance(raw.get(section, {}), Mapping), source, section, "must be a table")
     defaults = raw.get("defaults", {})
-    _convert(defaults, Policy, "defaults", source)  # report mistakes in defaults as such
+    # Report mistakes in defaults as such, not as the first federation's.
+    _check_policy(_convert(defaults, Policy, "defaults", source), source, "defaults")
 
     fed_raw: Mapping[str, Any] = raw.get("federations", {})
     client_raw: Mapping[str, Any] = raw.get("clients", {})
@@ -367,6 +371,16 @@ def _check_name(value: str, source: str, where: str) -> None:
         check_name("id", value)
     except ValueError as exc:
         raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _check_run(run: RunConfig, source: str) -> None:
+    _check(run.heartbeat_s > 0, source, "run.heartbeat_s", "must be positive")
+    _check(run.partitions >= 1, source, "run.partitions", "must be at least 1")
+    _check(run.chunk_kib >= 1, source, "run.chunk_kib", "must be at least 1")
+    _check(run.eval_batches >= 1, source, "run.eval_batches", "must be at least 1")
+    # Every client evaluates on its validation split, so it cannot be empty.
+    _check(0 < run.val_fraction < 1, source, "run.val_fraction", "must be in (0, 1)")
+    _check(math.isfinite(run.lr) and run.lr > 0, source, "run.lr", "must be positive")
 
 
 def _check_policy(p: Policy, source: str, where: str) -> None:
