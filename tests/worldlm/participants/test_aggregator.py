@@ -1,0 +1,200 @@
+"""The aggregator: its pure helpers on plain tensors, then on the real embedded servers a
+malformed record is dead-lettered while the round goes on, and a SIGKILLed aggregator process
+restarted from its checkpoint loses no accepted update and counts none twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from brokers.embedded import Endpoints as Servers
+from brokers.kafka import Producer
+from brokers.state import RedisState
+from schemas.codec import dead_letter_decoder
+from schemas.keys import Keys
+from schemas.topics import Topics
+from tests.worldlm.participants.helpers import (
+    MetricsWatch,
+    endpoints,
+    hierarchy,
+    log_events,
+    participant_process,
+    poll,
+    raw_config,
+    read_topic,
+    settings,
+    to_toml,
+)
+from worldlm.config import load
+from worldlm.participants.aggregator import check_update, take_parent
+from worldlm.participants.client import ClientParticipant
+from worldlm.participants.node import prepare_run
+from worldlm.participants.runner import run_hierarchy
+
+# -- pure helpers ------------------------------------------------------------------------
+
+
+def _weights(fill: float) -> dict[str, torch.Tensor]:
+    return {
+        "embed.weight": torch.full((4, 2), fill),
+        "block.0.weight": torch.full((2, 2), fill),
+        "head.norm.weight": torch.full((2,), fill),
+    }
+
+
+def test_take_parent_takes_the_backbone_and_keeps_own_key_layers() -> None:
+    ours, parent = _weights(1.0), _weights(2.0)
+    key = frozenset({"head.norm.weight"})
+    taken = take_parent(ours, parent, key, keep_key=True)
+    assert torch.equal(taken["embed.weight"], parent["embed.weight"])
+    assert torch.equal(taken["block.0.weight"], parent["block.0.weight"])
+    assert torch.equal(taken["head.norm.weight"], ours["head.norm.weight"])
+    # The parent's tensors are copied, not shared: training on ours never touches theirs.
+    taken["embed.weight"].add_(1.0)
+    assert torch.equal(parent["embed.weight"], torch.full((4, 2), 2.0))
+
+
+def test_take_parent_without_key_layers_takes_everything() -> None:
+    ours, parent = _weights(1.0), _weights(2.0)
+    taken = take_parent(ours, parent, frozenset({"head.norm.weight"}), keep_key=False)
+    for name in parent:
+        assert torch.equal(taken[name], parent[name]), name
+
+
+def test_check_update_accepts_a_delta_that_fits_the_model() -> None:
+    model = _weights(0.0)
+    assert check_update("c", {"block.0.weight": torch.ones(2, 2)}, model) is None
+    assert check_update("c", _weights(0.5), model) is None
+
+
+@pytest.mark.parametrize(
+    ("delta", "reason"),
+    [
+        ({"nope.weight": torch.ones(2)}, "unknown_tensor"),
+        ({"block.0.weight": torch.ones(3, 2)}, "bad_shape"),
+        ({"block.0.weight": torch.tensor([[1.0, float("nan")], [0.0, 0.0]])}, "non_finite"),
+        ({"head.norm.weight": torch.tensor([float("inf"), 0.0])}, "non_finite"),
+    ],
+)
+def test_check_update_names_the_reason_an_update_cannot_be_folded(
+    delta: dict[str, torch.Tensor], reason: str
+) -> None:
+    problem = check_update("client-7", delta, _weights(0.0))
+    assert problem is not None
+    assert problem[0] == reason
+    assert "client-7" in problem[1]
+
+
+# -- on the real servers -----------------------------------------------------------------
+
+
+async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
+    servers: Servers, run_id: str
+) -> None:
+    h = hierarchy(
+        run_id,
+        federations={"root": {}},
+        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
+        rounds=2,
+        defaults={"schedule": {"deadline_s": 30.0}},
+    )
+    ep, topics, kafka = endpoints(servers), Topics(run_id), settings(servers, h)
+    await prepare_run(h, ep)
+    garbage = b"\xc1 not a message \x00\xff" * 8
+    async with Producer(kafka) as producer:
+        sent = await producer.send(topics.up(0), garbage, key="root")
+    async with asyncio.timeout(60):
+        result = await run_hierarchy(h, ep)
+
+    letters = await read_topic(
+        kafka, topics.dead_letter, dead_letter_decoder.decode, partitions=h.run.partitions
+    )
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter.reason == "malformed" and letter.envelope.sender == "root"
+    assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
+        topics.up(0),
+        sent.partition,
+        sent.offset,
+    )
+    assert letter.payload == garbage
+    root = {r.round: r.values for r in result.reports if r.node == "root"}
+    assert sorted(root) == [0, 1]
+    assert root[0]["arrived"] == 2 and root[0]["rejected"] == 1
+    assert set(result.final_ppl()) == {"en-0", "de-0"}
+
+
+async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_counting(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    # min_quorum 2: round 0 stays open with the first client's update until the second comes.
+    raw = raw_config(
+        run_id,
+        federations={"root": {}},
+        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
+        rounds=2,
+        defaults={"schedule": {"quorum": 1.0, "min_quorum": 2, "deadline_s": 120.0}},
+    )
+    config = tmp_path / "worldlm.toml"
+    config.write_text(to_toml(raw))
+    h = load(config)
+    ep, kafka = endpoints(servers), settings(servers, h)
+    await prepare_run(h, ep)
+    checkpoints = tmp_path / "checkpoints"
+    args = ["aggregator", "--config", str(config), "--node", "root", "--kafka", servers.kafka]
+    args += ["--redis", servers.redis, "--checkpoint-dir", str(checkpoints), "--run-id", run_id]
+    first, second = ClientParticipant(h, ep, "en-0"), ClientParticipant(h, ep, "de-0")
+    meta_file = checkpoints / run_id / "root" / "meta.json"
+    async with (
+        RedisState(servers.redis, Keys(run_id)) as state,
+        MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
+        asyncio.timeout(150),
+    ):
+        try:
+            async with asyncio.TaskGroup() as group:
+                async with participant_process(args, tmp_path / "agg-1.log") as killed:
+                    group.create_task(first.run())
+
+                    async def one_arrived() -> bool:
+                        return (await state.barrier("root", 0)).arrived >= 1
+
+                    await poll(one_arrived)
+                    killed.kill()  # SIGKILL with en-0's update accepted, round 0 open
+                    await killed.wait()
+                before = json.loads(meta_file.read_text())
+                barrier_before = await state.barrier("root", 0)
+                async with participant_process(args, tmp_path / "agg-2.log") as restarted:
+                    group.create_task(second.run())
+                    await restarted.wait()
+        finally:
+            first.stop.set()
+            second.stop.set()
+        await asyncio.sleep(0.3)  # the last reports reach the watch
+        barriers = [await state.barrier("root", r) for r in (0, 1)]
+
+    assert killed.returncode == -9 and restarted.returncode == 0
+    assert barrier_before.members == {"en-0"} and not barrier_before.closed
+    assert [p["sender"] for p in before["pending"]] == ["en-0"]
+    resumed = [e for e in log_events(tmp_path / "agg-2.log") if e["event"] == "aggregator_resumed"]
+    assert len(resumed) == 1 and resumed[0]["round"] == 0 and resumed[0]["pending"] == 1
+
+    # Each round closed once, with every client's update exactly once.
+    root = [r for r in watch.reports if r.node == "root"]
+    assert sorted(r.round for r in root) == [0, 1]
+    for report in root:
+        assert report.values["arrived"] == 2 and report.values["accepted"] == 2
+    for barrier in barriers:
+        assert barrier.closed and barrier.members == {"en-0", "de-0"}
+    # en-0 published round 0 once (before the kill); that update was not lost.
+    assert [r.round for r in watch.of("en-0") if not r.values["final"]] == [0, 1]
+    after = json.loads(meta_file.read_text())
+    sent = first.node.counters["updates_sent"] + second.node.counters["updates_sent"]
+    assert sent == 4
+    assert after["counters"]["updates_accepted"] == sent
+    assert after["counters"]["rounds_closed"] == 2
+    assert len(after["seen"]) == len(set(after["seen"])) == sent
+    assert after["pending"] == [] and after["final"] is True
