@@ -32,6 +32,7 @@ from worldlm.report import MethodResult, write_report
 from worldlm.training.corpus import partitions
 from worldlm.training.workbench import Workbench, initial_weights
 
+#: Overrides of ``--quick``: fewer rounds, steps and evaluation batches.
 QUICK = {"rounds": 2, "internal_rounds": 2, "local_steps": 6, "eval_batches": 4}
 
 
@@ -39,14 +40,18 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("worldlm") / "configs" / "demo.toml"))
 
 
-def demo_raw(quick: bool, run_id: str) -> dict[str, Any]:
+def demo_raw(run_id: str, overrides: dict[str, int] | None = None) -> dict[str, Any]:
+    """The shipped demo config as a dict, with ``rounds``, ``eval_batches``,
+    ``internal_rounds`` or ``local_steps`` overridden."""
     raw = tomllib.loads(demo_config_path().read_text())
     raw["run"]["id"] = run_id
-    if quick:
-        raw["run"]["rounds"] = QUICK["rounds"]
-        raw["run"]["eval_batches"] = QUICK["eval_batches"]
-        raw["defaults"]["internal_rounds"] = QUICK["internal_rounds"]
-        raw["defaults"]["local_steps"] = QUICK["local_steps"]
+    for key, value in (overrides or {}).items():
+        if key in ("rounds", "eval_batches", "seq_len", "batch_size"):
+            raw["run"][key] = value
+        elif key in ("internal_rounds", "local_steps"):
+            raw["defaults"][key] = value
+        else:
+            raise ValueError(f"unknown demo override {key!r}")
     return raw
 
 
@@ -118,12 +123,18 @@ def _local(h: Hierarchy, rounds: int) -> MethodResult:
     return MethodResult(final, curve, time.perf_counter() - started)
 
 
-async def run_demo(out: Path, *, quick: bool = False, run_id: str | None = None) -> DemoOutcome:
+async def run_demo(
+    out: Path,
+    *,
+    quick: bool = False,
+    run_id: str | None = None,
+    overrides: dict[str, int] | None = None,
+) -> DemoOutcome:
     """Run the three methods and write the report into ``out``."""
     started = time.perf_counter()
     run_id = run_id or f"demo-{int(time.time())}"
     known = {p.name for p in partitions()}
-    raw = demo_raw(quick, run_id)
+    raw = demo_raw(run_id, (QUICK if quick else {}) | (overrides or {}))
     worldlm = parse(raw, source=str(demo_config_path()), known_partitions=known)
     rounds = client_rounds(worldlm)
     fedavg = parse(flat_fedavg(raw, rounds), source="flat fedavg", known_partitions=known)
