@@ -234,6 +234,11 @@ class AggregatorParticipant:
             status = await self.node.state.barrier(self.id, self.meta.round)
             if status.closed:  # closed before a restart: aggregate what we had accepted
                 self._closed = status.reason or "quorum"
+            # A kill between checkpointing an update and recording its arrival loses the
+            # arrival, not the update: record it again (arriving twice counts once).
+            for sender in sorted({p.sender for p in self.pending} - status.members):
+                if self._closed is None:
+                    await self._arrive(sender)
 
     async def _collect(self, reader: PartitionReader) -> str:
         schedule = self.policy.schedule
@@ -343,16 +348,20 @@ class AggregatorParticipant:
         self._save(model=False)
         await node.state.record_staleness(self.id, sender, staleness)
         if self.policy.schedule.mode == "sync":
-            arrival = await node.state.arrive(
-                self.id,
-                self.meta.round,
-                sender,
-                fraction=self.policy.schedule.quorum,
-                min_quorum=self.policy.schedule.min_quorum,
-            )
-            if arrival.closed_now or arrival.closed:
-                self._closed = "quorum"
+            await self._arrive(sender)
         node.log.info("update_accepted", sender=sender, staleness=staleness, round=self.meta.round)
+
+    async def _arrive(self, sender: str) -> None:
+        """Record ``sender`` at this round's barrier; the round closes if that makes quorum."""
+        arrival = await self.node.state.arrive(
+            self.id,
+            self.meta.round,
+            sender,
+            fraction=self.policy.schedule.quorum,
+            min_quorum=self.policy.schedule.min_quorum,
+        )
+        if arrival.closed_now or arrival.closed:
+            self._closed = "quorum"
 
     async def _residuals(self) -> list[ResidualEntry]:
         if not self.key:

@@ -128,9 +128,13 @@ async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
     assert set(result.final_ppl()) == {"en-0", "de-0"}
 
 
+@pytest.mark.parametrize("worst_moment", [False, True], ids=["as_killed", "worst_moment"])
 async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_counting(
-    servers: Servers, run_id: str, tmp_path: Path
+    servers: Servers, run_id: str, tmp_path: Path, worst_moment: bool
 ) -> None:
+    """``worst_moment`` widens the kill to the windows a SIGKILL can land in: after the
+    update was checkpointed but before its offset moved past it (an interleaved, incomplete
+    update holds the offset back) and before its arrival reached the Redis barrier."""
     # min_quorum 2: round 0 stays open with the first client's update until the second comes.
     raw = raw_config(
         run_id,
@@ -167,6 +171,9 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
                     await killed.wait()
                 before = json.loads(meta_file.read_text())
                 barrier_before = await state.barrier("root", 0)
+                if worst_moment:
+                    meta_file.write_text(json.dumps(before | {"offsets": {}}))
+                    await state.redis.srem(Keys(run_id).barrier_arrivals("root", 0), "en-0")
                 async with participant_process(args, tmp_path / "agg-2.log") as restarted:
                     group.create_task(second.run())
                     await restarted.wait()
@@ -198,3 +205,5 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
     assert after["counters"]["rounds_closed"] == 2
     assert len(after["seen"]) == len(set(after["seen"])) == sent
     assert after["pending"] == [] and after["final"] is True
+    # Re-read after the rewind, en-0's update was recognised by its id and dropped.
+    assert after["counters"].get("updates_duplicate", 0) == (1 if worst_moment else 0)
