@@ -34,7 +34,7 @@ FAST_RUN: dict[str, Any] = {
     "seq_len": 32,
     "batch_size": 4,
     "eval_batches": 2,
-    "heartbeat_s": 0.3,
+    "heartbeat_s": 0.5,  # expires after 1.5 s: fast, yet no false expiry on a busy CI box
     "partitions": 2,
 }
 

@@ -180,7 +180,9 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
         finally:
             first.stop.set()
             second.stop.set()
-        await asyncio.sleep(0.3)  # the last reports reach the watch
+        # The root reports each round before it broadcasts the next, in order on one partition.
+        await watch.wait_for(lambda r: r.node == "root" and r.round == 1)
+        await watch.wait_for(lambda r: r.node == "en-0" and r.values["final"] == 1.0)
         barriers = [await state.barrier("root", r) for r in (0, 1)]
 
     assert killed.returncode == -9 and restarted.returncode == 0
