@@ -20,9 +20,9 @@ from aiokafka import TopicPartition
 from brokers.deltas import DeltaReceiver, Received
 from brokers.embedded import Endpoints as Servers
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
-from schemas.codec import Decoder, metrics_decoder
+from schemas.codec import metrics_decoder
 from schemas.errors import WireError
-from schemas.messages import DeltaManifest, MetricsReport
+from schemas.messages import MetricsReport
 from worldlm.config import Hierarchy, parse
 from worldlm.participants.node import Endpoints
 
@@ -138,10 +138,6 @@ async def read_topic(
     return found
 
 
-def decoding(decoder: Decoder[Any]) -> Callable[[bytes], Any]:
-    return decoder.decode
-
-
 async def broadcasts(
     kafka: KafkaSettings, topic: str, federation: str, *, partitions: int
 ) -> list[Received]:
@@ -163,10 +159,6 @@ async def broadcasts(
                 if isinstance(result, Received) and result.delta.manifest.kind == "broadcast":
                     found.append(result)
     return found
-
-
-def manifest_of(received: Received) -> DeltaManifest:
-    return received.delta.manifest
 
 
 class MetricsWatch:
