@@ -33,7 +33,7 @@ from worldlm.training.corpus import partitions
 from worldlm.training.workbench import Workbench, initial_weights
 
 #: Overrides of ``--quick``: fewer rounds, steps and evaluation batches.
-QUICK = {"rounds": 2, "internal_rounds": 2, "local_steps": 6, "eval_batches": 4}
+QUICK = {"rounds": 1, "internal_rounds": 2, "local_steps": 8, "eval_batches": 2}
 
 
 def demo_config_path() -> Path:

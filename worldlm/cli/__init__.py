@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from worldlm.cli.data import app as data_app
 from worldlm.cli.infra import app as infra_app
-from worldlm.cli.participants import aggregator, client, run
+from worldlm.cli.participants import aggregator, client, run, single_threaded_torch
 
 app = typer.Typer(
     name="worldlm",
@@ -25,9 +26,13 @@ app.command()(aggregator)
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("out/demo"), "--out", help="Where to write the report."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer rounds and steps (~1 minute)."),
-    log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning, error."),
+    out: Annotated[Path, typer.Option("--out", help="Where to write the report.")] = Path(
+        "out/demo"
+    ),
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer rounds and steps.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = (
+        "warning"
+    ),
 ) -> None:
     """Run WorldLM, flat FedAvg and local-only on the built-in corpus; write a report.
 
@@ -40,6 +45,7 @@ def demo(
     from worldlm.demo import run_demo
 
     logs.configure(level=log_level)
+    single_threaded_torch()
     outcome = asyncio.run(run_demo(out, quick=quick))
     methods = outcome.report["methods"]
     typer.echo("")
