@@ -142,6 +142,9 @@ def _plot(path: Path, results: dict[str, MethodResult], groups: dict[str, str]) 
                 markersize=3,
                 label=f"{federation} · {LABELS.get(method, method)}",
             )
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("training round (per client)")
     ax.set_ylabel("validation perplexity (log)")
