@@ -13,7 +13,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
 import typer
 
@@ -21,6 +21,7 @@ from worldlm import logs
 
 if TYPE_CHECKING:
     from worldlm.config import Hierarchy
+    from worldlm.participants.node import Endpoints
 
 T = TypeVar("T")
 
@@ -127,6 +128,36 @@ def run(
     run_until_signal(main)
 
 
+class _Participant(Protocol):
+    stop: asyncio.Event
+
+    async def run(self) -> None: ...
+
+
+def _serve_one(
+    config: Path,
+    run_id: str | None,
+    kafka: str,
+    redis: str,
+    log_level: str,
+    make: Callable[[Hierarchy, Endpoints], _Participant],
+) -> None:
+    """Load the config, create the run's topics, run one participant until done or a signal."""
+    from worldlm.participants.node import Endpoints, prepare_run
+
+    logs.configure(level=log_level)
+    hierarchy = load_config(config, run_id)
+    endpoints = Endpoints(kafka, redis)
+
+    async def main(stop: asyncio.Event) -> None:
+        await prepare_run(hierarchy, endpoints)
+        participant = make(hierarchy, endpoints)
+        participant.stop = stop
+        await participant.run()
+
+    run_until_signal(main)
+
+
 def client(
     config: Annotated[Path, typer.Option("--config", help="Hierarchy config (TOML).")],
     node: Annotated[str, typer.Option("--node", help="This client's id in the config.")],
@@ -137,18 +168,15 @@ def client(
 ) -> None:
     """Run one client against the given Kafka and Redis until the run ends or a signal."""
     from worldlm.participants.client import ClientParticipant
-    from worldlm.participants.node import Endpoints, prepare_run
 
-    logs.configure(level=log_level)
-    hierarchy = load_config(config, run_id)
-
-    async def main(stop: asyncio.Event) -> None:
-        await prepare_run(hierarchy, Endpoints(kafka, redis))
-        participant = ClientParticipant(hierarchy, Endpoints(kafka, redis), node)
-        participant.stop = stop
-        await participant.run()
-
-    run_until_signal(main)
+    _serve_one(
+        config,
+        run_id,
+        kafka,
+        redis,
+        log_level,
+        lambda h, e: ClientParticipant(h, e, node),
+    )
 
 
 def aggregator(
@@ -162,20 +190,12 @@ def aggregator(
 ) -> None:
     """Run one federation's aggregator; it resumes from its checkpoint if one exists."""
     from worldlm.participants.aggregator import AggregatorParticipant
-    from worldlm.participants.node import Endpoints, prepare_run
 
-    logs.configure(level=log_level)
-    hierarchy = load_config(config, run_id)
-
-    async def main(stop: asyncio.Event) -> None:
-        await prepare_run(hierarchy, Endpoints(kafka, redis))
-        participant = AggregatorParticipant(
-            hierarchy,
-            Endpoints(kafka, redis),
-            node,
-            checkpoint_dir=checkpoint_dir,
-        )
-        participant.stop = stop
-        await participant.run()
-
-    run_until_signal(main)
+    _serve_one(
+        config,
+        run_id,
+        kafka,
+        redis,
+        log_level,
+        lambda h, e: AggregatorParticipant(h, e, node, checkpoint_dir=checkpoint_dir),
+    )
