@@ -22,10 +22,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import structlog
+
+from brokers.lifecycle import Service
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +68,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-class _Server:
+class _Server(Service):
     """A child process with a readiness probe and a stop protocol."""
 
     name = "server"
@@ -130,18 +130,6 @@ class _Server:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 class EmbeddedKafka(_Server):

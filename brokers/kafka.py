@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -20,6 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
+
+from brokers.lifecycle import Service
 
 log = structlog.get_logger(__name__)
 
@@ -75,7 +75,7 @@ async def ensure_topics(
         await admin.close()
 
 
-class _Lifecycle:
+class _Lifecycle(Service):
     """Explicit ``start()``, idempotent ``stop()``, ``async with``."""
 
     _started = False
@@ -95,18 +95,6 @@ class _Lifecycle:
         if self._started:
             self._started = False
             await self._stop()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 class Producer(_Lifecycle):

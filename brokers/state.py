@@ -12,12 +12,12 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as aioredis
 
+from brokers.lifecycle import Service
 from schemas.delta import content_hash
 from schemas.keys import Keys
 from schemas.messages import TensorSpec
@@ -219,7 +219,7 @@ _specs_encoder = msgspec.msgpack.Encoder()
 _specs_decoder = msgspec.msgpack.Decoder(tuple[TensorSpec, ...])
 
 
-class RedisState:
+class RedisState(Service):
     """The control state of one run, in Redis."""
 
     def __init__(
@@ -257,18 +257,6 @@ class RedisState:
         redis, self._redis = self._redis, None
         if redis is not None:
             await redis.aclose()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def redis(self) -> aioredis.Redis:
