@@ -14,7 +14,9 @@ of local steps (the same token budget) and is evaluated on the same fixed valida
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import sys
 import time
 import tomllib
 from dataclasses import dataclass
@@ -129,8 +131,13 @@ async def run_demo(
     quick: bool = False,
     run_id: str | None = None,
     overrides: dict[str, int] | None = None,
+    dashboard_port: int | None = None,
 ) -> DemoOutcome:
-    """Run the three methods and write the report into ``out``."""
+    """Run the three methods and write the report into ``out``.
+
+    With ``dashboard_port``, a live dashboard of the WorldLM run is served on that port while
+    the federated methods run (its URL is printed on stderr).
+    """
     started = time.perf_counter()
     run_id = run_id or f"demo-{int(time.time())}"
     known = {p.name for p in partitions()}
@@ -138,8 +145,20 @@ async def run_demo(
     worldlm = parse(raw, source=str(demo_config_path()), known_partitions=known)
     rounds = client_rounds(worldlm)
     fedavg = parse(flat_fedavg(raw, rounds), source="flat fedavg", known_partitions=known)
-    async with embedded_servers() as servers:
+    async with embedded_servers() as servers, contextlib.AsyncExitStack() as stack:
         endpoints = Endpoints(servers.kafka, servers.redis)
+        if dashboard_port is not None:
+            from worldlm.dashboard import Dashboard
+
+            board = Dashboard(
+                kafka=servers.kafka,
+                redis=servers.redis,
+                run_id=run_id,
+                hierarchy=worldlm,
+                port=dashboard_port,
+            )
+            await stack.enter_async_context(board)
+            print(f"dashboard: {board.url} (run {run_id})", file=sys.stderr, flush=True)
         results = {
             "worldlm": await _federated(worldlm, endpoints, "worldlm"),
             "fedavg": await _federated(fedavg, endpoints, "fedavg"),

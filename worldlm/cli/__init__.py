@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.infra import app as infra_app
 from worldlm.cli.participants import aggregator, client, run, single_threaded_torch
@@ -22,6 +23,7 @@ app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
 app.command()(run)
 app.command()(client)
 app.command()(aggregator)
+app.command(name="dashboard")(dashboard_command)
 
 
 @app.command()
@@ -33,6 +35,12 @@ def demo(
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error.")] = (
         "warning"
     ),
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Serve the live dashboard of the WorldLM run.")
+    ] = False,
+    dashboard_port: Annotated[
+        int, typer.Option("--dashboard-port", help="The dashboard's HTTP port.")
+    ] = 8050,
 ) -> None:
     """Run WorldLM, flat FedAvg and local-only on the built-in corpus; write a report.
 
@@ -46,7 +54,9 @@ def demo(
 
     logs.configure(level=log_level)
     single_threaded_torch()
-    outcome = asyncio.run(run_demo(out, quick=quick))
+    outcome = asyncio.run(
+        run_demo(out, quick=quick, dashboard_port=dashboard_port if dashboard else None)
+    )
     methods = outcome.report["methods"]
     typer.echo("")
     for name, figures in methods.items():

@@ -100,8 +100,18 @@ def run(
         Path | None, typer.Option("--checkpoint-dir", help="Keep checkpoints here.")
     ] = None,
     log_level: LogOpt = "warning",
+    dashboard: Annotated[
+        bool, typer.Option("--dashboard", help="Serve the live dashboard alongside the run.")
+    ] = False,
+    dashboard_port: Annotated[
+        int, typer.Option("--dashboard-port", help="The dashboard's HTTP port.")
+    ] = 8050,
 ) -> None:
-    """Run a whole hierarchy in one process until the root's last round."""
+    """Run a whole hierarchy in one process until the root's last round.
+
+    With --dashboard the dashboard follows the run on the same servers and keeps serving
+    after it ends, until Ctrl-C.
+    """
     from worldlm.participants.node import Endpoints
     from worldlm.participants.progress import RoundProgress
     from worldlm.participants.runner import run_hierarchy
@@ -111,7 +121,21 @@ def run(
     hierarchy = load_config(config, run_id)
 
     async def main(stop: asyncio.Event) -> None:
-        async with servers(kafka, redis) as (k, r):
+        async with servers(kafka, redis) as (k, r), contextlib.AsyncExitStack() as stack:
+            board = None
+            if dashboard:
+                from worldlm.dashboard import Dashboard
+
+                board = await stack.enter_async_context(
+                    Dashboard(
+                        kafka=k,
+                        redis=r,
+                        run_id=hierarchy.run.id,
+                        hierarchy=hierarchy,
+                        port=dashboard_port,
+                    )
+                )
+                typer.echo(f"dashboard: {board.url}", err=True)
             with RoundProgress(hierarchy) as progress:
                 result = await run_hierarchy(
                     hierarchy,
@@ -120,10 +144,13 @@ def run(
                     on_report=progress.update,
                     stop=stop,
                 )
-        finals = result.final_ppl()
-        for client, ppl in sorted(finals.items()):
-            typer.echo(f"{client:>16}  final validation perplexity {ppl:9.2f}")
-        typer.echo(f"done in {result.wall_s:.1f}s")
+            finals = result.final_ppl()
+            for client, ppl in sorted(finals.items()):
+                typer.echo(f"{client:>16}  final validation perplexity {ppl:9.2f}")
+            typer.echo(f"done in {result.wall_s:.1f}s")
+            if board is not None and not stop.is_set():
+                typer.echo(f"dashboard still at {board.url}; Ctrl-C to stop", err=True)
+                await stop.wait()
 
     run_until_signal(main)
 
