@@ -380,9 +380,10 @@ class AggregatorParticipant:
     async def _close(self, reason: str) -> None:
         node, meta = self.node, self.meta
         started = time.perf_counter()
+        # Sorted by sender: the sum's order, and so the result, does not depend on arrival order.
         updates = [
             Update(p.sender, p.delta, p.samples, staleness=meta.version - p.base_version)
-            for p in self.pending
+            for p in sorted(self.pending, key=lambda p: p.sender)
         ]
         residuals = await self._residuals()
         live = len((await node.state.roster(self.id)).live)
