@@ -74,7 +74,7 @@ def browser() -> Iterator[Any]:
         "--disable-sync",
         "--no-first-run",
         "--hide-scrollbars",
-        "--window-size=1440,1700",
+        "--window-size=1440,1240",
         f"--user-data-dir={profile}",
     ):
         options.add_argument(flag)
@@ -101,6 +101,12 @@ async def until(driver: Any, script: str, what: str, timeout_s: float = 60.0) ->
                 await asyncio.sleep(0.25)
     except TimeoutError:
         pytest.fail(f"the page never showed {what}")
+
+
+async def screenshot(driver: Any, path: Path) -> None:
+    await js(driver, "window.scrollTo(0, 0)")
+    assert await asyncio.to_thread(driver.save_screenshot, str(path))
+    assert await asyncio.to_thread(os.path.getsize, path) > 10_000
 
 
 #: How many perplexity points the per-client chart holds (the page keeps it in a data attribute).
@@ -142,6 +148,11 @@ async def test_browser_follows_a_live_run_and_a_replay_rebuilds_it(
             await until(browser, f"return {POINTS} > {first}", "more points")
             assert not run.done(), "the run ended before the chart grew: make it longer"
             marker = await js(browser, "return window.__sameDocument = 'kept'")
+            await screenshot(browser, tmp_path / "dashboard-live.png")
+            if target := os.environ.get("WORLDLM_DASHBOARD_SCREENSHOT"):
+                # For the docs: a run halfway through (open rounds, joined members).
+                await until(browser, f"return {POINTS} >= 20", "half the run", timeout_s=30)
+                await screenshot(browser, Path(target))
 
             result = await run
             final_points = sum(1 for r in result.client_reports() if "val_ppl" in r.values)
@@ -155,12 +166,7 @@ async def test_browser_follows_a_live_run_and_a_replay_rebuilds_it(
                 "return document.querySelector('#dp .brow .label')?.textContent || ''",
             )
             assert eps == "slavic"
-            await asyncio.to_thread(browser.execute_script, "window.scrollTo(0, 0)")
-            shot = tmp_path / "dashboard.png"
-            assert await asyncio.to_thread(browser.save_screenshot, str(shot))
-            assert shot.stat().st_size > 10_000
-            if target := os.environ.get("WORLDLM_DASHBOARD_SCREENSHOT"):
-                shutil.copyfile(shot, target)
+            await screenshot(browser, tmp_path / "dashboard-final.png")
 
             async with aiohttp.ClientSession() as http:
                 async with http.get(board.url + "api/state") as response:

@@ -144,11 +144,13 @@ function lineChart(id, seriesMap, { xLabel = "round", yLabel = "", time = false,
       width, height,
       scales: { x: { time }, y: log ? { distr: 3 } : {} },
       axes: [
-        { label: xLabel, stroke: "#6b7485", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#e3e7ee" } },
+        { label: xLabel, stroke: "#6b7485", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#e3e7ee" },
+          ...(time ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }) },
         { label: yLabel, stroke: "#6b7485", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#e3e7ee" },
           size: 56 },
       ],
       cursor: { drag: { x: false, y: false } },
+      legend: { live: false },
       series: [{ label: xLabel }, ...names.map((n) => ({
         label: n, stroke: colorOf(n), width: 2, spanGaps: true,
         points: { show: true, size: 5, fill: colorOf(n) },
@@ -239,7 +241,7 @@ function renderLevels() {
       <div class="k">level ${k}${k === "0" ? " (root)" : ""}</div>
       <div class="v">${l.updates} updates</div>
       <div class="r">${bytes(l.bytes_in)} in · ${bytes(l.bytes_out)} out</div>
-      <div class="r">${(l.updates_per_s * 60).toFixed(1)} upd/min · ${bytes(l.bytes_in_per_s)}/s</div>
+      <div class="r">${(l.updates_per_s * 60).toFixed(1)} updates/min · ${bytes(l.bytes_in_per_s)}/s in</div>
     </div>`).join("") : `<p class="empty">No aggregator has closed a round yet.</p>`;
   const series = {};
   for (const [k, l] of entries) series[`L${k} bytes in`] = l.series.map(([t, , b]) => [t, b / 1048576]);
