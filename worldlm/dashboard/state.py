@@ -433,7 +433,7 @@ class DashboardState:
         Exact where the round's per-member staleness was read from Redis when it closed, or
         where the report says every update was fresh (max 0) or there was one update; otherwise
         (a replayed run's stale rounds) the round's updates are spread so that its reported
-        mean and max are kept: one at the max, the rest at the mean of the others.
+        mean and max are kept: one at the max, the others as evenly as integers allow.
         """
         fed = self.federations.get(fid)
         hist: Counter[int] = Counter()
@@ -449,8 +449,10 @@ class DashboardState:
                     hist[top] += n
                 else:
                     hist[top] += 1
-                    rest = max(0, round((stats.staleness_mean * n - top) / (n - 1)))
-                    hist[rest] += n - 1
+                    rest = min(max(0, round(stats.staleness_mean * n) - top), top * (n - 1))
+                    q, r = divmod(rest, n - 1)
+                    hist[q + 1] += r
+                    hist[q] += n - 1 - r
         return dict(sorted(hist.items()))
 
     def live_members(self, fid: str) -> int:
