@@ -116,6 +116,11 @@ def worldlm_services() -> dict[str, list[str]]:
     return {name: args for name, args in found.items() if args[:1] == ["worldlm"]}
 
 
+def participant_services() -> dict[str, list[str]]:
+    """The services that run a participant (``worldlm aggregator`` or ``worldlm client``)."""
+    return {n: a for n, a in worldlm_services().items() if a[1:2] in (["aggregator"], ["client"])}
+
+
 def option_value(args: list[str], flag: str) -> str | None:
     values = [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
     values += [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
@@ -167,7 +172,7 @@ def test_every_demo_participant_has_exactly_one_service_with_its_role_and_node()
     expected = participants()
     assert len(expected) == 10  # root, 3 federations, 6 clients: the demo this file mirrors
     seen: dict[str, list[tuple[str, str]]] = {}
-    for name, args in worldlm_services().items():
+    for name, args in participant_services().items():
         node = option_value(args, "--node")
         assert node is not None, f"service {name} runs {args} without --node"
         seen.setdefault(node, []).append((name, args[1]))
@@ -195,7 +200,7 @@ def test_every_worldlm_command_is_a_real_cli_command_with_only_its_own_flags() -
 
 
 def test_participants_use_exactly_the_bare_metal_flags() -> None:
-    for name, args in worldlm_services().items():
+    for name, args in participant_services().items():
         flags = [a for a in args if a.startswith("--")]
         expected = ["--config", "--node", "--kafka", "--redis"]
         if args[1] == "aggregator":
@@ -296,6 +301,54 @@ def test_participants_reach_kafka_at_its_advertised_listener_and_redis_at_its_se
         assert redis is not None
         match = re.fullmatch(r"redis://(?P<host>[\w.-]+):(?P<port>\d+)/\d+", redis)
         assert match and match["host"] == "redis" and match["port"] == "6379", f"{name}: {redis}"
+
+
+# ---- observability: the dashboard and Prometheus ----------------------------------------------
+
+PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus.yml"
+
+
+def test_dashboard_service_follows_the_demo_run_and_listens_on_its_published_port() -> None:
+    dashboards = {n: a for n, a in worldlm_services().items() if a[1:2] == ["dashboard"]}
+    assert list(dashboards) == ["dashboard"], f"one dashboard service expected: {dashboards}"
+    args = dashboards["dashboard"]
+    # The real CLI accepts it (checked for every worldlm service above); here, what it means:
+    assert option_value(args, "--config") is not None  # the demo's tree, quorums, deadlines
+    assert option_value(args, "--host") == "0.0.0.0", "reachable from outside its container"
+    port = option_value(args, "--port")
+    assert port is not None
+    published = [str(p).rsplit(":", 2) for p in services()["dashboard"].get("ports", [])]
+    assert any(mapping[-1] == port for mapping in published), f"{port} not published"
+
+
+def _prometheus_config() -> dict[str, Any]:
+    with PROMETHEUS_CONFIG.open() as f:
+        config = yaml.safe_load(f)
+    assert isinstance(config, dict)
+    return config
+
+
+def test_prometheus_service_loads_the_shipped_config_and_scrapes_the_dashboard() -> None:
+    prometheus = services()["prometheus"]
+    assert str(prometheus["image"]).startswith("prom/prometheus:")
+    flags = dict(a.split("=", 1) for a in as_argv(prometheus.get("command")) if "=" in a)
+    config_in_container = flags.get("--config.file")
+    mounts = {}
+    for volume in prometheus.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        mounts[target] = source
+    source = mounts.get(str(config_in_container))
+    assert source is not None, f"{config_in_container} is not mounted ({mounts})"
+    assert (REPO / source).resolve() == PROMETHEUS_CONFIG
+    dashboard_port = option_value(worldlm_services()["dashboard"], "--port")
+    jobs = _prometheus_config()["scrape_configs"]
+    targets = [
+        (job.get("metrics_path", "/metrics"), target)
+        for job in jobs
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    ]
+    assert ("/metrics", f"dashboard:{dashboard_port}") in targets, targets
 
 
 # ---- the Dockerfile ----------------------------------------------------------------------------
