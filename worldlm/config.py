@@ -80,6 +80,8 @@ class ResidualConfig(_Strict, frozen=True):
 
     gamma: float = 0.9
     links: Literal["siblings", "none"] | list[str] = "siblings"
+    #: Sign residual candidates are scored with (None: the attention sign). -1 = similarity.
+    sign: Literal[1, -1] | None = None
 
 
 class DPConfig(_Strict, frozen=True):
@@ -129,6 +131,7 @@ class Policy(_Strict, frozen=True):
             attention_tau=self.attention.tau,
             attention_sign=self.attention.sign,
             residual_gamma=self.residual.gamma if self.residual is not None else None,
+            residual_sign=self.residual.sign if self.residual is not None else None,
             staleness_exponent=self.schedule.staleness_exponent,
             staleness_bound=self.schedule.staleness_bound,
             dp=(

@@ -46,6 +46,8 @@ class Offset:
     source: str
     bias: float
     diffs: Tensors
+    #: Overrides the rule's sign for this candidate (e.g. residuals scored by similarity).
+    sign: float | None = None
 
 
 def offset_from_update(update: Update) -> Offset:
@@ -149,6 +151,7 @@ class AttentionAggregation:
             alpha = self.attention_weights(
                 [float(torch.linalg.vector_norm(d.double())) for d in diffs],
                 [o.bias for o in covering],
+                [o.sign for o in covering],
             )
             # w − ε Σ α_k (w − w_k) = w + ε Σ α_k (w_k − w), with w_k − w the offsets.
             moved = torch.zeros_like(cur, dtype=dtype)
@@ -169,10 +172,22 @@ class AttentionAggregation:
         info["attention/entropy"] = entropy_sum / tensors if tensors else 0.0
         return AggregateResult(weights=weights, info=info, accepted=())
 
-    def attention_weights(self, distances: Sequence[float], biases: Sequence[float]) -> list[float]:
-        """α = softmax_k(sign·s_k/τ + b_k), computed in float64 for stability."""
+    def attention_weights(
+        self,
+        distances: Sequence[float],
+        biases: Sequence[float],
+        signs: Sequence[float | None] | None = None,
+    ) -> list[float]:
+        """α = softmax_k(sign_k·s_k/τ + b_k), computed in float64 for stability.
+
+        ``sign_k`` is the rule's sign unless ``signs`` overrides it for candidate k.
+        """
+        per = signs if signs is not None else [None] * len(distances)
         logits = torch.tensor(
-            [self.sign * s / self.tau + b for s, b in zip(distances, biases, strict=True)],
+            [
+                (self.sign if g is None else g) * s / self.tau + b
+                for s, b, g in zip(distances, biases, per, strict=True)
+            ],
             dtype=torch.float64,
         )
         return [float(a) for a in torch.softmax(logits, dim=0)]

@@ -53,6 +53,7 @@ class StrategyPolicy:
         key: K's strategy: attention (FedAtt), FedAvg, or local (kept, FedPer).
         attention_eps, attention_tau, attention_sign: ε, τ and sign of the attention rule.
         residual_gamma: staleness discount γ of residual candidates; None = no residuals.
+        residual_sign: sign residual candidates are scored with; None = attention_sign.
         staleness_exponent: a in the (1 + s)^−a discount of async updates.
         staleness_bound: largest accepted staleness; None = unbounded.
         dp: differential privacy, or None.
@@ -66,6 +67,7 @@ class StrategyPolicy:
     attention_tau: float = 1.0
     attention_sign: int = 1
     residual_gamma: float | None = 0.9
+    residual_sign: int | None = None
     staleness_exponent: float = 0.5
     staleness_bound: int | None = None
     dp: DPPolicy | None = None
@@ -127,7 +129,7 @@ def make_key(policy: StrategyPolicy) -> Strategy:
     )
     if policy.residual_gamma is None:
         return attention
-    return ResidualMerge(attention, gamma=policy.residual_gamma)
+    return ResidualMerge(attention, gamma=policy.residual_gamma, sign=policy.residual_sign)
 
 
 def make_strategy(policy: StrategyPolicy, key_names: NameSelector | None = None) -> Strategy:

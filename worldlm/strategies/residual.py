@@ -52,11 +52,22 @@ class ResidualMerge:
     Args:
         attention: the attention rule (ε, τ, sign).
         gamma: staleness discount γ in (0, 1]; 1 = no discount.
+        sign: the sign residual candidates are scored with; None = the rule's sign. With
+            the FedAtt sign +1 the farthest candidate weighs most, so a federation with
+            unrelated data dominates; -1 scores residuals by similarity instead.
     """
 
-    def __init__(self, attention: AttentionAggregation | None = None, gamma: float = 0.9):
+    def __init__(
+        self,
+        attention: AttentionAggregation | None = None,
+        gamma: float = 0.9,
+        sign: int | None = None,
+    ):
         if not 0.0 < gamma <= 1.0:
             raise StrategyConfigError(f"residual gamma must be in (0, 1], got {gamma}")
+        if sign not in (None, 1, -1):
+            raise StrategyConfigError(f"residual sign must be +1, -1 or unset, got {sign}")
+        self.sign = sign
         self.attention = attention if attention is not None else AttentionAggregation()
         self.gamma = gamma
 
@@ -112,7 +123,7 @@ class ResidualMerge:
             dtype = compute_dtype(cur)
             diffs[name] = w_k.to(device=cur.device, dtype=dtype) - cur.to(dtype)
         bias = residual_bias(self.gamma, entry.rounds_stale)
-        return Offset(RESIDUAL_PREFIX + entry.federation, bias, diffs), skipped
+        return Offset(RESIDUAL_PREFIX + entry.federation, bias, diffs, self.sign), skipped
 
     def state_dict(self) -> dict[str, Any]:
         """Stateless: the residuals arrive with each round."""

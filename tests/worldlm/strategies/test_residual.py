@@ -82,3 +82,35 @@ def test_residual_merge_does_not_mutate_residuals() -> None:
 def test_gamma_outside_unit_interval_is_config_error() -> None:
     with pytest.raises(StrategyConfigError):
         ResidualMerge(gamma=0.0)
+
+
+def _near_and_far_alpha(sign: int | None) -> tuple[float, float]:
+    current = {"k": torch.zeros(2)}
+    updates = [Update("child", {"k": torch.tensor([1.0, 0.0])}, num_samples=5)]
+    residuals = [
+        ResidualEntry("near", {"k": torch.tensor([0.5, 0.0])}),
+        ResidualEntry("far", {"k": torch.tensor([0.0, 4.0])}),
+    ]
+    info = (
+        ResidualMerge(gamma=1.0, sign=sign)
+        .aggregate(current, updates, RoundContext(residuals=residuals))
+        .info
+    )
+    return info["attention/alpha/residual:near"], info["attention/alpha/residual:far"]
+
+
+def test_residuals_follow_the_rule_sign_by_default_so_the_farthest_weighs_most() -> None:
+    near, far = _near_and_far_alpha(None)
+    assert far > near
+
+
+def test_residual_sign_minus_one_scores_residuals_by_similarity() -> None:
+    near, far = _near_and_far_alpha(-1)
+    assert near > far
+    # Only the residuals' sign changes: the child's own candidate keeps the rule's sign.
+    assert near == pytest.approx(math.exp(-0.5) / (math.exp(1.0) + math.exp(-0.5) + math.exp(-4.0)))
+
+
+def test_residual_sign_must_be_plus_or_minus_one() -> None:
+    with pytest.raises(StrategyConfigError, match="residual sign"):
+        ResidualMerge(sign=2)
