@@ -9,6 +9,7 @@ slowly), and offsets committed by hand, only after the caller has processed a re
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -179,11 +180,28 @@ class PartitionReader(_Lifecycle):
 
     This is how clients follow broadcasts: no rebalance (seconds on Tansu), and a newcomer
     starts exactly at the offset Redis recorded for the current model.
+
+    Offsets of a partition we produce to (no transactions, no compaction) are contiguous, so
+    a jump means a record was not visible when its successors were: the reader then returns
+    only the records before the hole and reads again from it, for up to ``gap_wait_s``,
+    before it accepts the hole (a compacted topic, transaction markers) and goes on. Holes
+    are counted in ``gaps`` (seen) and ``gaps_skipped`` (accepted after the wait).
     """
 
-    def __init__(self, settings: KafkaSettings, start: dict[TopicPartition, int]) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        start: dict[TopicPartition, int],
+        *,
+        gap_wait_s: float = 5.0,
+    ) -> None:
         self.settings = settings
+        self.gap_wait_s = gap_wait_s
+        self.gaps = 0
+        self.gaps_skipped = 0
         self._start_offsets = dict(start)
+        self._next: dict[TopicPartition, int] = dict(start)
+        self._holes: dict[TopicPartition, tuple[int, float]] = {}
         self._consumer = _consumer(settings, None)
 
     async def _start(self) -> None:
@@ -198,6 +216,8 @@ class PartitionReader(_Lifecycle):
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Continue ``tp`` from ``offset``."""
         self._consumer.seek(tp, offset)
+        self._next[tp] = offset
+        self._holes.pop(tp, None)
 
     async def position(self, tp: TopicPartition) -> int:
         return await self._consumer.position(tp)
@@ -210,9 +230,52 @@ class PartitionReader(_Lifecycle):
     async def fetch(
         self, timeout_ms: int = 200, max_records: int | None = None
     ) -> list[ConsumerRecord]:
-        """Records available within ``timeout_ms``, in partition order."""
+        """Records available within ``timeout_ms``, in partition order, without holes."""
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
-        return [record for records in batches.values() for record in records]
+        out: list[ConsumerRecord] = []
+        for tp, records in batches.items():
+            out.extend(self._contiguous(tp, records))
+        return out
+
+    def _contiguous(
+        self, tp: TopicPartition, records: list[ConsumerRecord]
+    ) -> list[ConsumerRecord]:
+        expected = self._next.get(tp)
+        for i, record in enumerate(records):
+            if expected is not None and record.offset > expected:
+                hole = self._holes.get(tp)
+                now = time.monotonic()
+                if hole is None or hole[0] != expected:
+                    self.gaps += 1
+                    self._holes[tp] = hole = (expected, now)
+                    log.warning(
+                        "offset_gap",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        expected=expected,
+                        got=record.offset,
+                    )
+                if now - hole[1] < self.gap_wait_s:
+                    self._consumer.seek(tp, expected)  # read the hole again
+                    self._next[tp] = expected
+                    return records[:i]
+                self.gaps_skipped += 1
+                self._holes.pop(tp, None)
+                log.warning(
+                    "offset_gap_skipped",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    expected=expected,
+                    got=record.offset,
+                    waited_s=round(now - hole[1], 3),
+                )
+            expected = record.offset + 1
+        if expected is not None:
+            self._next[tp] = expected
+            hole = self._holes.get(tp)
+            if hole is not None and hole[0] < expected:
+                del self._holes[tp]  # filled
+        return records
 
     async def records(self, timeout_ms: int = 200) -> AsyncIterator[ConsumerRecord]:
         """Every record from the start offsets on, until the caller stops iterating."""

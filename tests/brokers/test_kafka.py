@@ -6,7 +6,7 @@ import asyncio
 
 import msgspec
 import torch
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
 from brokers.kafka import GroupConsumer, KafkaSettings, PartitionReader, Producer, ensure_topics
@@ -115,6 +115,57 @@ async def test_reader_starts_from_explicit_offset(kafka: KafkaSettings, topics: 
             while len(values) < 4:
                 values += [r.value for r in await reader.fetch(100)]
     assert values == [b"m6", b"m7", b"m8", b"m9"]
+
+
+async def test_reader_reads_a_hole_again_instead_of_skipping_it(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    """A fetch that jumps over an offset (a record not yet visible when its successors were)
+    must not lose that record: the reader stops before the hole and reads from it again."""
+    topic = topics.up(1)
+    await ensure_topics(kafka, [topic])
+    async with Producer(kafka) as producer:
+        meta = await producer.send_many(topic, [f"r{i}".encode() for i in range(10)], key="a")
+    tp = TopicPartition(topic, meta[0].partition)
+    async with PartitionReader(kafka, {tp: 0}) as reader:
+        fetched: list[ConsumerRecord] = []
+        async with asyncio.timeout(30):
+            while len(fetched) < 10:
+                fetched += await reader.fetch(100)
+        # Replay what a fetch with a hole at offset 4 would have delivered.
+        reader.seek(tp, 0)
+        holed = [r for r in fetched if r.offset != 4]
+        before = reader._contiguous(tp, holed)
+        assert [r.value for r in before] == [b"r0", b"r1", b"r2", b"r3"]
+        assert await reader.position(tp) == 4
+        assert reader.gaps == 1
+        rest: list[bytes] = []
+        async with asyncio.timeout(30):
+            while len(rest) < 6:
+                rest += [r.value for r in await reader.fetch(100)]
+    assert rest == [f"r{i}".encode() for i in range(4, 10)]
+    assert reader.gaps == 1 and reader.gaps_skipped == 0
+
+
+async def test_reader_accepts_a_hole_that_stays_after_the_wait(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    """Compacted topics and transaction markers leave real holes: after ``gap_wait_s`` the
+    reader goes on past them (counted) rather than stalling."""
+    topic = topics.up(1)
+    await ensure_topics(kafka, [topic])
+    async with Producer(kafka) as producer:
+        meta = await producer.send_many(topic, [f"r{i}".encode() for i in range(6)], key="a")
+    tp = TopicPartition(topic, meta[0].partition)
+    async with PartitionReader(kafka, {tp: 0}, gap_wait_s=0.0) as reader:
+        fetched: list[ConsumerRecord] = []
+        async with asyncio.timeout(30):
+            while len(fetched) < 6:
+                fetched += await reader.fetch(100)
+        reader.seek(tp, 0)
+        kept = reader._contiguous(tp, [r for r in fetched if r.offset != 2])
+    assert [r.offset for r in kept] == [0, 1, 3, 4, 5]
+    assert reader.gaps == 1 and reader.gaps_skipped == 1
 
 
 async def test_group_consumer_resumes_from_last_manual_commit(
