@@ -245,30 +245,19 @@ class PartitionReader(_Lifecycle):
             if expected is not None and record.offset > expected:
                 hole = self._holes.get(tp)
                 now = time.monotonic()
+                where = {"topic": tp.topic, "partition": tp.partition, "expected": expected}
                 if hole is None or hole[0] != expected:
                     self.gaps += 1
                     self._holes[tp] = hole = (expected, now)
-                    log.warning(
-                        "offset_gap",
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        expected=expected,
-                        got=record.offset,
-                    )
+                    log.warning("offset_gap", got=record.offset, **where)
                 if now - hole[1] < self.gap_wait_s:
                     self._consumer.seek(tp, expected)  # read the hole again
                     self._next[tp] = expected
                     return records[:i]
                 self.gaps_skipped += 1
                 self._holes.pop(tp, None)
-                log.warning(
-                    "offset_gap_skipped",
-                    topic=tp.topic,
-                    partition=tp.partition,
-                    expected=expected,
-                    got=record.offset,
-                    waited_s=round(now - hole[1], 3),
-                )
+                waited = round(now - hole[1], 3)
+                log.warning("offset_gap_skipped", got=record.offset, waited_s=waited, **where)
             expected = record.offset + 1
         if expected is not None:
             self._next[tp] = expected

@@ -20,13 +20,13 @@ import asyncio
 import contextlib
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
 
+from brokers.lifecycle import Service
 from worldlm.config import Hierarchy
 from worldlm.dashboard.prometheus import CONTENT_TYPE, exposition, registry_for
 from worldlm.dashboard.state import DashboardState
@@ -52,7 +52,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + _json.encode(data) + b"\n\n"
 
 
-class Dashboard:
+class Dashboard(Service):
     """A live dashboard of one run, reading Kafka and Redis, serving HTTP on ``host:port``."""
 
     def __init__(
@@ -136,18 +136,6 @@ class Dashboard:
             records=self.follower.records,
             undecodable=self.follower.undecodable,
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- pushing ------------------------------------------------------------------------
 

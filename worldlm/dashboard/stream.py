@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from brokers.kafka import KafkaSettings, PartitionReader
+from brokers.lifecycle import Service
 from brokers.state import RedisState
 from schemas.codec import Decoder, dead_letter_decoder, event_decoder, metrics_decoder
 from schemas.errors import WireError
@@ -58,7 +58,7 @@ async def discover_runs(settings: KafkaSettings, prefix: str = "worldlm") -> lis
     )
 
 
-class DashboardFollower:
+class DashboardFollower(Service):
     """Feeds a :class:`DashboardState` from Kafka and Redis until stopped."""
 
     def __init__(
@@ -123,18 +123,6 @@ class DashboardFollower:
         self.log.info(
             "dashboard_follower_stopped", records=self.records, undecodable=self.undecodable
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     # -- Kafka --------------------------------------------------------------------------
 
