@@ -127,6 +127,7 @@ class AggregatorParticipant:
         self._key = federation.encode()
         self._receiver = DeltaReceiver()
         self._parent: BroadcastFollower | None = None
+        self._reader: PartitionReader | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class AggregatorParticipant:
             node.settings, {self.up_tp: self.meta.offsets.get(self._tp_key, 0)}
         )
         await reader.start()
+        self._reader = reader
         try:
             if self.fed.parent is not None:
                 self._parent = BroadcastFollower(node.settings, node.state, self.fed.parent)
@@ -169,6 +171,8 @@ class AggregatorParticipant:
                 "aggregator_stopped",
                 round=self.meta.round,
                 version=self.meta.version,
+                read_gaps=reader.gaps,
+                read_gaps_skipped=reader.gaps_skipped,
                 **dict(node.counters),
                 **self._receiver.reassembler.counters.as_dict(),
             )
@@ -440,6 +444,8 @@ class AggregatorParticipant:
             "aggregate_s": time.perf_counter() - started,
             "version": float(meta.version),
             "lag": float(self._lag),
+            # holes in the update partition that had to be read again (brokers.kafka)
+            "read_gaps": float(self._reader.gaps if self._reader is not None else 0),
         }
         values |= {
             k: v for k, v in result.info.items() if isinstance(v, float | int) and math.isfinite(v)
