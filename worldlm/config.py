@@ -294,6 +294,20 @@ def parse(
         policies[fid] = _convert(_merge(defaults, body), Policy, where, source)
         _check_policy(policies[fid], source, where)
 
+    for fid, parent in parents.items():
+        if parent is not None and parent not in parents:
+            raise ConfigError(f"{source}: federations.{fid}.parent: unknown federation {parent!r}")
+    # Cycles first: federations that all sit on cycles leave no root to count.
+    levels: dict[str, int] = {}
+    for fid in parents:
+        seen, node, level = [fid], parents[fid], 0
+        while node is not None:
+            if node in seen:
+                cycle = " -> ".join([*seen[seen.index(node) :], node])
+                raise ConfigError(f"{source}: federations.{fid}.parent: cycle {cycle}")
+            seen.append(node)
+            node, level = parents[node], level + 1
+        levels[fid] = level
     roots = [f for f, p in parents.items() if p is None]
     _check(
         len(roots) == 1,
@@ -301,19 +315,6 @@ def parse(
         "federations",
         f"exactly one root (no parent) needed, found {roots}",
     )
-    for fid, parent in parents.items():
-        if parent is not None and parent not in parents:
-            raise ConfigError(f"{source}: federations.{fid}.parent: unknown federation {parent!r}")
-    levels: dict[str, int] = {}
-    for fid in parents:
-        seen, node, level = [fid], parents[fid], 0
-        while node is not None:
-            if node in seen:
-                cycle = " -> ".join([*seen, node])
-                raise ConfigError(f"{source}: federations.{fid}.parent: cycle {cycle}")
-            seen.append(node)
-            node, level = parents[node], level + 1
-        levels[fid] = level
 
     clients: dict[str, Client] = {}
     per_partition: dict[str, list[str]] = {}
@@ -329,6 +330,10 @@ def parse(
                 f"{source}: {where}.partition: unknown partition {c.partition!r}; "
                 f"known: {sorted(known_partitions)}"
             )
+        if (c.shard is None) != (c.shards is None):
+            raise ConfigError(
+                f"{source}: {where}: shard and shards go together (set both or neither)"
+            )
         per_partition.setdefault(c.partition, []).append(cid)
         clients[cid] = Client(
             cid, c.federation, c.partition, c.shard or 0, c.shards or 0, c.keep_key_layers
@@ -343,6 +348,16 @@ def parse(
             clients[cid] = Client(
                 cid, cl.federation, cl.partition, shard, shards, cl.keep_key_layers
             )
+        holders: dict[tuple[int, int], str] = {}
+        for cid in sharing:
+            slot = (clients[cid].shard, clients[cid].shards)
+            if slot in holders:
+                raise ConfigError(
+                    f"{source}: clients.{cid}.shard: shard {slot[0]} of {slot[1]} of partition "
+                    f"{clients[cid].partition!r} is {holders[slot]}'s already (clients would "
+                    "train on the same text)"
+                )
+            holders[slot] = cid
 
     federations: dict[str, Federation] = {}
     for fid in parents:
@@ -357,7 +372,12 @@ def parse(
         links = hierarchy.federations[fid].policy.residual
         if links is not None and isinstance(links.links, list):
             for other in links.links:
-                if other not in federations or other == fid:
+                if other == fid:
+                    raise ConfigError(
+                        f"{source}: federations.{fid}.residual.links: a federation cannot link "
+                        "to itself (its own key layers are already the aggregate)"
+                    )
+                if other not in federations:
                     raise ConfigError(
                         f"{source}: federations.{fid}.residual.links: unknown federation {other!r}"
                     )

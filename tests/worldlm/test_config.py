@@ -174,6 +174,20 @@ MISTAKES: list[tuple[str, dict[str, Any], str]] = [
     ("client id taken by a federation", {"clients.a": {"federation": "b"}}, "clients.a: a client"),
     ("federations not a table", {"federations": 3}, "federations: must be a table"),
     ("shard out of range", {"clients.c0.shard": 5, "clients.c0.shards": 2}, "clients.c0.shard"),
+    ("shard without shards", {"clients.c0.shard": 1}, "clients.c0: shard and shards go together"),
+    ("shards without shard", {"clients.c0.shards": 2}, "clients.c0: shard and shards go together"),
+    (
+        "two clients on one shard",
+        {"clients.c1.partition": "lang-en", "clients.c0.shard": 0, "clients.c0.shards": 2,
+         "clients.c1.shard": 0, "clients.c1.shards": 2},
+        "clients.c1.shard: shard 0 of 2 of partition 'lang-en' is c0's already",
+    ),
+    (
+        "every federation on a cycle",
+        {"federations.root.parent": "b", "federations.b.parent": "root"},
+        "cycle root -> b -> root",
+    ),
+    ("residual link to itself", {"federations.a.residual.links": ["a"]}, "link to itself"),
 ]  # fmt: skip
 
 
