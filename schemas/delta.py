@@ -28,10 +28,12 @@ from schemas.errors import (
     TensorFormatError,
 )
 from schemas.messages import DeltaChunk, DeltaKind, DeltaManifest, DeltaMessage, Envelope
+from schemas.signing import sign_manifest
 from schemas.tensors import Segments, check_specs, layout, unpack
 
 if TYPE_CHECKING:
     import torch
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 #: Default chunk payload: well under Kafka's default 1 MiB record limit, envelope included.
 DEFAULT_CHUNK_SIZE = 768 * 1024
@@ -101,10 +103,13 @@ def encode_delta(
     metrics: Mapping[str, float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     update_id: str | None = None,
+    signer: Ed25519PrivateKey | None = None,
 ) -> EncodedDelta:
     """Lay out and hash ``tensors``; chunks are cut from their memory as they are published.
 
-    The tensors must not change until the delta has been published.
+    With a ``signer`` the manifest also carries the payload's BLAKE2b digest and the signer's
+    Ed25519 signature (:mod:`schemas.signing`). The tensors must not change until the delta
+    has been published.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -127,6 +132,8 @@ def encode_delta(
         round=round,
         metrics=dict(metrics or {}),
     )
+    if signer is not None:
+        manifest = sign_manifest(manifest, signer, segments.iter_parts())
     return EncodedDelta(manifest, segments)
 
 

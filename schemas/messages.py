@@ -71,6 +71,10 @@ class DeltaManifest(Message, frozen=True, tag="manifest"):
     version: int = 0
     round: int = 0
     metrics: dict[str, float] = {}
+    #: Signed deltas only (schemas.signing): the payload's BLAKE2b digest, and the sender's
+    #: Ed25519 signature over this manifest with ``signature`` empty.
+    digest: str = ""
+    signature: bytes = b""
 
 
 class DeltaChunk(Message, frozen=True, tag="chunk"):

@@ -67,6 +67,9 @@ class RunConfig(_Strict, frozen=True):
     chunk_kib: int = 768
     partitions: int = 4
     corpus: str | None = None
+    #: "required": every delta is signed by its sender (Ed25519) and verified by its readers;
+    #: participants then need a key directory (``--keys``; ``worldlm keys generate``).
+    signing: Literal["off", "required"] = "off"
 
 
 class AttentionConfig(_Strict, frozen=True):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from typer.testing import CliRunner
 
 from brokers.embedded import Endpoints
 from worldlm.cli import app
+from worldlm.keys import load_keyring
+
+DEMO = str(Path(__file__).parents[2] / "worldlm" / "configs" / "demo.toml")
 
 runner = CliRunner()
 
@@ -13,7 +18,7 @@ runner = CliRunner()
 def test_top_level_help_lists_the_command_groups() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ["infra", "data", "demo"]:
+    for command in ["infra", "data", "demo", "keys", "run", "client", "aggregator", "dashboard"]:
         assert command in result.output
 
 
@@ -35,3 +40,26 @@ async def test_smoke_transfer_against_given_servers_is_bit_exact(servers: Endpoi
     report = await smoke_transfer(servers.kafka, servers.redis, megabytes=4)
     assert report.bit_exact and report.barrier_closed and report.residual_round == 0
     assert report.chunks > 1  # 4 MB does not fit one 768 KiB chunk
+
+
+def test_keys_generate_writes_a_loadable_pair_for_every_participant(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["keys", "generate", "--config", DEMO, "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "10 key pairs written, 0 kept" in result.output
+    ring = load_keyring(tmp_path, "es-0")
+    assert ring.signer is not None and len(ring.public) == 10  # 4 federations, 6 clients
+    again = runner.invoke(app, ["keys", "generate", "--config", DEMO, "--out", str(tmp_path)])
+    assert "0 key pairs written, 10 kept" in again.output
+
+
+def test_a_participant_without_its_key_is_a_usage_error_naming_keys(tmp_path: Path) -> None:
+    config = tmp_path / "signed.toml"
+    config.write_text(Path(DEMO).read_text().replace("[run]\n", '[run]\nsigning = "required"\n', 1))
+    args = ["client", "--config", str(config), "--node", "es-0", "--kafka", "127.0.0.1:1"]
+    result = runner.invoke(
+        app,
+        [*args, "--redis", "redis://127.0.0.1:1/0", "--keys", str(tmp_path)],
+        env={"TERMINAL_WIDTH": "1000", "COLUMNS": "1000"},  # the error box on one line
+    )
+    assert result.exit_code == 2, result.output
+    assert "--keys" in result.output and "es-0.key is missing" in result.output

@@ -10,6 +10,7 @@ import typer
 from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.infra import app as infra_app
+from worldlm.cli.keys import app as keys_app
 from worldlm.cli.participants import aggregator, client, run, single_threaded_torch
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(infra_app, name="infra", help="Embedded Kafka (Tansu) and Redis servers.")
 app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
+app.add_typer(keys_app, name="keys", help="Signing keys of participants.")
 app.command()(run)
 app.command()(client)
 app.command()(aggregator)

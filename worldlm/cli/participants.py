@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 
@@ -32,6 +32,21 @@ CheckpointOpt = Annotated[
     Path, typer.Option("--checkpoint-dir", help="Where aggregators keep their checkpoints.")
 ]
 LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+KeysOpt = Annotated[
+    Path | None,
+    typer.Option("--keys", help="Key directory, when the run signs deltas (worldlm keys)."),
+]
+
+
+@contextlib.contextmanager
+def _key_errors() -> Iterator[None]:
+    """A missing or unreadable key is a usage error, not a traceback."""
+    from worldlm.keys import KeyFileError
+
+    try:
+        yield
+    except KeyFileError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--keys") from None
 
 
 def load_config(path: Path, run_id: str | None) -> Hierarchy:
@@ -106,6 +121,7 @@ def run(
     dashboard_port: Annotated[
         int, typer.Option("--dashboard-port", help="The dashboard's HTTP port.")
     ] = 8050,
+    keys: KeysOpt = None,
 ) -> None:
     """Run a whole hierarchy in one process until the root's last round.
 
@@ -139,7 +155,7 @@ def run(
             with RoundProgress(hierarchy) as progress:
                 result = await run_hierarchy(
                     hierarchy,
-                    Endpoints(k, r),
+                    Endpoints(k, r, str(keys) if keys else None),
                     checkpoint_dir=checkpoint_dir,
                     on_report=progress.update,
                     stop=stop,
@@ -152,7 +168,8 @@ def run(
                 typer.echo(f"dashboard still at {board.url}; Ctrl-C to stop", err=True)
                 await stop.wait()
 
-    run_until_signal(main)
+    with _key_errors():
+        run_until_signal(main)
 
 
 class _Participant(Protocol):
@@ -167,6 +184,7 @@ def _serve_one(
     kafka: str,
     redis: str,
     log_level: str,
+    keys: Path | None,
     make: Callable[[Hierarchy, Endpoints], _Participant],
 ) -> None:
     """Load the config, create the run's topics, run one participant until done or a signal."""
@@ -174,15 +192,16 @@ def _serve_one(
 
     logs.configure(level=log_level)
     hierarchy = load_config(config, run_id)
-    endpoints = Endpoints(kafka, redis)
+    endpoints = Endpoints(kafka, redis, str(keys) if keys else None)
 
     async def main(stop: asyncio.Event) -> None:
+        participant = make(hierarchy, endpoints)  # a missing key fails here, before any I/O
         await prepare_run(hierarchy, endpoints)
-        participant = make(hierarchy, endpoints)
         participant.stop = stop
         await participant.run()
 
-    run_until_signal(main)
+    with _key_errors():
+        run_until_signal(main)
 
 
 def client(
@@ -192,6 +211,7 @@ def client(
     redis: Annotated[str, typer.Option("--redis", help="Redis URL redis://host:port/db.")],
     run_id: RunIdOpt = None,
     log_level: LogOpt = "info",
+    keys: KeysOpt = None,
 ) -> None:
     """Run one client against the given Kafka and Redis until the run ends or a signal."""
     from worldlm.participants.client import ClientParticipant
@@ -202,6 +222,7 @@ def client(
         kafka,
         redis,
         log_level,
+        keys,
         lambda h, e: ClientParticipant(h, e, node),
     )
 
@@ -214,6 +235,7 @@ def aggregator(
     checkpoint_dir: CheckpointOpt = Path("checkpoints"),
     run_id: RunIdOpt = None,
     log_level: LogOpt = "info",
+    keys: KeysOpt = None,
 ) -> None:
     """Run one federation's aggregator; it resumes from its checkpoint if one exists."""
     from worldlm.participants.aggregator import AggregatorParticipant
@@ -224,5 +246,6 @@ def aggregator(
         kafka,
         redis,
         log_level,
+        keys,
         lambda h, e: AggregatorParticipant(h, e, node, checkpoint_dir=checkpoint_dir),
     )

@@ -30,6 +30,7 @@ from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
 from brokers.kafka import PartitionReader, partition_for
 from schemas.delta import encode_delta, new_update_id
 from schemas.messages import RoundEvent
+from schemas.signing import SignatureError, verify_manifest
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Checkpoint, Meta, flatten_state, unflatten_state
 from worldlm.participants.follower import BroadcastFollower
@@ -143,7 +144,9 @@ class AggregatorParticipant:
         self._reader = reader
         try:
             if self.fed.parent is not None:
-                self._parent = BroadcastFollower(node.settings, node.state, self.fed.parent)
+                self._parent = BroadcastFollower(
+                    node.settings, node.state, self.fed.parent, keys=node.public_keys
+                )
                 await self._parent.start(self.stop)
             await node.join()
             if self.meta.final:
@@ -319,6 +322,11 @@ class AggregatorParticipant:
             return await node.dead_letter(
                 record, "unknown_sender", f"{sender} is not a member of {self.id}"
             )
+        if node.public_keys is not None:
+            try:
+                verify_manifest(manifest, node.public_keys, received.delta.payload.data)
+            except SignatureError as exc:
+                return await node.dead_letter(record, exc.reason, str(exc))
         delta = received.delta.tensors()
         problem = check_update(sender, delta, self.weights)
         if problem is not None:
@@ -483,6 +491,7 @@ class AggregatorParticipant:
             round=meta.round,
             update_id=meta.submit_id,
             chunk_size=self.run_config.chunk_kib * 1024,
+            signer=node.signer,
         )
         await publish_delta(node.producer, node.topics.up(self.level - 1), self.fed.parent, encoded)
         node.log.info("submitted_to_parent", parent=self.fed.parent, base=meta.parent_version)
@@ -515,6 +524,7 @@ class AggregatorParticipant:
             round=meta.round,
             metrics={"final": float(final), "parent_version": float(meta.parent_version)},
             chunk_size=self.run_config.chunk_kib * 1024,
+            signer=node.signer,
         )
         published = await publish_delta(
             node.producer, node.topics.down(self.level), self.id, encoded

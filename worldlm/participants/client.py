@@ -45,7 +45,9 @@ class ClientParticipant:
         node = self.node
         self.bench = await asyncio.to_thread(Workbench, node.run, self.client, self.policy)
         await node.start()
-        follower = BroadcastFollower(node.settings, node.state, node.federation)
+        follower = BroadcastFollower(
+            node.settings, node.state, node.federation, keys=node.public_keys
+        )
         try:
             await node.join()
             await follower.start(self.stop)
@@ -111,6 +113,7 @@ class ClientParticipant:
             round=broadcast.round,
             metrics={"train_loss": result.train_loss},
             chunk_size=node.run.chunk_kib * 1024,
+            signer=node.signer,
         )
         published = await publish_delta(
             node.producer, node.topics.up(self.level), node.federation, encoded

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import structlog
 import torch
 from aiokafka import TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from brokers.deltas import DeltaReceiver, Received, Rejected
 from brokers.kafka import KafkaSettings, PartitionReader
 from brokers.state import RedisState
 from schemas.messages import DeltaManifest
+from schemas.signing import SignatureError, verify_manifest
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,18 @@ class Broadcast:
 class BroadcastFollower:
     """Yields ever newer broadcasts of one federation."""
 
-    def __init__(self, settings: KafkaSettings, state: RedisState, federation: str) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        state: RedisState,
+        federation: str,
+        *,
+        keys: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> None:
         self.settings = settings
         self.state = state
         self.federation = federation
+        self.keys = keys  # verify each broadcast's signature with these (None: unsigned run)
         self._key = federation.encode()
         self._reader: PartitionReader | None = None
         self._receiver = DeltaReceiver()
@@ -103,4 +117,11 @@ class BroadcastFollower:
         m = received.delta.manifest
         if m.kind != "broadcast" or m.envelope.sender != self.federation:
             return None
+        if self.keys is not None:
+            try:
+                verify_manifest(m, self.keys, received.delta.payload.data)
+            except SignatureError as exc:
+                self.rejected[exc.reason] += 1
+                log.warning("broadcast_rejected", reason=exc.reason, detail=str(exc))
+                return None
         return Broadcast(m, received.delta.tensors(), m.total_bytes)

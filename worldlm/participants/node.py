@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from brokers.kafka import KafkaSettings, Producer, ensure_topics
 from brokers.state import RedisState
@@ -21,6 +22,7 @@ from schemas.keys import Keys
 from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
 from schemas.topics import Topics
 from worldlm.config import Hierarchy
+from worldlm.keys import KeyFileError, Keyring, load_keyring
 
 Role = Literal["client", "aggregator"]
 
@@ -39,10 +41,11 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a participant finds Kafka and Redis."""
+    """Where a participant finds Kafka and Redis, and its keys when the run signs deltas."""
 
     kafka: str
     redis: str
+    keys: str | None = None
 
 
 async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
@@ -56,13 +59,28 @@ class Node:
     """One participant's connection to the run."""
 
     def __init__(
-        self, hierarchy: Hierarchy, endpoints: Endpoints, node_id: str, role: Role, federation: str
+        self,
+        hierarchy: Hierarchy,
+        endpoints: Endpoints,
+        node_id: str,
+        role: Role,
+        federation: str,
+        *,
+        sends_deltas: bool = True,
     ) -> None:
         self.hierarchy = hierarchy
         self.run = hierarchy.run
         self.id = node_id
         self.role: Role = role
         self.federation = federation  # the federation this node is a member of ("" for root)
+        self.keyring: Keyring | None = None
+        if self.run.signing == "required" and sends_deltas:
+            if endpoints.keys is None:
+                raise KeyFileError(
+                    f"run {self.run.id!r} requires signed deltas: give {node_id} its key "
+                    "directory (--keys DIR; worldlm keys generate)"
+                )
+            self.keyring = load_keyring(endpoints.keys, node_id)
         self.topics = Topics(self.run.id)
         self.keys = Keys(self.run.id)
         self.settings = KafkaSettings(
@@ -78,6 +96,16 @@ class Node:
             node=node_id, role=role, federation=federation or node_id
         )
         self._heartbeat: asyncio.Task[None] | None = None
+
+    @property
+    def signer(self) -> Ed25519PrivateKey | None:
+        """The key this node signs its deltas with (None when the run does not sign)."""
+        return self.keyring.signer if self.keyring is not None else None
+
+    @property
+    def public_keys(self) -> dict[str, Ed25519PublicKey] | None:
+        """Keys to verify others' deltas with (None when the run does not sign)."""
+        return self.keyring.public if self.keyring is not None else None
 
     def envelope(self, federation: str | None = None) -> Envelope:
         return Envelope(run=self.run.id, sender=self.id, federation=federation or self.federation)

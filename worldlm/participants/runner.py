@@ -97,7 +97,9 @@ async def run_hierarchy(
             checkpoint_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="worldlm-ckpt-"))
             )
-        watcher = Node(hierarchy, endpoints, f"{hierarchy.run.id}-runner", "client", "")
+        watcher = Node(
+            hierarchy, endpoints, f"{hierarchy.run.id}-runner", "client", "", sends_deltas=False
+        )
         await watcher.start()
         collector = MetricsCollector(watcher, on_report)
         await collector.start()
