@@ -327,6 +327,10 @@ class AggregatorParticipant:
                 verify_manifest(manifest, node.public_keys, received.delta.payload.data)
             except SignatureError as exc:
                 return await node.dead_letter(record, exc.reason, str(exc))
+        if manifest.sample_count <= 0:  # weight 0: alone in a round it would average nothing
+            return await node.dead_letter(
+                record, "no_samples", f"{sender}: sample count {manifest.sample_count}"
+            )
         delta = received.delta.tensors()
         problem = check_update(sender, delta, self.weights)
         if problem is not None:

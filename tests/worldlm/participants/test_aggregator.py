@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from brokers.deltas import publish_delta
 from brokers.embedded import Endpoints as Servers
 from brokers.kafka import Producer
 from brokers.state import RedisState
 from schemas.codec import dead_letter_decoder
+from schemas.delta import encode_delta
 from schemas.keys import Keys
+from schemas.messages import Envelope
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
     MetricsWatch,
@@ -34,6 +37,7 @@ from worldlm.participants.aggregator import check_update, take_parent
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.participants.runner import run_hierarchy
+from worldlm.training.workbench import initial_weights
 
 # -- pure helpers ------------------------------------------------------------------------
 
@@ -124,6 +128,40 @@ async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
     assert letter.payload == garbage
     root = {r.round: r.values for r in result.reports if r.node == "root"}
     assert sorted(root) == [0, 1]
+    assert root[0]["arrived"] == 2 and root[0]["rejected"] == 1
+    assert set(result.final_ppl()) == {"en-0", "de-0"}
+
+
+async def test_update_claiming_no_samples_is_dead_lettered_not_averaged(
+    servers: Servers, run_id: str
+) -> None:
+    """Weight 0: alone in a round it would leave nothing to average and stop the aggregator."""
+    h = hierarchy(
+        run_id,
+        federations={"root": {}},
+        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
+        rounds=1,
+        defaults={"schedule": {"deadline_s": 30.0}},
+    )
+    ep, topics, kafka = endpoints(servers), Topics(run_id), settings(servers, h)
+    await prepare_run(h, ep)
+    name, like = next(iter(initial_weights(h.run).items()))
+    empty = encode_delta(
+        {name: torch.ones_like(like)},
+        envelope=Envelope(run=run_id, sender="de-0", federation="root"),
+        kind="update",
+        base_version=0,
+        sample_count=0,
+    )
+    async with Producer(kafka) as producer:
+        await publish_delta(producer, topics.up(0), "root", empty)
+    async with asyncio.timeout(60):
+        result = await run_hierarchy(h, ep)
+    letters = await read_topic(
+        kafka, topics.dead_letter, dead_letter_decoder.decode, partitions=h.run.partitions
+    )
+    assert [(x.reason, x.detail) for x in letters] == [("no_samples", "de-0: sample count 0")]
+    root = {r.round: r.values for r in result.reports if r.node == "root"}
     assert root[0]["arrived"] == 2 and root[0]["rejected"] == 1
     assert set(result.final_ppl()) == {"en-0", "de-0"}
 
