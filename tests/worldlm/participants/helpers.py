@@ -65,6 +65,26 @@ def hierarchy(
     return parse(raw)
 
 
+def flat_raw(
+    run_id: str, *, rounds: int = 2, schedule: Mapping[str, Any] | None = None, **defaults: Any
+) -> dict[str, Any]:
+    """The smallest real federation: a root with clients en-0 and de-0 (raw, to tweak)."""
+    return raw_config(
+        run_id,
+        federations={"root": {}},
+        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
+        rounds=rounds,
+        defaults={**defaults, "schedule": {"deadline_s": 30.0, **(schedule or {})}},
+    )
+
+
+def flat(
+    run_id: str, *, rounds: int = 2, schedule: Mapping[str, Any] | None = None, **defaults: Any
+) -> Hierarchy:
+    """:func:`flat_raw`, validated."""
+    return parse(flat_raw(run_id, rounds=rounds, schedule=schedule, **defaults))
+
+
 def raw_config(
     run_id: str,
     *,

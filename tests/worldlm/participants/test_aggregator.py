@@ -23,7 +23,7 @@ from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
     MetricsWatch,
     endpoints,
-    hierarchy,
+    flat,
     log_events,
     participant_process,
     poll,
@@ -99,13 +99,7 @@ def test_check_update_names_the_reason_an_update_cannot_be_folded(
 async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
     servers: Servers, run_id: str
 ) -> None:
-    h = hierarchy(
-        run_id,
-        federations={"root": {}},
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=2,
-        defaults={"schedule": {"deadline_s": 30.0}},
-    )
+    h = flat(run_id, rounds=2)
     ep, topics, kafka = endpoints(servers), Topics(run_id), settings(servers, h)
     await prepare_run(h, ep)
     garbage = b"\xc1 not a message \x00\xff" * 8
@@ -136,13 +130,7 @@ async def test_update_claiming_no_samples_is_dead_lettered_not_averaged(
     servers: Servers, run_id: str
 ) -> None:
     """Weight 0: alone in a round it would leave nothing to average and stop the aggregator."""
-    h = hierarchy(
-        run_id,
-        federations={"root": {}},
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=1,
-        defaults={"schedule": {"deadline_s": 30.0}},
-    )
+    h = flat(run_id, rounds=1)
     ep, topics, kafka = endpoints(servers), Topics(run_id), settings(servers, h)
     await prepare_run(h, ep)
     name, like = next(iter(initial_weights(h.run).items()))

@@ -22,7 +22,7 @@ from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
     MetricsWatch,
     endpoints,
-    hierarchy,
+    flat,
     read_topic,
     settings,
 )
@@ -36,21 +36,9 @@ from worldlm.training.workbench import initial_weights
 async def test_async_rounds_close_per_buffer_and_a_stale_update_is_weighed_or_refused_by_bound(
     servers: Servers, run_id: str, tmp_path: Path, bound: int, accepted: bool
 ) -> None:
-    h = hierarchy(
-        run_id,
-        federations={"root": {}},
-        # de-0 runs no client here: the test sends one old update in its name.
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=6,
-        defaults={
-            "schedule": {
-                "mode": "async",
-                "buffer": 1,
-                "staleness_bound": bound,
-                "staleness_exponent": 0.5,
-            }
-        },
-    )
+    # de-0 runs no client here: the test sends one old update in its name.
+    schedule = {"mode": "async", "buffer": 1, "staleness_bound": bound, "staleness_exponent": 0.5}
+    h = flat(run_id, rounds=6, schedule=schedule)
     ep, topics, kafka = endpoints(servers), Topics(run_id), settings(servers, h)
     await prepare_run(h, ep)
     aggregator = AggregatorParticipant(h, ep, "root", checkpoint_dir=tmp_path)

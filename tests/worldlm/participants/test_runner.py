@@ -14,7 +14,7 @@ from brokers.embedded import Endpoints as Servers
 from brokers.state import RedisState
 from schemas.keys import Keys
 from schemas.topics import Topics
-from tests.worldlm.participants.helpers import broadcasts, endpoints, hierarchy, settings
+from tests.worldlm.participants.helpers import broadcasts, endpoints, flat, hierarchy, settings
 from worldlm.participants.runner import run_hierarchy
 from worldlm.training.workbench import key_names
 
@@ -22,13 +22,7 @@ from worldlm.training.workbench import key_names
 async def test_two_level_run_lowers_every_clients_validation_perplexity(
     servers: Servers, run_id: str
 ) -> None:
-    h = hierarchy(
-        run_id,
-        federations={"root": {}},
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=3,
-        defaults={"local_steps": 3, "schedule": {"deadline_s": 30.0}},
-    )
+    h = flat(run_id, rounds=3, local_steps=3)
     async with asyncio.timeout(60):
         result = await run_hierarchy(h, endpoints(servers))
 

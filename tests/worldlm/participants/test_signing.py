@@ -16,7 +16,7 @@ from schemas.codec import dead_letter_decoder
 from schemas.delta import encode_delta
 from schemas.messages import Envelope
 from schemas.topics import Topics
-from tests.worldlm.participants.helpers import raw_config, read_topic, settings
+from tests.worldlm.participants.helpers import flat_raw, read_topic, settings
 from worldlm.config import parse
 from worldlm.keys import KeyFileError, generate_keys, load_keyring
 from worldlm.participants.client import ClientParticipant
@@ -25,13 +25,7 @@ from worldlm.participants.runner import run_hierarchy
 
 
 def signed_config(run_id: str) -> dict[str, object]:
-    raw = raw_config(
-        run_id,
-        federations={"root": {}},
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=2,
-        defaults={"schedule": {"deadline_s": 30.0}},
-    )
+    raw = flat_raw(run_id)
     raw["run"]["signing"] = "required"
     return raw
 
