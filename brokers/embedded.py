@@ -147,6 +147,17 @@ class EmbeddedKafka(_Server):
         """The Kafka bootstrap address, ``host:port``."""
         return f"{self.host}:{self.port}"
 
+    async def start(self) -> None:
+        from brokers.kafka import KafkaSecurity, KafkaSecurityError
+
+        protocol = KafkaSecurity.from_env().protocol
+        if protocol != "PLAINTEXT":
+            raise KafkaSecurityError(
+                f"the embedded broker speaks PLAINTEXT, but WORLDLM_KAFKA_SECURITY_PROTOCOL="
+                f"{protocol} is set (it is for a real cluster): unset it, or give --kafka"
+            )
+        await super().start()
+
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
         return [

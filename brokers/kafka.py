@@ -9,14 +9,17 @@ slowly), and offsets committed by hand, only after the caller has processed a re
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
@@ -26,6 +29,77 @@ log = structlog.get_logger(__name__)
 
 #: Kafka's error code for "topic already exists" in a CreateTopics response.
 _TOPIC_ALREADY_EXISTS = 36
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class KafkaSecurityError(ValueError):
+    """Kafka security settings that cannot work (named by their environment variable)."""
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How to authenticate to Kafka and encrypt the connection: deployment configuration.
+
+    Read from the environment, so every participant, the dashboard and the tools of one
+    deployment pick it up without flags (and secrets stay out of command lines):
+    ``WORLDLM_KAFKA_SECURITY_PROTOCOL`` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL),
+    ``WORLDLM_KAFKA_SASL_MECHANISM`` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512),
+    ``WORLDLM_KAFKA_USERNAME``, ``WORLDLM_KAFKA_PASSWORD`` and ``WORLDLM_KAFKA_CAFILE``
+    (the CA bundle that signed the brokers' certificates; the system's when unset).
+    """
+
+    protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    cafile: str | None = None
+
+    def __post_init__(self) -> None:
+        env = "WORLDLM_KAFKA_"
+        if self.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise KafkaSecurityError(
+                f"{env}SECURITY_PROTOCOL={self.protocol!r}: use PLAINTEXT, SSL, "
+                "SASL_PLAINTEXT or SASL_SSL"
+            )
+        if self.protocol.startswith("SASL"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise KafkaSecurityError(
+                    f"{env}SASL_MECHANISM={self.sasl_mechanism!r}: use one of {SASL_MECHANISMS}"
+                )
+            if not self.username or self.password is None:
+                raise KafkaSecurityError(
+                    f"{env}SECURITY_PROTOCOL={self.protocol} needs {env}USERNAME and {env}PASSWORD"
+                )
+        if self.cafile is not None and not self.protocol.endswith("SSL"):
+            raise KafkaSecurityError(f"{env}CAFILE is set but {self.protocol} does not use TLS")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSecurity:
+        env = os.environ if environ is None else environ
+        protocol = env.get("WORLDLM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper()
+        return cls(
+            protocol=protocol,  # type: ignore[arg-type]  # checked in __post_init__
+            sasl_mechanism=env.get("WORLDLM_KAFKA_SASL_MECHANISM") or None,
+            username=env.get("WORLDLM_KAFKA_USERNAME") or None,
+            password=env.get("WORLDLM_KAFKA_PASSWORD"),
+            cafile=env.get("WORLDLM_KAFKA_CAFILE") or None,
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka's producer, consumer and admin client."""
+        kwargs: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.endswith("SSL"):
+            kwargs["ssl_context"] = create_ssl_context(cafile=self.cafile)
+        if self.protocol.startswith("SASL"):
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.username,
+                "sasl_plain_password": self.password,
+            }
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -41,6 +115,7 @@ class KafkaSettings:
     fetch_max_bytes: int = 64 * 1024 * 1024
     request_timeout_ms: int = 30_000
     partitions: int = 4
+    security: KafkaSecurity = field(default_factory=KafkaSecurity.from_env)
 
 
 def partition_for(key: str | bytes, partitions: int) -> int:
@@ -60,6 +135,7 @@ async def ensure_topics(
         bootstrap_servers=settings.bootstrap,
         client_id=f"{settings.client_id}-admin",
         request_timeout_ms=settings.request_timeout_ms,
+        **settings.security.client_kwargs(),
     )
     await admin.start()
     try:
@@ -111,6 +187,7 @@ class Producer(_Lifecycle):
             max_request_size=settings.max_request_size,
             request_timeout_ms=settings.request_timeout_ms,
             linger_ms=0,
+            **settings.security.client_kwargs(),
         )
         self.records_sent = 0
         self.bytes_sent = 0
@@ -171,6 +248,7 @@ def _consumer(settings: KafkaSettings, group_id: str | None, **extra: object) ->
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
         request_timeout_ms=settings.request_timeout_ms,
+        **settings.security.client_kwargs(),
         **extra,
     )
 

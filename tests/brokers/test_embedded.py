@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from brokers.embedded import EmbeddedKafka, EmbeddedRedis, ServerError
-from brokers.kafka import KafkaSettings, ensure_topics
+from brokers.kafka import KafkaSecurityError, KafkaSettings, ensure_topics
 
 
 async def test_embedded_redis_answers_and_stops() -> None:
@@ -39,3 +39,17 @@ async def test_server_whose_port_is_taken_raises_clear_error() -> None:
         with pytest.raises(ServerError, match="redis exited"):
             async with EmbeddedRedis(port=port, startup_timeout_s=10):
                 pass
+
+
+async def test_embedded_broker_refuses_to_start_under_real_cluster_security_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SASL/TLS setting meant for a production cluster must not be silently ignored."""
+    monkeypatch.setenv("WORLDLM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("WORLDLM_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("WORLDLM_KAFKA_USERNAME", "u")
+    monkeypatch.setenv("WORLDLM_KAFKA_PASSWORD", "p")
+    kafka = EmbeddedKafka()
+    with pytest.raises(KafkaSecurityError, match="speaks PLAINTEXT"):
+        await kafka.start()
+    assert kafka._proc is None  # nothing was started

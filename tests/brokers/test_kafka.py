@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import ssl
 
 import msgspec
+import pytest
 import torch
 from aiokafka import ConsumerRecord, TopicPartition
 
 from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
-from brokers.kafka import GroupConsumer, KafkaSettings, PartitionReader, Producer, ensure_topics
+from brokers.kafka import (
+    GroupConsumer,
+    KafkaSecurity,
+    KafkaSecurityError,
+    KafkaSettings,
+    PartitionReader,
+    Producer,
+    ensure_topics,
+)
 from schemas.codec import encode
 from schemas.delta import encode_delta
 from schemas.messages import Envelope
@@ -200,3 +211,74 @@ async def test_stop_is_idempotent(kafka: KafkaSettings) -> None:
     await producer.start()
     await producer.stop()
     await producer.stop()
+
+
+def test_kafka_security_defaults_to_plaintext_and_reads_sasl_ssl_from_the_environment() -> None:
+    assert KafkaSecurity.from_env({}).client_kwargs() == {"security_protocol": "PLAINTEXT"}
+    env = {
+        "WORLDLM_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "WORLDLM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "WORLDLM_KAFKA_USERNAME": "latin",
+        "WORLDLM_KAFKA_PASSWORD": "s3cret",
+    }
+    security = KafkaSecurity.from_env(env)
+    kwargs = security.client_kwargs()
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"]) == ("SCRAM-SHA-512", "latin")
+    assert kwargs["sasl_plain_password"] == "s3cret"
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    assert "s3cret" not in repr(security)  # the password stays out of logs
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"WORLDLM_KAFKA_SECURITY_PROTOCOL": "TLS"}, "WORLDLM_KAFKA_SECURITY_PROTOCOL='TLS'"),
+        (
+            {"WORLDLM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"},
+            "WORLDLM_KAFKA_SASL_MECHANISM=None",
+        ),
+        (
+            {
+                "WORLDLM_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "WORLDLM_KAFKA_SASL_MECHANISM": "PLAIN",
+            },
+            "needs WORLDLM_KAFKA_USERNAME and WORLDLM_KAFKA_PASSWORD",
+        ),
+        ({"WORLDLM_KAFKA_CAFILE": "/ca.pem"}, "PLAINTEXT does not use TLS"),
+    ],
+    ids=["unknown_protocol", "sasl_without_mechanism", "sasl_without_credentials", "ca_no_tls"],
+)
+def test_kafka_security_mistakes_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(KafkaSecurityError, match=re.escape(named)):
+        KafkaSecurity.from_env(env)
+
+
+async def test_producer_and_readers_hand_the_security_settings_to_aiokafka() -> None:
+    security = KafkaSecurity("SASL_PLAINTEXT", "SCRAM-SHA-256", "slavic", "pw")
+    settings = KafkaSettings(bootstrap="127.0.0.1:1", security=security)
+    producer, reader = Producer(settings), PartitionReader(settings, {})
+    for client in (producer._producer.client, reader._consumer._client):
+        assert client._security_protocol == "SASL_PLAINTEXT"
+        assert client._sasl_mechanism == "SCRAM-SHA-256"
+        assert client._sasl_plain_username == "slavic"
+    await producer._producer.stop()
+    await reader._consumer.stop()
+
+
+async def test_plaintext_from_the_environment_reaches_the_embedded_broker(
+    kafka: KafkaSettings, topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLDLM_KAFKA_SECURITY_PROTOCOL", "plaintext")
+    settings = KafkaSettings(bootstrap=kafka.bootstrap, partitions=1)
+    assert settings.security.protocol == "PLAINTEXT"
+    topic = topics.events
+    await ensure_topics(settings, [topic])
+    async with Producer(settings) as producer:
+        sent = await producer.send(topic, b"over plain kafka", partition=0)
+    async with PartitionReader(settings, {TopicPartition(topic, 0): sent.offset}) as reader:
+        async with asyncio.timeout(30):
+            got: list[bytes] = []
+            while not got:
+                got = [r.value for r in await reader.fetch(100)]
+    assert got == [b"over plain kafka"]

@@ -39,14 +39,17 @@ KeysOpt = Annotated[
 
 
 @contextlib.contextmanager
-def _key_errors() -> Iterator[None]:
-    """A missing or unreadable key is a usage error, not a traceback."""
+def _usage_errors() -> Iterator[None]:
+    """A missing key or a bad Kafka security setting is a usage error, not a traceback."""
+    from brokers.kafka import KafkaSecurityError
     from worldlm.keys import KeyFileError
 
     try:
         yield
     except KeyFileError as exc:
         raise typer.BadParameter(str(exc), param_hint="--keys") from None
+    except KafkaSecurityError as exc:
+        raise typer.BadParameter(str(exc), param_hint="environment") from None
 
 
 def load_config(path: Path, run_id: str | None) -> Hierarchy:
@@ -168,7 +171,7 @@ def run(
                 typer.echo(f"dashboard still at {board.url}; Ctrl-C to stop", err=True)
                 await stop.wait()
 
-    with _key_errors():
+    with _usage_errors():
         run_until_signal(main)
 
 
@@ -200,7 +203,7 @@ def _serve_one(
         participant.stop = stop
         await participant.run()
 
-    with _key_errors():
+    with _usage_errors():
         run_until_signal(main)
 
 

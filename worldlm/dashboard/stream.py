@@ -40,6 +40,7 @@ async def topic_partitions(settings: KafkaSettings) -> dict[str, int]:
         bootstrap_servers=settings.bootstrap,
         client_id=f"{settings.client_id}-metadata",
         request_timeout_ms=settings.request_timeout_ms,
+        **settings.security.client_kwargs(),
     )
     await consumer.start()
     try:
