@@ -84,6 +84,29 @@ return {1, arrived}
 # KEYS[1] members zset, KEYS[2] member info hash
 # ARGV[1] member, ARGV[2] heartbeat TTL ms, ARGV[3] info JSON, ARGV[4] key TTL seconds
 # -> 1 if the member (re)joined, 0 if it was already live
+# KEYS[1] lease; ARGV[1] holder token, ARGV[2] TTL ms -> 1 if ARGV[1] holds it now, else 0.
+# Taking a free lease and renewing one's own are one step: two replicas cannot both win.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] holder token -> 1 if it was released (only its holder can).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 _HEARTBEAT = (
     _PRELUDE
     + _NOW_MS
@@ -246,6 +269,8 @@ class RedisState(Service):
             "arrive": _ARRIVE,
             "close": _CLOSE,
             "heartbeat": _HEARTBEAT,
+            "lease": _LEASE,
+            "release": _RELEASE,
             "purge": _PURGE,
             "roster": _ROSTER,
             "set_version": _SET_VERSION,
@@ -342,6 +367,23 @@ class RedisState(Service):
             pipe.zrem(self.keys.members(federation), member)
             pipe.hdel(self.keys.member_info(federation), member)
             await pipe.execute()
+
+    # -- leadership of a federation among aggregator replicas ---------------------------
+
+    async def lead(self, federation: str, holder: str, *, ttl_s: float) -> bool:
+        """Take or renew the lead of ``federation`` for ``ttl_s``; False if another holds it."""
+        return bool(
+            await self._run("lease", [self.keys.leader(federation)], [holder, int(ttl_s * 1000)])
+        )
+
+    async def resign(self, federation: str, holder: str) -> bool:
+        """Give the lead up at once, if ``holder`` has it (a clean stop)."""
+        return bool(await self._run("release", [self.keys.leader(federation)], [holder]))
+
+    async def leader(self, federation: str) -> str | None:
+        """The token of the replica leading ``federation`` (None: nobody)."""
+        value = await self.redis.get(self.keys.leader(federation))
+        return _str(value) if value is not None else None
 
     async def roster(self, federation: str) -> Roster:
         """Live and expired members, by the server's clock."""

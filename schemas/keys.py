@@ -56,6 +56,10 @@ class Keys:
         """Hash: member -> count of its accepted updates that were stale (s > 0)."""
         return f"{self.ns}:staleness:{federation}:count"
 
+    def leader(self, federation: str) -> str:
+        """String with a TTL: the token of the aggregator replica that leads a federation."""
+        return f"{self.ns}:leader:{federation}"
+
     def residual(self, federation: str) -> str:
         """Hash: the residual embedding's manifest (round, generation, parts, hash)."""
         return f"{self.ns}:residual:{federation}"

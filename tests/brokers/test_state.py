@@ -106,8 +106,9 @@ async def test_every_key_written_has_a_ttl(state: RedisState) -> None:
     await state.set_model_version("eu", 1, topic="t", partition=0, offset=0)
     await state.record_staleness("eu", "a", 1)
     await state.put_residual("eu", 1, {"k": torch.zeros(100_000)})
+    await state.lead("eu", "replica-a", ttl_s=5)
     keys = [k async for k in state.redis.scan_iter(match=f"{state.keys.ns}:*")]
-    assert len(keys) >= 8
+    assert len(keys) >= 9
     ttls = [await state.redis.ttl(k) for k in keys]
     assert all(t > 0 for t in ttls), dict(zip(keys, ttls, strict=True))
 
@@ -138,3 +139,27 @@ async def test_residual_of_older_round_does_not_replace_newer(state: RedisState)
 async def test_unstarted_state_raises_clear_error(servers: Endpoints, run_id: str) -> None:
     with pytest.raises(RuntimeError, match="not started"):
         await RedisState(servers.redis, Keys(run_id)).arrive("eu", 1, "a")
+
+
+async def test_lead_is_held_by_exactly_one_of_20_concurrent_replicas(state: RedisState) -> None:
+    won = await asyncio.gather(*(state.lead("eu", f"r{i}", ttl_s=30) for i in range(20)))
+    assert sum(won) == 1
+    winner = f"r{won.index(True)}"
+    assert await state.leader("eu") == winner
+    assert await state.lead("eu", winner, ttl_s=30)  # renewing one's own lead
+    assert not await state.lead("eu", "r-late", ttl_s=30)
+
+
+async def test_lead_passes_on_after_expiry_or_resignation_and_only_its_holder_resigns(
+    state: RedisState,
+) -> None:
+    assert await state.lead("eu", "a", ttl_s=0.3)
+    assert not await state.lead("eu", "b", ttl_s=0.3)
+    await asyncio.sleep(0.5)  # "a" stalled past its lease
+    assert await state.lead("eu", "b", ttl_s=30)
+    assert not await state.lead("eu", "a", ttl_s=30)  # the old leader learns it lost
+    assert not await state.resign("eu", "a")
+    assert await state.leader("eu") == "b"
+    assert await state.resign("eu", "b")
+    assert await state.leader("eu") is None
+    assert await state.lead("eu", "a", ttl_s=30)

@@ -19,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,13 +132,78 @@ class AggregatorParticipant:
         self._receiver = DeltaReceiver()
         self._parent: BroadcastFollower | None = None
         self._reader: PartitionReader | None = None
+        #: This replica's claim on the federation's lead (see :meth:`run`).
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lost_lead = False
+        self._lease: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Aggregate until the run's final broadcast (or until ``stop`` is set)."""
+        """Aggregate until the run's final broadcast (or until ``stop`` is set).
+
+        Replicas of one federation's aggregator may run side by side (with a shared
+        checkpoint directory): one leads, holding a lease in Redis that it renews; the
+        others stand by and the first to take the lease after the leader dies resumes from
+        its checkpoint.
+        """
         node = self.node
         await node.start()
+        try:
+            if await self._await_lead():
+                await self._lead()
+        finally:
+            await self._resign()
+            await node.stop()
+
+    async def _await_lead(self) -> bool:
+        """Take the federation's lead, standing by while another replica has it."""
+        node, ttl = self.node, self.node.heartbeat_ttl_s
+        standing_by = False
+        while not self.stop.is_set():
+            if await node.state.lead(self.id, self.token, ttl_s=ttl):
+                if standing_by:
+                    node.log.warning("took_over_lead", token=self.token)
+                self._lease = asyncio.create_task(self._keep_lead(ttl), name=f"lead-{self.id}")
+                return True
+            if not standing_by:
+                standing_by = True
+                node.log.info("standing_by", leader=await node.state.leader(self.id))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=ttl / 3)
+        return False
+
+    async def _keep_lead(self, ttl: float) -> None:
+        """Renew the lease; losing it (a stall longer than its TTL) stops this replica."""
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                held = await self.node.state.lead(self.id, self.token, ttl_s=ttl)
+            except Exception as exc:  # Redis unreachable: retry; the lease may yet expire
+                self.node.log.warning("lead_renewal_failed", error=repr(exc))
+                continue
+            if not held:
+                self._lost_lead()
+                return
+
+    def _lost_lead(self) -> None:
+        self.lost_lead = True
+        self.node.log.error("lead_lost", token=self.token)
+        self.stop.set()
+
+    async def _resign(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+        if not self.lost_lead:
+            with contextlib.suppress(Exception):
+                await self.node.state.resign(self.id, self.token)
+
+    async def _lead(self) -> None:
+        node = self.node
         self._restore()
         reader = PartitionReader(
             node.settings, {self.up_tp: self.meta.offsets.get(self._tp_key, 0)}
@@ -179,7 +247,6 @@ class AggregatorParticipant:
                 **dict(node.counters),
                 **self._receiver.reassembler.counters.as_dict(),
             )
-            await node.stop()
 
     @property
     def _tp_key(self) -> str:
@@ -212,6 +279,8 @@ class AggregatorParticipant:
         )
 
     def _save(self, model: bool = True) -> None:
+        if self.lost_lead:  # the checkpoint is the new leader's now
+            raise Stopped
         self.meta.pending = [
             {"id": p.update_id, "sender": p.sender, "samples": p.samples, "base": p.base_version}
             for p in self.pending
@@ -519,6 +588,13 @@ class AggregatorParticipant:
 
     async def _broadcast(self, *, final: bool) -> None:
         node, meta = self.node, self.meta
+        # Fencing: a replica that lost the lead (it stalled past the lease) must not publish.
+        if self.lost_lead or not await node.state.lead(
+            self.id, self.token, ttl_s=node.heartbeat_ttl_s
+        ):
+            if not self.lost_lead:
+                self._lost_lead()
+            raise Stopped
         encoded = encode_delta(
             self.weights,
             envelope=node.envelope(self.id),

@@ -235,3 +235,67 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
     assert after["pending"] == [] and after["final"] is True
     # Re-read after the rewind, en-0's update was recognised by its id and dropped.
     assert after["counters"].get("updates_duplicate", 0) == (1 if worst_moment else 0)
+
+
+async def test_standby_replica_takes_over_when_the_leading_aggregator_is_killed(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    """Two aggregator processes for one federation, one checkpoint directory: the second
+    stands by; when the leader is SIGKILLed it takes the lease, resumes from the checkpoint
+    and finishes the run with every round closed once and every update counted once."""
+    raw = raw_config(
+        run_id,
+        federations={"root": {}},
+        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
+        rounds=3,
+        defaults={"schedule": {"quorum": 1.0, "min_quorum": 2, "deadline_s": 120.0}},
+    )
+    config = tmp_path / "worldlm.toml"
+    config.write_text(to_toml(raw))
+    h = load(config)
+    ep, kafka = endpoints(servers), settings(servers, h)
+    await prepare_run(h, ep)
+    checkpoints = tmp_path / "checkpoints"
+    args = ["aggregator", "--config", str(config), "--node", "root", "--kafka", servers.kafka]
+    args += ["--redis", servers.redis, "--checkpoint-dir", str(checkpoints), "--run-id", run_id]
+    clients = [ClientParticipant(h, ep, c) for c in ["en-0", "de-0"]]
+    async with (
+        RedisState(servers.redis, Keys(run_id)) as state,
+        MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
+        asyncio.timeout(150),
+    ):
+        async with (
+            participant_process(args, tmp_path / "leader.log") as leader,
+            asyncio.TaskGroup() as group,
+        ):
+
+            async def leading() -> str | None:
+                return await state.leader("root")
+
+            token = await poll(leading)
+            assert f":{leader.pid}:" in token
+            async with participant_process(args, tmp_path / "standby.log") as standby:
+                await poll(lambda: _logged(tmp_path / "standby.log", "standing_by"))
+                for c in clients:
+                    group.create_task(c.run())
+                await watch.wait_for(lambda r: r.node == "root" and r.round >= 0)
+                leader.kill()  # mid-run: round 1 is open or about to be
+                await leader.wait()
+                await standby.wait()
+        await watch.wait_for(lambda r: r.node == "root" and r.round == 2)
+
+    assert leader.returncode == -9 and standby.returncode == 0
+    took = [e for e in log_events(tmp_path / "standby.log") if e["event"] == "took_over_lead"]
+    assert len(took) == 1 and f":{standby.pid}:" in took[0]["token"]
+    root = [r for r in watch.reports if r.node == "root"]
+    assert sorted(r.round for r in root) == [0, 1, 2]  # each round reported once
+    assert all(r.values["arrived"] == 2 for r in root)
+    after = json.loads((checkpoints / run_id / "root" / "meta.json").read_text())
+    sent = sum(c.node.counters["updates_sent"] for c in clients)
+    assert sent == 6 and after["counters"]["updates_accepted"] == sent
+    assert len(after["seen"]) == len(set(after["seen"])) == sent
+    assert after["final"] is True
+
+
+async def _logged(log_file: Path, event: str) -> bool:
+    return any(e.get("event") == event for e in log_events(log_file))
