@@ -89,6 +89,8 @@ class FederationView:
     epsilon: dict[int, dict[str, float]] = field(default_factory=dict)
     lag_series: dict[int, float] = field(default_factory=dict)
     attention: dict[str, float] = field(default_factory=dict)
+    #: The lease token of the aggregator replica leading the federation (host:pid:nonce).
+    leader: str | None = None
 
 
 @dataclass
@@ -375,6 +377,13 @@ class DashboardState:
                 fed.barrier_closed = closed or fed.barrier_closed
                 fed.quorum = quorum or fed.quorum
 
+    def apply_leader(self, federation: str, token: str | None) -> None:
+        """Fold a Redis read of which aggregator replica leads ``federation`` (None: none)."""
+        if federation not in self.federations:
+            return
+        with self._quiet(federation):
+            self._federation(federation).leader = token
+
     def apply_staleness(self, federation: str, round: int, samples: Mapping[str, int]) -> None:
         """Fold the staleness of the updates ``federation`` accepted in ``round`` (from Redis)."""
         if samples and self._federation(federation).staleness_samples.get(round) != samples:
@@ -540,6 +549,7 @@ class DashboardState:
                 [r, e.get("dp/epsilon", max(e.values()))] for r, e in sorted(fed.epsilon.items())
             ],
             "attention": fed.attention,
+            "leader": fed.leader,
         }
 
     def client_view(self, cid: str) -> dict[str, Any]:

@@ -207,7 +207,7 @@ class DashboardFollower(Service):
             await asyncio.sleep(self.poll_s)
 
     async def poll_once(self) -> None:
-        """Read every known federation's roster, and the barrier of its open round."""
+        """Read every known federation's roster, leading replica, and open round's barrier."""
         changed = False
         for fid in list(self.state.federations):
             roster = await self.redis.roster(fid)
@@ -217,6 +217,7 @@ class DashboardFollower(Service):
             }
             seq = self.state.seq
             self.state.apply_roster(fid, roster.live, roster.expired, roles, at=time.time())
+            self.state.apply_leader(fid, await self.redis.leader(fid))
             fed = self.state.federations[fid]
             if fed.round_open:
                 status = await self.redis.barrier(fid, fed.round)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,14 @@ async def test_browser_follows_a_live_run_and_a_replay_rebuilds_it(
             first = await until(browser, f"return {POINTS}", "a first perplexity point")
             await until(browser, f"return {POINTS} > {first}", "more points")
             assert not run.done(), "the run ended before the chart grew: make it longer"
+            # Each federation's leading aggregator replica (here: this process) is shown.
+            lead = f"{socket.gethostname()}:{os.getpid()}"
+            await until(
+                browser,
+                "return document.querySelector('#rounds tr[data-federation=\"latin\"]')"
+                f"?.textContent.includes({lead!r})",
+                "the leading replica",
+            )
             marker = await js(browser, "return window.__sameDocument = 'kept'")
             await screenshot(browser, tmp_path / "dashboard-live.png")
             if target := os.environ.get("WORLDLM_DASHBOARD_SCREENSHOT"):

@@ -259,3 +259,18 @@ def test_deltas_carry_changed_entities_and_polls_that_change_nothing_are_silent(
     assert delta is not None and delta["federations"]["latin"]["members"]["fr-0"]["status"] == (
         "live"
     )
+
+
+def test_leading_replica_is_shown_and_a_repeated_read_is_silent() -> None:
+    s = DashboardState(RUN, tree())
+    s.take_delta()
+    s.apply_leader("latin", "host-a:101:abcd")
+    delta = s.take_delta()
+    assert delta is not None and delta["federations"]["latin"]["leader"] == "host-a:101:abcd"
+    s.apply_leader("latin", "host-a:101:abcd")
+    assert s.take_delta() is None
+    s.apply_leader("latin", "host-b:202:ef01")  # a standby took over
+    delta = s.take_delta()
+    assert delta is not None and delta["federations"]["latin"]["leader"] == "host-b:202:ef01"
+    s.apply_leader("nowhere", "x")  # unknown federations are not invented by a Redis read
+    assert "nowhere" not in s.federations

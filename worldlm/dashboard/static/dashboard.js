@@ -185,7 +185,7 @@ function renderRounds() {
     const members = `${counts.live} live` + (counts.left ? ` · ${counts.left} left` : "")
       + (counts.expired ? ` · <span class="deadline over">${counts.expired} expired</span>` : "");
     return `<tr data-federation="${esc(f.id)}">
-      <td><b>${esc(f.id)}</b></td><td>${f.level}</td>
+      <td><b>${esc(f.id)}</b>${f.leader ? `<br><span class="muted" title="leading aggregator replica (lease token)">${esc(f.leader.split(":").slice(0, 2).join(":"))}</span>` : ""}</td><td>${f.level}</td>
       <td>${f.round}${f.round_open ? "" : ` <span class="muted">(${esc(f.last_close_reason || "closed")})</span>`}</td>
       <td><span class="fill ${f.barrier_closed ? "closed" : ""}"><span class="track">
         <span class="bar" style="width:${pct}%"></span></span>${f.arrived} / ${q || "?"}</span></td>
