@@ -236,8 +236,9 @@ class AggregatorParticipant:
             await reader.stop()
             if self._parent is not None:
                 await self._parent.stop()
-            with contextlib.suppress(Exception):
-                await node.leave()
+            if not self.lost_lead:  # else the membership is the new leader's
+                with contextlib.suppress(Exception):
+                    await node.leave()
             node.log.info(
                 "aggregator_stopped",
                 round=self.meta.round,

@@ -33,7 +33,7 @@ from tests.worldlm.participants.helpers import (
     to_toml,
 )
 from worldlm.config import load
-from worldlm.participants.aggregator import check_update, take_parent
+from worldlm.participants.aggregator import AggregatorParticipant, check_update, take_parent
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.participants.runner import run_hierarchy
@@ -299,3 +299,31 @@ async def test_standby_replica_takes_over_when_the_leading_aggregator_is_killed(
 
 async def _logged(log_file: Path, event: str) -> bool:
     return any(e.get("event") == event for e in log_events(log_file))
+
+
+async def test_a_leader_whose_lease_was_taken_stops_without_publishing_or_releasing_it(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    """Fencing: after a stall past its lease another replica leads; the old leader must find
+    out at its next renewal and stop, leaving the lease and the model pointer alone."""
+    h = flat(run_id, rounds=3)
+    ep = endpoints(servers)
+    await prepare_run(h, ep)
+    aggregator = AggregatorParticipant(h, ep, "root", checkpoint_dir=tmp_path)
+    async with RedisState(servers.redis, Keys(run_id)) as state, asyncio.timeout(60):
+        task = asyncio.create_task(aggregator.run())
+
+        async def leading_and_broadcast() -> bool:
+            return (
+                await state.leader("root") == aggregator.token
+                and await state.model_version("root") is not None
+            )
+
+        await poll(leading_and_broadcast)
+        await state.redis.set(Keys(run_id).leader("root"), "elsewhere:1:beef", px=60_000)
+        await task  # no clients: it sits in round 0 until the renewal finds the lease gone
+        pointer = await state.model_version("root")
+        holder = await state.leader("root")
+    assert aggregator.lost_lead
+    assert holder == "elsewhere:1:beef"  # not released by the replica that lost it
+    assert pointer is not None and pointer.version == 0  # nothing published after the loss
