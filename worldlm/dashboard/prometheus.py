@@ -60,6 +60,11 @@ class StateCollector(Collector):
             "aggregator_consumer_lag", "Records on the aggregator's partition not yet read."
         )
         eps = gauge("federation_dp_epsilon", "Differential-privacy budget spent (epsilon).")
+        leader = gauge(
+            "federation_leader_info",
+            "1 for the aggregator replica leading the federation (its lease token).",
+            [*fed_labels, "leader"],
+        )
         accepted = CounterMetricFamily(
             "worldlm_federation_updates_accepted", "Updates accepted.", labels=fed_labels
         )
@@ -89,8 +94,10 @@ class StateCollector(Collector):
             if view["epsilon"] is not None:
                 eps.add_metric(labels, view["epsilon"])
             accepted.add_metric(labels, view["accepted"])
+            if view["leader"]:
+                leader.add_metric([*labels, view["leader"]], 1)
         yield from (round_, version, members, arrived, quorum, deadline, ppl, stale, bytes_)
-        yield from (lag, eps, accepted)
+        yield from (lag, eps, accepted, leader)
 
         client_labels = ["run", "client", "federation"]
         client_ppl = gauge("client_val_ppl", "Latest validation perplexity.", client_labels)

@@ -32,6 +32,7 @@ def test_exposition_has_gauges_per_federation_client_level_and_rejection_reason(
         )
     )
     s.apply_barrier("latin", 2, arrived=1, quorum=2, closed=False)
+    s.apply_leader("latin", "host-a:7:beef")
     s.apply(client_report("fr-0", "latin", 2, 42.0))
     s.apply(agg_report("slavic", 0, lag=7, bytes_in=300.0, **{"dp/epsilon": 3.5}))
     s.apply(
@@ -61,6 +62,12 @@ def test_exposition_has_gauges_per_federation_client_level_and_rejection_reason(
     assert got[("worldlm_federation_accepted_updates_by_staleness", stale)] == 2
     assert got[("worldlm_level_updates_total", labels(level="1"))] == 2
     assert got[("worldlm_rejected_inputs_total", labels(federation="latin", reason="nan"))] == 1
+    lead = labels(federation="latin", leader="host-a:7:beef")
+    assert got[("worldlm_federation_leader_info", lead)] == 1
+    assert not any(
+        name == "worldlm_federation_leader_info" and dict(k)["federation"] == "slavic"
+        for name, k in got
+    )  # no lease read for slavic: no series
 
 
 def test_each_dashboard_has_its_own_registry() -> None:
