@@ -37,7 +37,7 @@ from schemas.signing import SignatureError, verify_manifest
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Checkpoint, Meta, flatten_state, unflatten_state
 from worldlm.participants.follower import BroadcastFollower
-from worldlm.participants.node import Endpoints, Node
+from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.strategies import ResidualEntry, RoundContext, Update, make_strategy
 from worldlm.training.workbench import Weights, initial_weights, key_names
 
@@ -199,8 +199,7 @@ class AggregatorParticipant:
         with contextlib.suppress(asyncio.CancelledError):
             await lease
         if not self.lost_lead:
-            with contextlib.suppress(Exception):
-                await self.node.state.resign(self.id, self.token)
+            await bounded(self.node.log, "resign", self.node.state.resign(self.id, self.token))
 
     async def _lead(self) -> None:
         node = self.node
@@ -233,12 +232,11 @@ class AggregatorParticipant:
         except Stopped:
             node.log.info("aggregator_stopping")
         finally:
-            await reader.stop()
+            await bounded(node.log, "reader", reader.stop())
             if self._parent is not None:
-                await self._parent.stop()
+                await bounded(node.log, "parent_follower", self._parent.stop())
             if not self.lost_lead:  # else the membership is the new leader's
-                with contextlib.suppress(Exception):
-                    await node.leave()
+                await bounded(node.log, "leave", node.leave())
             node.log.info(
                 "aggregator_stopped",
                 round=self.meta.round,

@@ -18,7 +18,7 @@ from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
 from worldlm.config import Hierarchy
 from worldlm.participants.follower import Broadcast, BroadcastFollower
-from worldlm.participants.node import Endpoints, Node
+from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.training.workbench import Workbench, key_names
 
 
@@ -69,9 +69,8 @@ class ClientParticipant:
         except asyncio.CancelledError:
             pass
         finally:
-            with contextlib.suppress(Exception):
-                await node.leave()
-            await follower.stop()
+            await bounded(node.log, "leave", node.leave())
+            await bounded(node.log, "follower", follower.stop())
             node.log.info("client_stopped", rounds=self.rounds, **dict(node.counters))
             await node.stop()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -26,6 +27,8 @@ from worldlm.keys import KeyFileError, Keyring, load_keyring
 
 Role = Literal["client", "aggregator"]
 
+#: How long one step of shutting down may take before it is skipped.
+SHUTDOWN_STEP_S = 10.0
 #: A dead letter keeps at most this much of the rejected record.
 DEAD_LETTER_PAYLOAD = 64 * 1024
 
@@ -53,6 +56,20 @@ async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
     topics = Topics(hierarchy.run.id)
     settings = KafkaSettings(bootstrap=endpoints.kafka, partitions=hierarchy.run.partitions)
     await ensure_topics(settings, [*topics.levels(hierarchy.depth), *topics.run_wide()])
+
+
+async def bounded(
+    log: Any, step: str, awaitable: Awaitable[object], timeout_s: float = SHUTDOWN_STEP_S
+) -> None:
+    """One step of shutting down; a step that fails or hangs is logged and skipped, because
+    stopping must finish (a participant that dies is expired by its heartbeat anyway)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await awaitable
+    except TimeoutError:
+        log.warning("shutdown_step_timed_out", step=step, timeout_s=timeout_s)
+    except Exception as exc:
+        log.warning("shutdown_step_failed", step=step, error=repr(exc))
 
 
 class Node:
@@ -115,9 +132,9 @@ class Node:
         await self.state.start()
 
     async def stop(self) -> None:
-        await self.stop_heartbeat()
-        await self.producer.stop()
-        await self.state.stop()
+        await bounded(self.log, "heartbeat", self.stop_heartbeat())
+        await bounded(self.log, "producer", self.producer.stop())
+        await bounded(self.log, "redis", self.state.stop())
 
     # -- membership ----------------------------------------------------------------------
 
