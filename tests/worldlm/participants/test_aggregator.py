@@ -32,7 +32,7 @@ from tests.worldlm.participants.helpers import (
     settings,
     to_toml,
 )
-from worldlm.config import load
+from worldlm.config import Hierarchy, load
 from worldlm.participants.aggregator import AggregatorParticipant, check_update, take_parent
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
@@ -154,6 +154,28 @@ async def test_update_claiming_no_samples_is_dead_lettered_not_averaged(
     assert set(result.final_ppl()) == {"en-0", "de-0"}
 
 
+async def root_process_setup(
+    servers: Servers, run_id: str, tmp_path: Path, *, rounds: int
+) -> tuple[Hierarchy, list[str], Path]:
+    """A root with en-0 and de-0 whose rounds wait for both (min_quorum 2), its config on disk,
+    and the `worldlm aggregator` arguments to run its aggregator as a process."""
+    raw = raw_config(
+        run_id,
+        federations={"root": {}},
+        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
+        rounds=rounds,
+        defaults={"schedule": {"quorum": 1.0, "min_quorum": 2, "deadline_s": 120.0}},
+    )
+    config = tmp_path / "worldlm.toml"
+    config.write_text(to_toml(raw))
+    h = load(config)
+    await prepare_run(h, endpoints(servers))
+    checkpoints = tmp_path / "checkpoints"
+    args = ["aggregator", "--config", str(config), "--node", "root", "--kafka", servers.kafka]
+    args += ["--redis", servers.redis, "--checkpoint-dir", str(checkpoints), "--run-id", run_id]
+    return h, args, checkpoints
+
+
 @pytest.mark.parametrize("worst_moment", [False, True], ids=["as_killed", "worst_moment"])
 async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_counting(
     servers: Servers, run_id: str, tmp_path: Path, worst_moment: bool
@@ -162,21 +184,8 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
     update was checkpointed but before its offset moved past it (an interleaved, incomplete
     update holds the offset back) and before its arrival reached the Redis barrier."""
     # min_quorum 2: round 0 stays open with the first client's update until the second comes.
-    raw = raw_config(
-        run_id,
-        federations={"root": {}},
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=2,
-        defaults={"schedule": {"quorum": 1.0, "min_quorum": 2, "deadline_s": 120.0}},
-    )
-    config = tmp_path / "worldlm.toml"
-    config.write_text(to_toml(raw))
-    h = load(config)
+    h, args, checkpoints = await root_process_setup(servers, run_id, tmp_path, rounds=2)
     ep, kafka = endpoints(servers), settings(servers, h)
-    await prepare_run(h, ep)
-    checkpoints = tmp_path / "checkpoints"
-    args = ["aggregator", "--config", str(config), "--node", "root", "--kafka", servers.kafka]
-    args += ["--redis", servers.redis, "--checkpoint-dir", str(checkpoints), "--run-id", run_id]
     first, second = ClientParticipant(h, ep, "en-0"), ClientParticipant(h, ep, "de-0")
     meta_file = checkpoints / run_id / "root" / "meta.json"
     async with (
@@ -243,21 +252,8 @@ async def test_standby_replica_takes_over_when_the_leading_aggregator_is_killed(
     """Two aggregator processes for one federation, one checkpoint directory: the second
     stands by; when the leader is SIGKILLed it takes the lease, resumes from the checkpoint
     and finishes the run with every round closed once and every update counted once."""
-    raw = raw_config(
-        run_id,
-        federations={"root": {}},
-        clients={"en-0": ("root", "lang-en"), "de-0": ("root", "lang-de")},
-        rounds=3,
-        defaults={"schedule": {"quorum": 1.0, "min_quorum": 2, "deadline_s": 120.0}},
-    )
-    config = tmp_path / "worldlm.toml"
-    config.write_text(to_toml(raw))
-    h = load(config)
+    h, args, checkpoints = await root_process_setup(servers, run_id, tmp_path, rounds=3)
     ep, kafka = endpoints(servers), settings(servers, h)
-    await prepare_run(h, ep)
-    checkpoints = tmp_path / "checkpoints"
-    args = ["aggregator", "--config", str(config), "--node", "root", "--kafka", servers.kafka]
-    args += ["--redis", servers.redis, "--checkpoint-dir", str(checkpoints), "--run-id", run_id]
     clients = [ClientParticipant(h, ep, c) for c in ["en-0", "de-0"]]
     async with (
         RedisState(servers.redis, Keys(run_id)) as state,
