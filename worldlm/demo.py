@@ -42,10 +42,12 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("worldlm") / "configs" / "demo.toml"))
 
 
-def demo_raw(run_id: str, overrides: dict[str, int] | None = None) -> dict[str, Any]:
-    """The shipped demo config as a dict, with ``rounds``, ``eval_batches``,
-    ``internal_rounds`` or ``local_steps`` overridden."""
-    raw = tomllib.loads(demo_config_path().read_text())
+def demo_raw(
+    run_id: str, overrides: dict[str, int] | None = None, config: Path | None = None
+) -> dict[str, Any]:
+    """A hierarchy config (the shipped demo's unless ``config``) as a dict, with ``rounds``,
+    ``eval_batches``, ``internal_rounds`` or ``local_steps`` overridden."""
+    raw = tomllib.loads((config or demo_config_path()).read_text())
     raw["run"]["id"] = run_id
     for key, value in (overrides or {}).items():
         if key in ("rounds", "eval_batches", "seq_len", "batch_size"):
@@ -151,8 +153,12 @@ async def run_demo(
     run_id: str | None = None,
     overrides: dict[str, int] | None = None,
     dashboard_port: int | None = None,
+    config: Path | None = None,
 ) -> DemoOutcome:
     """Run the three methods and write the report into ``out``.
+
+    ``config`` replaces the shipped demo hierarchy (e.g. ``worldlm/configs/domains.toml``):
+    WorldLM runs it as written; flat FedAvg and local-only run on the same clients.
 
     With ``dashboard_port``, a live dashboard of the WorldLM run is served on that port while
     the federated methods run (its URL is printed on stderr).
@@ -160,8 +166,8 @@ async def run_demo(
     started = time.perf_counter()
     run_id = run_id or f"demo-{int(time.time())}"
     known = {p.name for p in partitions()}
-    raw = demo_raw(run_id, (QUICK if quick else {}) | (overrides or {}))
-    worldlm = parse(raw, source=str(demo_config_path()), known_partitions=known)
+    raw = demo_raw(run_id, (QUICK if quick else {}) | (overrides or {}), config)
+    worldlm = parse(raw, source=str(config or demo_config_path()), known_partitions=known)
     rounds = client_rounds(worldlm)
     fedavg = parse(flat_fedavg(raw, rounds), source="flat fedavg", known_partitions=known)
     async with embedded_servers() as servers, contextlib.AsyncExitStack() as stack:
@@ -192,6 +198,7 @@ async def run_demo(
         "batch_size": worldlm.run.batch_size,
         "seq_len": worldlm.run.seq_len,
         "quick": quick,
+        "config": (config or demo_config_path()).name,
     }
     report = write_report(
         out,

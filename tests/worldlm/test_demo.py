@@ -15,17 +15,25 @@ from worldlm.report import MethodResult, federation_curves, write_report
 from worldlm.training.corpus import partitions
 
 KNOWN = {p.name for p in partitions()}
+DOMAINS = Path(__file__).parents[2] / "worldlm" / "configs" / "domains.toml"
+#: The shipped hierarchies the demo compares: languages (default) and English domains.
+CONFIGS = pytest.mark.parametrize("config", [None, DOMAINS], ids=["languages", "domains"])
 
 
-def test_demo_config_has_three_levels_and_two_clients_per_federation() -> None:
-    h = parse(demo_raw("t"), known_partitions=KNOWN)
+@CONFIGS
+def test_demo_config_has_three_levels_and_two_clients_per_federation(config: Path | None) -> None:
+    h = parse(demo_raw("t", config=config), known_partitions=KNOWN)
     assert h.depth == 1 and len(h.root.children) >= 3
     for fid in h.root.children:
         assert len(h.federations[fid].clients) >= 2
+    kinds = {p.name: p.axis for p in partitions()}
+    axis = {kinds[cl.partition] for cl in h.clients.values()}
+    assert axis == ({"domain"} if config else {"language"})
 
 
-def test_flat_fedavg_has_the_same_clients_data_and_token_budget() -> None:
-    raw = demo_raw("t", QUICK)
+@CONFIGS
+def test_flat_fedavg_has_the_same_clients_data_and_token_budget(config: Path | None) -> None:
+    raw = demo_raw("t", QUICK, config)
     worldlm = parse(raw, known_partitions=KNOWN)
     fedavg = parse(flat_fedavg(raw, client_rounds(worldlm)), known_partitions=KNOWN)
     assert list(fedavg.federations) == ["root"]
@@ -37,7 +45,8 @@ def test_flat_fedavg_has_the_same_clients_data_and_token_budget() -> None:
         == client_rounds(worldlm)
         == QUICK["rounds"] * QUICK["internal_rounds"]
     )
-    assert fedavg.root.policy.local_steps == worldlm.client_policy("es-0").local_steps
+    some_client = next(iter(worldlm.clients))
+    assert fedavg.root.policy.local_steps == worldlm.client_policy(some_client).local_steps
     assert fedavg.root.policy.key == "fedavg" and fedavg.residual_links("root") == ()
 
 
@@ -86,12 +95,14 @@ def test_federation_curve_is_the_mean_of_its_clients_per_round() -> None:
     }
 
 
+@CONFIGS
 async def test_smallest_demo_runs_all_three_methods_end_to_end(
-    tmp_path: Path, servers: Endpoints
+    tmp_path: Path, servers: Endpoints, config: Path | None
 ) -> None:
     outcome = await run_demo(
         tmp_path,
-        run_id="demo-e2e",
+        run_id=f"demo-e2e-{'domains' if config else 'languages'}",
+        config=config,
         overrides={
             "rounds": 1,
             "internal_rounds": 1,
@@ -102,7 +113,7 @@ async def test_smallest_demo_runs_all_three_methods_end_to_end(
         },
     )
     methods = outcome.report["methods"]
-    clients = set(parse(demo_raw("t"), known_partitions=KNOWN).clients)
+    clients = set(parse(demo_raw("t", config=config), known_partitions=KNOWN).clients)
     for name in ("worldlm", "fedavg", "local"):
         assert set(methods[name]["val_ppl"]) == clients
         assert all(math.isfinite(v) and v > 1 for v in methods[name]["val_ppl"].values())

@@ -43,11 +43,21 @@ def demo(
     dashboard_port: Annotated[
         int, typer.Option("--dashboard-port", help="The dashboard's HTTP port.")
     ] = 8050,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Another hierarchy to compare (e.g. worldlm/configs/domains.toml).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Run WorldLM, flat FedAvg and local-only on the built-in corpus; write a report.
 
     Three levels (root -> language-group federations -> two clients each), the tiny model,
     embedded Kafka and Redis. Writes OUT/report.md, OUT/report.json and OUT/perplexity.png.
+    With --config, WorldLM runs that hierarchy and the baselines run on its clients.
     """
     import asyncio
 
@@ -57,7 +67,12 @@ def demo(
     logs.configure(level=log_level)
     single_threaded_torch()
     outcome = asyncio.run(
-        run_demo(out, quick=quick, dashboard_port=dashboard_port if dashboard else None)
+        run_demo(
+            out,
+            quick=quick,
+            dashboard_port=dashboard_port if dashboard else None,
+            config=config,
+        )
     )
     methods = outcome.report["methods"]
     typer.echo("")
