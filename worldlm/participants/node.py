@@ -206,10 +206,16 @@ class Node:
         )
         await self.producer.send(self.topics.metrics, encode(report), key=self.id)
 
-    async def dead_letter(self, record: Source, reason: str, detail: str) -> None:
-        """Keep a rejected record with its reason, count it, log it; never raise."""
-        self.counters[f"rejected_{reason}"] += 1
-        self.counters["rejected"] += 1
+    async def dead_letter(
+        self, record: Source, reason: str, detail: str, *, count: bool = True
+    ) -> None:
+        """Keep a rejected record with its reason, count it, log it; never raise.
+
+        ``count=False`` when the decision's owner (the federation core) counted it already.
+        """
+        if count:
+            self.counters[f"rejected_{reason}"] += 1
+            self.counters["rejected"] += 1
         self.log.warning(
             "input_rejected",
             reason=reason,

@@ -132,10 +132,12 @@ class RoundContext:
 
 @dataclass(frozen=True)
 class Rejection:
-    """An update a strategy declined, and why. The aggregator counts these."""
+    """An update declined, and why: ``reason`` is a stable snake_case name (the counter and
+    dead-letter reason), ``detail`` says what exactly was wrong. The aggregator counts these."""
 
     sender: str
     reason: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,42 +202,70 @@ def copy_weights(current: Tensors) -> dict[str, Tensor]:
     return {name: t.detach().clone() for name, t in current.items()}
 
 
-def check_updates(current: Tensors, updates: Sequence[Update]) -> None:
-    """Validate one round's updates against ``current``; raise a ``StrategyError`` if bad.
+def update_problem(current: Tensors, update: Update) -> Rejection | None:
+    """Why ``update`` cannot be folded into ``current`` (a :class:`Rejection`), or None.
 
-    Checks: at least one update; sample counts and weights non-negative and finite; every
-    delta name held by ``current`` with the same shape; floating deltas finite.
+    The one validation path of the project: the federation core admits updates with it and
+    dead-letters its rejections; strategies call it (through :func:`check_updates`) as a
+    guard for direct callers. Reasons: ``no_samples``, ``bad_weight``, ``bad_staleness``,
+    ``unknown_tensor``, ``bad_shape``, ``non_finite``.
+    """
+    sender = update.sender
+    if update.num_samples < 0:
+        return Rejection(sender, "no_samples", f"num_samples {update.num_samples} < 0")
+    if not math.isfinite(update.weight) or update.weight < 0:
+        return Rejection(sender, "bad_weight", f"weight {update.weight} is not finite and >= 0")
+    if update.staleness < 0:
+        return Rejection(sender, "bad_staleness", f"staleness {update.staleness} < 0")
+    unknown = sorted(set(update.delta) - set(current))
+    if unknown:
+        return Rejection(sender, "unknown_tensor", f"tensors not in the model: {unknown[:5]}")
+    for name, delta in update.delta.items():
+        expected = current[name].shape
+        if delta.shape != expected:
+            return Rejection(
+                sender,
+                "bad_shape",
+                f"tensor {name!r} has shape {tuple(delta.shape)}, expected {tuple(expected)}",
+            )
+        if delta.dtype != current[name].dtype and not (
+            delta.is_floating_point() and current[name].is_floating_point()
+        ):
+            return Rejection(
+                sender,
+                "bad_dtype",
+                f"tensor {name!r} is {delta.dtype}, model {current[name].dtype}",
+            )
+        if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
+            return Rejection(sender, "non_finite", f"tensor {name!r} holds NaN or Inf")
+    return None
+
+
+_ERRORS: dict[str, type[StrategyError]] = {
+    "no_samples": InvalidUpdateError,
+    "bad_weight": InvalidUpdateError,
+    "bad_staleness": InvalidUpdateError,
+    "unknown_tensor": TensorMismatchError,
+    "bad_shape": TensorMismatchError,
+    "bad_dtype": TensorMismatchError,
+    "non_finite": NonFiniteError,
+}
+
+
+def check_updates(current: Tensors, updates: Sequence[Update]) -> None:
+    """Raise the ``StrategyError`` of the first problem :func:`update_problem` finds.
+
+    A guard for direct callers of a strategy; the federation core never hands a strategy an
+    update that fails it (it rejects such updates at admission, as data).
     """
     if not updates:
         raise EmptyUpdatesError("no updates to aggregate")
     for update in updates:
-        if update.num_samples < 0:
-            raise InvalidUpdateError(
-                f"update from {update.sender!r}: num_samples {update.num_samples} < 0"
+        problem = update_problem(current, update)
+        if problem is not None:
+            raise _ERRORS[problem.reason](
+                f"update from {update.sender!r}: {problem.detail or problem.reason}"
             )
-        if not math.isfinite(update.weight) or update.weight < 0:
-            raise InvalidUpdateError(
-                f"update from {update.sender!r}: weight {update.weight} is not finite and >= 0"
-            )
-        if update.staleness < 0:
-            raise InvalidUpdateError(
-                f"update from {update.sender!r}: staleness {update.staleness} < 0"
-            )
-        for name, delta in update.delta.items():
-            if name not in current:
-                raise TensorMismatchError(
-                    f"update from {update.sender!r}: tensor {name!r} is not in the model"
-                )
-            expected = current[name].shape
-            if delta.shape != expected:
-                raise TensorMismatchError(
-                    f"update from {update.sender!r}: tensor {name!r} has shape "
-                    f"{tuple(delta.shape)}, expected {tuple(expected)}"
-                )
-            if delta.is_floating_point() and not bool(torch.isfinite(delta).all()):
-                raise NonFiniteError(
-                    f"update from {update.sender!r}: tensor {name!r} holds NaN or Inf"
-                )
 
 
 def merge_rejections(*groups: Sequence[Rejection]) -> tuple[Rejection, ...]:

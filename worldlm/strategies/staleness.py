@@ -61,8 +61,8 @@ class StalenessPolicy:
         rejected: list[Rejection] = []
         for update in updates:
             if self.bound is not None and update.staleness > self.bound:
-                reason = f"stale: staleness {update.staleness} > bound {self.bound}"
-                rejected.append(Rejection(update.sender, reason))
+                detail = f"staleness {update.staleness} > bound {self.bound}"
+                rejected.append(Rejection(update.sender, "stale", detail))
                 continue
             discount = staleness_weight(update.staleness, self.exponent)
             accepted.append(update.with_weight(update.weight * discount))

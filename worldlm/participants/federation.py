@@ -1,0 +1,417 @@
+"""One federation's round logic: a pure, synchronous core that every shell drives.
+
+Everything a federation decides lives here and nowhere else: whether an update is admitted
+(:meth:`FederationCore.offer`), when a round closes (:meth:`FederationCore.close_reason`),
+what closing it produces (:meth:`FederationCore.close`: the strategy, the residual
+candidates, the figures), what goes up to the parent (:meth:`FederationCore.submission`:
+the backbone only) and what comes back (:meth:`FederationCore.take_parent`), and the
+snapshot a checkpoint stores (:meth:`FederationCore.snapshot` / :meth:`restore`).
+
+No ``await``, no Kafka, no Redis, no clock: time arrives as an argument. The live aggregator
+(``aggregator.py``) is an I/O shell around it; the simulator (``worldlm/simulator.py``) is
+another; a test proves they end at the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from worldlm.config import Hierarchy
+from worldlm.participants.checkpoint import Meta
+from worldlm.strategies import (
+    AggregateResult,
+    Rejection,
+    ResidualEntry,
+    RoundContext,
+    Strategy,
+    Update,
+    make_strategy,
+)
+from worldlm.strategies.base import update_problem
+from worldlm.training.workbench import Weights, key_names
+
+#: How many folded update ids the core remembers for deduplication.
+SEEN_MEMORY = 10_000
+
+
+@dataclass(frozen=True, eq=False)
+class Offer:
+    """An update a child offers to its federation, as the shell decoded it.
+
+    ``verify`` checks the sender's signature (raises ``SignatureError``); None when the run
+    does not sign. ``kind`` is the manifest's kind (only ``update`` is admitted).
+    """
+
+    sender: str
+    update_id: str
+    delta: Mapping[str, torch.Tensor]
+    samples: int
+    base_version: int
+    kind: str = "update"
+    nbytes: int = 0
+    verify: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The update was admitted into the open round (the shell persists it, then commits)."""
+
+    sender: str
+    update_id: str
+    staleness: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An update id folded or pending already (at-least-once delivery): counted, dropped."""
+
+    update_id: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """The update cannot be folded: the shell dead-letters it with ``reason``."""
+
+    reason: str
+    detail: str
+
+
+Decision = Accepted | Duplicate | Rejected
+
+
+@dataclass
+class Pending:
+    """An admitted update waiting for its round to close."""
+
+    update_id: str
+    sender: str
+    samples: int
+    base_version: int
+    delta: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Closed:
+    """What closing a round produced; the shell publishes it.
+
+    ``residual`` is this federation's key layers for the residual cache (None without K);
+    ``exchange`` says the federation must now submit to its parent and wait for its
+    broadcast before broadcasting itself; ``final`` ends the run (root only).
+    """
+
+    round: int
+    reason: str
+    version: int
+    folded: tuple[str, ...]
+    rejected: tuple[Rejection, ...]
+    residual: dict[str, torch.Tensor] | None
+    exchange: bool
+    final: bool
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Submission:
+    """This federation's update to its parent: the backbone delta since the parent's model."""
+
+    update_id: str
+    delta: dict[str, torch.Tensor]
+    samples: int
+    base_version: int
+    round: int
+
+
+@dataclass
+class Snapshot:
+    """Everything a restart needs: the JSON part, the tensors, and the pending deltas."""
+
+    meta: Meta
+    weights: Weights
+    base: Weights
+    strategy: dict[str, object]
+    pending: list[Pending] = field(default_factory=list)
+
+
+def take_parent(
+    weights: Mapping[str, torch.Tensor],
+    parent: Mapping[str, torch.Tensor],
+    key: frozenset[str],
+) -> Weights:
+    """The model after a parent broadcast: the parent's backbone, our own key layers."""
+    return {n: (v if n in key else parent[n].clone()) for n, v in weights.items()}
+
+
+class FederationCore:
+    """One federation's rounds, decided on plain tensors.
+
+    Args:
+        hierarchy: the validated config (the federation's policy, members, parent).
+        federation: this federation's id.
+        weights: the starting model (every participant starts from the same weights).
+        new_id: makes the id of this federation's submissions (the shells pass a uuid maker;
+            the ids never influence weights).
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        federation: str,
+        weights: Mapping[str, torch.Tensor],
+        *,
+        new_id: Callable[[], str],
+    ) -> None:
+        if federation not in hierarchy.federations:
+            raise KeyError(
+                f"unknown federation {federation!r}; known: {sorted(hierarchy.federations)}"
+            )
+        self.hierarchy = hierarchy
+        self.fed = hierarchy.federations[federation]
+        self.id = federation
+        self.policy = self.fed.policy
+        self.schedule = self.policy.schedule
+        uses_key = self.policy.key != "fedavg"
+        #: K: never leaves the federation, never overwritten by the parent.
+        self.key: frozenset[str] = (
+            key_names(hierarchy.run, self.policy) if uses_key else frozenset()
+        )
+        self.strategy: Strategy = make_strategy(
+            self.policy.strategy_policy(seed=hierarchy.run.seed),
+            set(self.key) if uses_key else None,
+        )
+        self.meta = Meta()
+        self.weights: Weights = {n: t.clone() for n, t in weights.items()}
+        self.base: Weights = {n: t.clone() for n, t in weights.items()}
+        self.pending: list[Pending] = []
+        self.counters: Counter[str] = Counter()
+        self._seen: set[str] = set()
+        self._new_id = new_id
+        self._members = frozenset(self.fed.members)
+
+    # -- admission -----------------------------------------------------------------------
+
+    def offer(self, offer: Offer) -> Decision:
+        """Admit ``offer`` into the open round, or say why not (never raises)."""
+        decision = self._admit(offer)
+        match decision:
+            case Duplicate():
+                self.counters["updates_duplicate"] += 1
+            case Rejected(reason=reason):
+                self.counters["rejected"] += 1
+                self.counters[f"rejected_{reason}"] += 1
+            case Accepted():
+                self.counters["updates_accepted"] += 1
+                # One update per member per round: a newer one from the same member replaces it.
+                self.pending = [p for p in self.pending if p.sender != offer.sender]
+                self.pending.append(
+                    Pending(
+                        offer.update_id,
+                        offer.sender,
+                        offer.samples,
+                        offer.base_version,
+                        offer.delta,
+                    )
+                )
+                self._seen.add(offer.update_id)
+        return decision
+
+    def _admit(self, offer: Offer) -> Decision:
+        sender = offer.sender
+        if offer.update_id in self._seen:
+            return Duplicate(offer.update_id)
+        if offer.kind != "update":
+            return Rejected("wrong_kind", f"{sender}: a {offer.kind} on an update topic")
+        if sender not in self._members:
+            return Rejected("unknown_sender", f"{sender} is not a member of {self.id}")
+        if offer.verify is not None:
+            from schemas.signing import SignatureError
+
+            try:
+                offer.verify()
+            except SignatureError as exc:
+                return Rejected(exc.reason, str(exc))
+        if offer.samples <= 0:  # weight 0: alone in a round it would average nothing
+            return Rejected("no_samples", f"{sender}: sample count {offer.samples}")
+        staleness = self.meta.version - offer.base_version
+        if staleness < 0:
+            return Rejected(
+                "future_version", f"{sender}: base {offer.base_version} > {self.meta.version}"
+            )
+        bound = self.schedule.staleness_bound
+        if staleness > bound:
+            return Rejected("stale", f"{sender}: staleness {staleness} > bound {bound}")
+        problem = update_problem(
+            self.weights, Update(sender, offer.delta, offer.samples, staleness=staleness)
+        )
+        if problem is not None:
+            return Rejected(problem.reason, f"{sender}: {problem.detail}")
+        return Accepted(sender, offer.update_id, staleness)
+
+    # -- closing -------------------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        """Whether a round is open (not waiting for the parent, not finished)."""
+        return not (self.meta.awaiting_parent or self.meta.final)
+
+    def open_round(self, now: float) -> None:
+        """Start the round's clock (kept when updates are already pending, e.g. after a restart)."""
+        if not self.pending or self.meta.round_opened == 0:
+            self.meta.round_opened = now
+
+    def quorum(self, live: int) -> int:
+        """Updates a ``sync`` round needs: a fraction of the live members, at least the minimum."""
+        return max(self.schedule.min_quorum, math.ceil(live * self.schedule.quorum - 1e-9))
+
+    def close_reason(self, now: float, live: int) -> str | None:
+        """Why the open round closes now (``quorum``, ``deadline``, ``buffer``), or None."""
+        if not self.open or not self.pending:
+            return None
+        if self.schedule.mode == "async":
+            return "buffer" if len(self.pending) >= self.schedule.buffer else None
+        if len({p.sender for p in self.pending}) >= self.quorum(live):
+            return "quorum"
+        if now - self.meta.round_opened > self.schedule.deadline_s:
+            return "deadline"
+        return None
+
+    def close(self, reason: str, residuals: Sequence[ResidualEntry], live: int) -> Closed:
+        """Aggregate the pending updates into a new model version."""
+        meta = self.meta
+        # Sorted by sender: the fold order, and so the result, does not depend on arrival.
+        ordered = sorted(self.pending, key=lambda p: p.sender)
+        updates = [
+            Update(p.sender, p.delta, p.samples, staleness=meta.version - p.base_version)
+            for p in ordered
+        ]
+        residuals = list(residuals) if self.key else []
+        context = RoundContext(
+            residuals, sample_rate=min(1.0, len(updates) / max(live, 1)), round=meta.round
+        )
+        result: AggregateResult = self.strategy.aggregate(self.weights, updates, context)
+        for rejection in result.rejected:
+            self.counters["rejected"] += 1
+            self.counters[f"rejected_{rejection.reason}"] += 1
+        self.weights = result.weights
+        closed_round = meta.round
+        meta.version += 1
+        meta.round += 1
+        meta.rounds_since_submit += 1
+        meta.samples += sum(p.samples for p in ordered)
+        meta.seen = (meta.seen + [p.update_id for p in ordered])[-SEEN_MEMORY:]
+        self._seen = set(meta.seen)
+        self.pending = []
+        self.counters["rounds_closed"] += 1
+        exchange = (
+            self.fed.parent is not None and meta.rounds_since_submit >= self.policy.internal_rounds
+        )
+        meta.awaiting_parent = exchange
+        meta.final = self.fed.parent is None and meta.round >= self.hierarchy.run.rounds
+        stale = [u.staleness for u in updates]
+        values = {
+            "members": float(live),
+            "arrived": float(len(updates)),
+            "accepted": float(len(result.accepted)),
+            "rejected": float(self.counters["rejected"]),
+            "duplicates": float(self.counters["updates_duplicate"]),
+            "staleness_mean": sum(stale) / len(stale) if stale else 0.0,
+            "staleness_max": float(max(stale, default=0)),
+            "residuals": float(len(residuals)),
+            "version": float(meta.version),
+        }
+        values |= {
+            k: float(v)
+            for k, v in result.info.items()
+            if isinstance(v, float | int) and math.isfinite(v)
+        }
+        return Closed(
+            round=closed_round,
+            reason=reason,
+            version=meta.version,
+            folded=tuple(p.update_id for p in ordered),
+            rejected=result.rejected,
+            residual={n: self.weights[n] for n in sorted(self.key)} if self.key else None,
+            exchange=exchange,
+            final=meta.final,
+            values=values,
+        )
+
+    # -- the parent ----------------------------------------------------------------------
+
+    def submission(self) -> Submission:
+        """The update for the parent: only the backbone (K never leaves the federation).
+
+        Its id is fixed until the parent's broadcast is taken, so a resubmission after a
+        restart is deduplicated by the parent.
+        """
+        assert self.meta.awaiting_parent, "submit only after a round that ends the exchange"
+        if not self.meta.submit_id:
+            self.meta.submit_id = self._new_id()
+        delta = {
+            n: w.float() - self.base[n].float()
+            for n, w in self.weights.items()
+            if w.is_floating_point() and n not in self.key
+        }
+        return Submission(
+            self.meta.submit_id,
+            delta,
+            max(self.meta.samples, 1),
+            self.meta.parent_version,
+            self.meta.round,
+        )
+
+    def take_parent(self, weights: Mapping[str, torch.Tensor], version: int, final: bool) -> None:
+        """The parent's broadcast arrived: take its backbone, keep our key layers."""
+        meta = self.meta
+        self.weights = take_parent(self.weights, weights, self.key)
+        self.base = {n: t.clone() for n, t in self.weights.items()}
+        meta.parent_version = version
+        meta.version += 1
+        meta.rounds_since_submit = 0
+        meta.samples = 0
+        meta.submit_id = ""
+        meta.awaiting_parent = False
+        meta.final = final
+
+    def residual_entries(
+        self, cached: Mapping[str, tuple[int, Mapping[str, torch.Tensor]]]
+    ) -> list[ResidualEntry]:
+        """Attention candidates from what the residual cache holds (federation -> round, K)."""
+        if not self.key:
+            return []
+        return [
+            ResidualEntry(
+                other,
+                {n: t for n, t in tensors.items() if n in self.key},
+                rounds_stale=max(0, self.meta.round - round_),
+            )
+            for other, (round_, tensors) in sorted(cached.items())
+        ]
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """The core's state; the shell writes it to its checkpoint."""
+        self.meta.pending = [
+            {"id": p.update_id, "sender": p.sender, "samples": p.samples, "base": p.base_version}
+            for p in self.pending
+        ]
+        self.meta.counters = dict(self.counters)
+        return Snapshot(
+            self.meta, self.weights, self.base, self.strategy.state_dict(), list(self.pending)
+        )
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Resume from a snapshot (the inverse of :meth:`snapshot`)."""
+        self.meta = snapshot.meta
+        self.weights = dict(snapshot.weights)
+        self.base = dict(snapshot.base)
+        if snapshot.strategy:
+            self.strategy.load_state_dict(snapshot.strategy)
+        self.pending = list(snapshot.pending)
+        self.counters = Counter(snapshot.meta.counters)
+        self._seen = set(snapshot.meta.seen) | {p.update_id for p in self.pending}
