@@ -378,7 +378,9 @@ class AggregatorParticipant:
             bytes=published.bytes,
         )
 
-    async def _event(self, action: str, round: int, reason: str = "", arrived: int = 0) -> None:
+    async def _event(
+        self, action: Literal["opened", "closed"], round: int, reason: str = "", arrived: int = 0
+    ) -> None:
         await self.node.event(
             RoundEvent(
                 envelope=self.node.envelope(self.id),
