@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-
-import torch
 
 from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
 from worldlm.config import Hierarchy
 from worldlm.participants.follower import Broadcast, BroadcastFollower
+from worldlm.participants.learner import Learner
 from worldlm.participants.node import Endpoints, Node, bounded
-from worldlm.training.workbench import Workbench, key_names
 
 
 class ClientParticipant:
@@ -33,17 +30,16 @@ class ClientParticipant:
         self.level = federation.level
         self.policy = federation.policy
         self.node = Node(hierarchy, endpoints, client_id, "client", federation.id)
-        self.bench: Workbench | None = None
+        self.learner: Learner | None = None
         self.stop = asyncio.Event()
         self.rounds = 0
         self.last_version = -1
-        self._own_key: dict[str, torch.Tensor] = {}
-        self._key_names = key_names(hierarchy.run, self.policy)
+        self._hierarchy = hierarchy
 
     async def run(self) -> None:
         """Participate until the federation's final broadcast or until ``stop`` is set."""
         node = self.node
-        self.bench = await asyncio.to_thread(Workbench, node.run, self.client, self.policy)
+        self.learner = await asyncio.to_thread(Learner, self._hierarchy, self.client.id)
         await node.start()
         follower = BroadcastFollower(
             node.settings, node.state, node.federation, keys=node.public_keys
@@ -74,43 +70,28 @@ class ClientParticipant:
             node.log.info("client_stopped", rounds=self.rounds, **dict(node.counters))
             await node.stop()
 
-    def _weights(self, broadcast: Broadcast) -> dict[str, torch.Tensor]:
-        weights = dict(broadcast.tensors)
-        if self.client.keep_key_layers and self._own_key:
-            weights.update(self._own_key)  # FedPer: the client's own K is never replaced
-        return weights
-
     async def _round(self, broadcast: Broadcast) -> bool:
         """Evaluate, train, publish; True when this was the final broadcast."""
-        assert self.bench is not None
-        node, bench = self.node, self.bench
+        assert self.learner is not None
+        node = self.node
         log = node.log.bind(round=broadcast.round, version=broadcast.version)
-        weights = self._weights(broadcast)
-        evaluation = await asyncio.to_thread(bench.evaluate, weights)
-        values = {
-            "val_loss": evaluation.loss,
-            "val_ppl": evaluation.perplexity,
-            "version": float(broadcast.version),
-            "bytes_in": float(broadcast.bytes),
-            "final": float(broadcast.final),
+        done = await asyncio.to_thread(self.learner.round, broadcast.tensors, final=broadcast.final)
+        values = done.values(broadcast.version, broadcast.final) | {
+            "bytes_in": float(broadcast.bytes)
         }
         self.last_version = broadcast.version
-        if broadcast.final:
+        if done.result is None:
             await node.metrics(broadcast.round, values)
-            log.info("client_final", val_ppl=evaluation.perplexity)
+            log.info("client_final", val_ppl=done.evaluation.perplexity)
             return True
-        started = time.perf_counter()
-        result = await asyncio.to_thread(bench.train, weights)
-        if self.client.keep_key_layers:
-            self._own_key = {n: weights[n] + result.delta[n] for n in self._key_names}
         encoded = encode_delta(
-            result.delta,
+            done.result.delta,
             envelope=node.envelope(),
             kind="update",
             base_version=broadcast.version,
-            sample_count=result.num_samples,
+            sample_count=done.result.num_samples,
             round=broadcast.round,
-            metrics={"train_loss": result.train_loss},
+            metrics={"train_loss": done.result.train_loss},
             chunk_size=node.run.chunk_kib * 1024,
             signer=node.signer,
         )
@@ -120,12 +101,8 @@ class ClientParticipant:
         self.rounds += 1
         node.counters["updates_sent"] += 1
         node.counters["bytes_out"] += published.bytes
-        values |= {
-            "train_loss": result.train_loss,
-            "train_s": time.perf_counter() - started,
-            "bytes_out": float(published.bytes),
-            "samples": float(result.num_samples),
-        }
-        await node.metrics(broadcast.round, values)
-        log.info("client_round", val_ppl=evaluation.perplexity, train_loss=result.train_loss)
+        await node.metrics(broadcast.round, values | {"bytes_out": float(published.bytes)})
+        log.info(
+            "client_round", val_ppl=done.evaluation.perplexity, train_loss=done.result.train_loss
+        )
         return False

@@ -1,0 +1,103 @@
+"""The simulator is the system, not a second implementation: it is deterministic, and a live
+``sync`` run on the real embedded Kafka and Redis ends at exactly its weights."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import torch
+
+from brokers.embedded import Endpoints as Servers
+from tests.worldlm.participants.helpers import endpoints, hierarchy
+from worldlm.config import Hierarchy
+from worldlm.participants.checkpoint import Checkpoint
+from worldlm.participants.runner import run_hierarchy
+from worldlm.simulator import simulate
+
+
+def three_levels(run_id: str, **defaults: object) -> Hierarchy:
+    """root -> two federations (one with internal rounds 2) -> clients, plus a root client."""
+    return hierarchy(
+        run_id,
+        federations={
+            "root": {},
+            "latin": {"parent": "root", "internal_rounds": 2},
+            "slavic": {"parent": "root", "backbone": "fedavgm", "momentum": 0.5},
+        },
+        clients={
+            "fr-0": ("latin", "lang-fr"),
+            "es-0": ("latin", "lang-es"),
+            "ru-0": ("slavic", "lang-ru"),
+            "pl-0": ("slavic", "lang-pl"),
+            "en-0": ("root", "lang-en"),
+        },
+        rounds=2,
+        defaults={
+            "internal_rounds": 1,
+            "schedule": {"deadline_s": 60.0},
+            "residual": {"links": "none"},
+            **defaults,
+        },
+    )
+
+
+def test_the_same_config_and_seed_give_bit_identical_weights_and_metrics(run_id: str) -> None:
+    h = three_levels(run_id, residual={"links": "siblings", "sign": -1})
+    first, sim1 = simulate(h)
+    second, sim2 = simulate(h)
+    for fid in h.federations:
+        a, b = sim1.weights(fid), sim2.weights(fid)
+        assert a.keys() == b.keys()
+        for name in a:
+            assert torch.equal(a[name], b[name]), (fid, name)
+    # Every figure but wall times (train_s) is identical.
+    assert [(r.node, r.round, _figures(r.values)) for r in first.reports] == [
+        (r.node, r.round, _figures(r.values)) for r in second.reports
+    ]
+    # Residuals were used (the siblings' key layers were candidates after round 0).
+    assert any(r.values.get("residuals", 0) > 0 for r in first.reports if r.role == "aggregator")
+
+
+def _figures(values: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if not k.endswith("_s")}
+
+
+def test_another_seed_gives_other_weights(run_id: str) -> None:
+    h = three_levels(run_id)
+    _, sim0 = simulate(h)
+    other = Hierarchy(h.run.__class__(**{**_fields(h.run), "seed": 1}), h.federations, h.clients)
+    _, sim1 = simulate(other)
+    w0, w1 = sim0.weights("root"), sim1.weights("root")
+    assert any(not torch.equal(w0[n], w1[n]) for n in w0)
+
+
+def _fields(run: object) -> dict[str, object]:
+    return {f: getattr(run, f) for f in run.__struct_fields__}  # type: ignore[attr-defined]
+
+
+def test_clients_train_the_rounds_their_path_to_the_root_gives_them(run_id: str) -> None:
+    result, _ = simulate(three_levels(run_id))
+    trained: dict[str, int] = {}
+    for r in result.client_reports():
+        if not r.values["final"]:
+            trained[r.node] = trained.get(r.node, 0) + 1
+    # 2 root rounds x internal rounds of the client's federation (root clients: 1 per round)
+    assert trained == {"fr-0": 4, "es-0": 4, "ru-0": 2, "pl-0": 2, "en-0": 2}
+
+
+async def test_a_live_sync_run_ends_at_the_simulators_weights_bit_for_bit(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    h = three_levels(run_id)
+    async with asyncio.timeout(180):
+        live = await run_hierarchy(h, endpoints(servers), checkpoint_dir=tmp_path)
+    simulated, sim = await asyncio.to_thread(simulate, h)
+
+    for fid in h.federations:
+        _, weights, _, _ = Checkpoint(tmp_path / run_id / fid).load()
+        expected = sim.weights(fid)
+        assert weights.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(weights[name], expected[name]), (fid, name)
+    assert live.final_ppl() == simulated.final_ppl()

@@ -1,0 +1,79 @@
+"""A client's side of a round, synchronous and transport-free: what every shell's client runs.
+
+On each model its federation broadcasts, a client evaluates it on its fixed validation split
+and, unless the broadcast is final, trains H local steps from it and returns the delta.
+A client with ``keep_key_layers`` (FedPer) trains on its own key layers, never the
+federation's. The live client (``client.py``) and the simulator drive this same object, so
+they train identically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from worldlm.config import Hierarchy
+from worldlm.training.evaluate import EvalResult
+from worldlm.training.trainer import LocalResult
+from worldlm.training.workbench import Workbench, key_names
+
+
+@dataclass(frozen=True)
+class LearnerRound:
+    """One round of a client: the evaluation of the received model, and training (None when
+    the broadcast was final)."""
+
+    evaluation: EvalResult
+    result: LocalResult | None
+    train_s: float = 0.0
+
+    def values(self, version: int, final: bool) -> dict[str, float]:
+        """The client's metrics for this round (the fields dashboards and reports read)."""
+        values = {
+            "val_loss": self.evaluation.loss,
+            "val_ppl": self.evaluation.perplexity,
+            "version": float(version),
+            "final": float(final),
+        }
+        if self.result is not None:
+            values |= {
+                "train_loss": self.result.train_loss,
+                "train_s": self.train_s,
+                "samples": float(self.result.num_samples),
+            }
+        return values
+
+
+class Learner:
+    """One client's model, data and trainer, and its own key layers under FedPer."""
+
+    def __init__(self, hierarchy: Hierarchy, client_id: str) -> None:
+        if client_id not in hierarchy.clients:
+            raise KeyError(f"unknown client {client_id!r}; known: {sorted(hierarchy.clients)}")
+        self.client = hierarchy.clients[client_id]
+        policy = hierarchy.client_policy(client_id)
+        self.bench = Workbench(hierarchy.run, self.client, policy)
+        self._key = key_names(hierarchy.run, policy)
+        self._own_key: dict[str, torch.Tensor] = {}
+
+    def model(self, received: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weights this client uses: the received model (with its own K under FedPer)."""
+        weights = dict(received)
+        if self.client.keep_key_layers and self._own_key:
+            weights.update(self._own_key)
+        return weights
+
+    def round(self, received: Mapping[str, torch.Tensor], *, final: bool) -> LearnerRound:
+        """Evaluate the received model and, unless ``final``, train from it."""
+        weights = self.model(received)
+        evaluation = self.bench.evaluate(weights)
+        if final:
+            return LearnerRound(evaluation, None)
+        started = time.perf_counter()
+        result = self.bench.train(weights)
+        if self.client.keep_key_layers:
+            self._own_key = {n: weights[n] + result.delta[n] for n in self._key}
+        return LearnerRound(evaluation, result, time.perf_counter() - started)
