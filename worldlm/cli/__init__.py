@@ -12,6 +12,7 @@ from worldlm.cli.data import app as data_app
 from worldlm.cli.infra import app as infra_app
 from worldlm.cli.keys import app as keys_app
 from worldlm.cli.participants import aggregator, client, run, single_threaded_torch
+from worldlm.cli.simulate import simulate
 
 app = typer.Typer(
     name="worldlm",
@@ -23,6 +24,7 @@ app.add_typer(infra_app, name="infra", help="Embedded Kafka (Tansu) and Redis se
 app.add_typer(data_app, name="data", help="Build corpora and the tokenizer.")
 app.add_typer(keys_app, name="keys", help="Signing keys of participants.")
 app.command()(run)
+app.command()(simulate)
 app.command()(client)
 app.command()(aggregator)
 app.command(name="dashboard")(dashboard_command)

@@ -23,29 +23,16 @@ from worldlm.strategies.base import (
     Tensors,
     Update,
 )
-from worldlm.strategies.baselines import (
-    KeepCurrent,
-    fedper,
-    flat_fedavg,
-    hierarchical_fedavg,
-    local_only,
-)
+from worldlm.strategies.baselines import KeepCurrent
 from worldlm.strategies.dp import DifferentialPrivacy
 from worldlm.strategies.fedavg import FedAvg
 from worldlm.strategies.layered import Layered, UnroutedTensorError
 from worldlm.strategies.outer import ServerOptimizer
-from worldlm.strategies.policy import (
-    PRESETS,
-    DPPolicy,
-    StrategyPolicy,
-    make_strategy,
-    preset,
-)
+from worldlm.strategies.policy import DPPolicy, StrategyPolicy, make_strategy
 from worldlm.strategies.residual import ResidualMerge
 from worldlm.strategies.staleness import StalenessPolicy, staleness_weight
 
 __all__ = [
-    "PRESETS",
     "AggregateResult",
     "AttentionAggregation",
     "Candidate",
@@ -71,11 +58,6 @@ __all__ = [
     "Tensors",
     "UnroutedTensorError",
     "Update",
-    "fedper",
-    "flat_fedavg",
-    "hierarchical_fedavg",
-    "local_only",
     "make_strategy",
-    "preset",
     "staleness_weight",
 ]

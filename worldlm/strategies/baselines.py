@@ -1,11 +1,9 @@
-"""Baselines on the same code: flat and hierarchical FedAvg, FedPer, local-only.
+"""The strategy behind the baselines that aggregate nothing: ``KeepCurrent``.
 
-* flat FedAvg: one federation, every tensor averaged, no key layers;
-* hierarchical FedAvg: the same strategy at every node of the tree (the topology is the
-  config's business), every tensor averaged, no key layers;
-* FedPer (Arivazhagan et al., 2019): the backbone averaged, the key layers never
-  aggregated: the aggregator passes its own K through and each client keeps its own;
-* local-only: no aggregation at all.
+The baseline *methods* (flat and hierarchical FedAvg, FedPer, local-only, ...) differ in the
+tree and the policy, not in a strategy of their own: they are config transforms in
+``worldlm/methods.py``, built from the same factories as WorldLM. ``KeepCurrent`` is what a
+policy's ``key = "local"`` (FedPer) or ``backbone = "local"`` builds.
 """
 
 from __future__ import annotations
@@ -16,13 +14,10 @@ from typing import Any
 from worldlm.strategies.base import (
     AggregateResult,
     RoundContext,
-    Strategy,
     Tensors,
     Update,
     copy_weights,
 )
-from worldlm.strategies.fedavg import FedAvg
-from worldlm.strategies.layered import Layered, NameSelector
 
 
 class KeepCurrent:
@@ -50,23 +45,3 @@ class KeepCurrent:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Nothing to restore."""
-
-
-def flat_fedavg() -> Strategy:
-    """Flat FedAvg: one federation, everything averaged, no key layers."""
-    return FedAvg()
-
-
-def hierarchical_fedavg() -> Strategy:
-    """Hierarchical FedAvg: FedAvg on all tensors at every level of the tree."""
-    return FedAvg()
-
-
-def fedper(key_names: NameSelector, backbone: Strategy | None = None) -> Strategy:
-    """FedPer: the backbone averaged (or by ``backbone``), the key layers kept local."""
-    return Layered(backbone if backbone is not None else FedAvg(), KeepCurrent(), key_names)
-
-
-def local_only() -> Strategy:
-    """Local-only: no aggregation at all."""
-    return KeepCurrent()

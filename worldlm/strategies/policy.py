@@ -6,8 +6,7 @@
     DifferentialPrivacy      when the policy sets ``dp``,
     StalenessPolicy          always (with a = 0 and no bound it changes nothing).
 
-Method presets name the algorithm and the baselines: ``worldlm``, ``fedavg``,
-``hierarchical_fedavg``, ``fedper``, ``local``.
+The methods (WorldLM and its baselines) are config transforms in ``worldlm/methods.py``.
 """
 
 from __future__ import annotations
@@ -27,8 +26,7 @@ from worldlm.strategies.residual import ResidualMerge
 from worldlm.strategies.staleness import StalenessPolicy
 
 BackboneMethod = Literal["fedavg", "fedavgm", "nesterov", "local"]
-KeyMethod = Literal["attention", "fedavg", "local"]
-Method = Literal["worldlm", "fedavg", "hierarchical_fedavg", "fedper", "local"]
+KeyMethod = Literal["attention", "mean", "fedavg", "local"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,9 @@ class StrategyPolicy:
         backbone: B's strategy: FedAvg, server momentum, Nesterov, or local (none).
         server_lr: outer learning rate (1 with fedavg = plain FedAvg).
         momentum: outer momentum β for fedavgm and nesterov.
-        key: K's strategy: attention (FedAtt), FedAvg, or local (kept, FedPer).
+        key: K's strategy: attention (FedAtt); mean (K kept per federation, averaged inside it:
+            WorldLM without attention); fedavg (no K: every tensor is backbone, as in
+            hierarchical FedAvg); local (kept, never aggregated: FedPer).
         attention_eps, attention_tau, attention_sign: ε, τ and sign of the attention rule.
         residual_gamma: staleness discount γ of residual candidates; None = no residuals.
         residual_sign: sign residual candidates are scored with; None = attention_sign.
@@ -85,23 +85,6 @@ class StrategyPolicy:
         return dataclasses.replace(self, **changes)
 
 
-PRESETS: dict[str, StrategyPolicy] = {
-    "worldlm": StrategyPolicy(),
-    "fedavg": StrategyPolicy(key="fedavg", residual_gamma=None),
-    "hierarchical_fedavg": StrategyPolicy(key="fedavg", residual_gamma=None),
-    "fedper": StrategyPolicy(key="local", residual_gamma=None),
-    "local": StrategyPolicy(backbone="local", key="local", residual_gamma=None),
-}
-"""Method presets. ``fedavg`` and ``hierarchical_fedavg`` differ only in the tree shape."""
-
-
-def preset(method: str, **overrides: Any) -> StrategyPolicy:
-    """The policy of a method preset, with optional field overrides."""
-    if method not in PRESETS:
-        raise StrategyConfigError(f"unknown method {method!r}; known: {sorted(PRESETS)}")
-    return PRESETS[method].replace(**overrides) if overrides else PRESETS[method]
-
-
 def make_backbone(policy: StrategyPolicy) -> Strategy:
     """B's strategy from the policy."""
     if policy.backbone == "local":
@@ -122,7 +105,7 @@ def make_key(policy: StrategyPolicy) -> Strategy:
     """K's strategy from the policy."""
     if policy.key == "local":
         return KeepCurrent()
-    if policy.key == "fedavg":
+    if policy.key in ("fedavg", "mean"):
         return FedAvg()
     attention = AttentionAggregation(
         eps=policy.attention_eps, tau=policy.attention_tau, sign=policy.attention_sign

@@ -1,16 +1,17 @@
-"""Baselines: local-only keeps everything, FedPer keeps the key layers, FedAvg averages all."""
+"""The no-aggregation baselines: local-only keeps everything, FedPer keeps the key layers."""
 
 from __future__ import annotations
 
 import torch
 
 from tests.worldlm.strategies.helpers import KEY_NAMES, assert_same, model, update
-from worldlm.strategies import FedAvg, fedper, flat_fedavg, hierarchical_fedavg, local_only
+from worldlm.strategies import FedAvg, StrategyPolicy, make_strategy
 
 
-def test_local_only_returns_current_unchanged_and_marks_it() -> None:
+def test_local_backbone_and_key_return_current_unchanged_and_mark_it() -> None:
     current = model()
-    result = local_only().aggregate(current, [update("a", current, seed=1)])
+    local = make_strategy(StrategyPolicy(backbone="local", key="local", residual_gamma=None))
+    result = local.aggregate(current, [update("a", current, seed=1)])
     assert_same(result.weights, current)
     assert result.aggregated is False
     assert result.weights["norm.weight"] is not current["norm.weight"]
@@ -19,17 +20,20 @@ def test_local_only_returns_current_unchanged_and_marks_it() -> None:
 def test_fedper_passes_key_layers_through_and_averages_backbone() -> None:
     current = model()
     updates = [update("a", current, seed=1), update("b", current, seed=2)]
-    result = fedper(KEY_NAMES).aggregate(current, updates)
+    fedper = make_strategy(StrategyPolicy(key="local", residual_gamma=None), KEY_NAMES)
+    result = fedper.aggregate(current, updates)
     averaged = FedAvg().aggregate(current, updates).weights
     for name in KEY_NAMES:
         assert torch.equal(result.weights[name], current[name])
+        assert not torch.equal(averaged[name], current[name])  # FedAvg would have moved it
     assert torch.equal(result.weights["embed.weight"], averaged["embed.weight"])
     assert result.aggregated is True
 
 
-def test_flat_and_hierarchical_fedavg_average_every_tensor() -> None:
+def test_mean_key_averages_key_layers_like_the_backbone() -> None:
     current = model()
     updates = [update("a", current, seed=1), update("b", current, seed=2, num_samples=3)]
-    expected = FedAvg().aggregate(current, updates).weights
-    assert_same(flat_fedavg().aggregate(current, updates).weights, expected)
-    assert_same(hierarchical_fedavg().aggregate(current, updates).weights, expected)
+    mean = make_strategy(StrategyPolicy(key="mean", residual_gamma=None), KEY_NAMES)
+    assert_same(
+        mean.aggregate(current, updates).weights, FedAvg().aggregate(current, updates).weights
+    )

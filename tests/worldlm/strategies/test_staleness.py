@@ -34,7 +34,8 @@ def test_updates_past_bound_are_rejected_with_reason() -> None:
     ]
     result = StalenessPolicy(FedAvg(), exponent=0.0, bound=2).aggregate(current, updates)
     assert [r.sender for r in result.rejected] == ["late"]
-    assert "staleness 3 > bound 2" in result.rejected[0].reason
+    assert result.rejected[0].reason == "stale"
+    assert "staleness 3 > bound 2" in result.rejected[0].detail
     assert result.accepted == ("ok",)
     assert result.weights["w"].item() == pytest.approx(1.0)
     assert result.info["staleness/rejected"] == 1.0
