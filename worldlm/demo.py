@@ -1,21 +1,17 @@
-"""The shipped demo: WorldLM against flat FedAvg and local-only training, on the same clients.
+"""The shipped demo: WorldLM against its baselines on the same clients, over seeds.
 
 Three levels (root -> language-group federations -> clients) on the built-in corpus with the
-tiny model. Every method trains each client for the same number of rounds of the same number
-of local steps (the same token budget) and is evaluated on the same fixed validation splits:
-
-* ``worldlm``: the shipped hierarchy (``worldlm/configs/demo.toml``): backbone averaged up to
-  the root, key layers aggregated by attention inside each federation, residual embeddings
-  from sibling federations;
-* ``fedavg``: one flat federation of all clients, everything averaged (no key layers);
-* ``local``: each client trains alone, nothing shared.
+tiny model, or any hierarchy given with ``--config``. Every method (``worldlm/methods.py``)
+trains each client for the same number of rounds of the same number of local steps (the
+budget its path to the root gives it) and is evaluated on the same fixed validation splits.
+Methods run on the simulator (the same federation core, strategies and trainer as the live
+system; deterministic for a seed); ``live=True`` runs WorldLM itself on embedded Kafka and
+Redis instead, which is what a dashboard can follow.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
 import sys
 import time
 import tomllib
@@ -24,18 +20,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from brokers.embedded import embedded_servers
-from schemas.messages import MetricsReport
 from worldlm.config import Hierarchy, parse
-from worldlm.participants.node import Endpoints
+from worldlm.methods import METHODS, client_budget, method_configs
 from worldlm.participants.progress import RoundProgress
-from worldlm.participants.runner import run_hierarchy
-from worldlm.report import MethodResult, write_report
+from worldlm.report import Comparison, MethodResult, curves_from_reports, write_report
 from worldlm.training.corpus import partitions
-from worldlm.training.workbench import Workbench, initial_weights
 
 #: Overrides of ``--quick``: fewer rounds, steps and evaluation batches.
 QUICK = {"rounds": 1, "internal_rounds": 2, "local_steps": 8, "eval_batches": 2}
+#: The demo's methods: WorldLM, its ablation without attention, and the baselines that
+#: beat or bracket it.
+DEMO_METHODS = ("worldlm", "worldlm_meankey", "fedper", "fedavg", "local")
 
 
 def demo_config_path() -> Path:
@@ -46,40 +41,21 @@ def demo_raw(
     run_id: str, overrides: dict[str, int] | None = None, config: Path | None = None
 ) -> dict[str, Any]:
     """A hierarchy config (the shipped demo's unless ``config``) as a dict, with ``rounds``,
-    ``eval_batches``, ``internal_rounds`` or ``local_steps`` overridden."""
+    ``eval_batches``, ``seq_len``, ``batch_size``, ``internal_rounds`` or ``local_steps``
+    overridden (``internal_rounds`` for every federation but the root)."""
     raw = tomllib.loads((config or demo_config_path()).read_text())
     raw["run"]["id"] = run_id
     for key, value in (overrides or {}).items():
-        if key in ("rounds", "eval_batches", "seq_len", "batch_size"):
+        if key in ("rounds", "eval_batches", "seq_len", "batch_size", "seed"):
             raw["run"][key] = value
         elif key in ("internal_rounds", "local_steps"):
             raw["defaults"][key] = value
+            for table in raw.get("federations", {}).values():
+                if table.get("parent") is not None:
+                    table.pop(key, None)
         else:
             raise ValueError(f"unknown demo override {key!r}")
     return raw
-
-
-def client_rounds(h: Hierarchy) -> int:
-    """Training rounds each client runs under the hierarchy (root rounds x internal rounds)."""
-    per_root_round = {
-        h.federations[c.federation].policy.internal_rounds for c in h.clients.values()
-    }
-    assert len(per_root_round) == 1, "the demo gives every leaf federation the same internal rounds"
-    return h.run.rounds * per_root_round.pop()
-
-
-def flat_fedavg(raw: dict[str, Any], rounds: int) -> dict[str, Any]:
-    """The same clients in one flat federation, FedAvg on every tensor, ``rounds`` rounds."""
-    flat = copy.deepcopy(raw)
-    flat["run"]["id"] = raw["run"]["id"] + "-fedavg"
-    flat["run"]["rounds"] = rounds
-    flat["defaults"] |= {"key": "fedavg", "backbone": "fedavg", "internal_rounds": 1}
-    flat["defaults"].pop("residual", None)
-    flat["defaults"]["residual"] = {"links": "none"}
-    flat["federations"] = {"root": {}}
-    for client in flat["clients"].values():
-        client["federation"] = "root"
-    return flat
 
 
 @dataclass
@@ -88,62 +64,49 @@ class DemoOutcome:
     out: Path
 
 
-def _result(reports: list[MetricsReport], wall_s: float) -> MethodResult:
-    curve: dict[str, list[tuple[int, float]]] = {}
-    final: dict[str, float] = {}
-    for r in reports:
-        if r.role != "client" or "val_ppl" not in r.values:
-            continue
-        curve.setdefault(r.node, []).append((r.round, r.values["val_ppl"]))
-        if r.values.get("final"):
-            final[r.node] = r.values["val_ppl"]
-    return MethodResult(final, curve, wall_s)
+def run_method(raw: dict[str, Any], method: str, *, desc: str = "") -> MethodResult:
+    """``method`` on ``raw``'s clients, on the simulator (deterministic for the seed)."""
+    from worldlm.simulator import Simulation
 
-
-async def _federated(h: Hierarchy, endpoints: Endpoints, desc: str) -> MethodResult:
-    with RoundProgress(h, desc=desc) as progress:
-        result = await run_hierarchy(h, endpoints, on_report=progress.update)
-    return _result(result.reports, result.wall_s)
-
-
-def _local_client(h: Hierarchy, cid: str, rounds: int) -> tuple[float, list[tuple[int, float]]]:
-    bench = Workbench(h.run, h.clients[cid], h.client_policy(cid))
-    weights = initial_weights(h.run)
-    curve = []
-    for rnd in range(rounds):
-        curve.append((rnd, bench.evaluate(weights).perplexity))
-        result = bench.train(weights)
-        weights = {
-            n: w + result.delta[n] if w.is_floating_point() else w for n, w in weights.items()
-        }
-    final = bench.evaluate(weights).perplexity
-    curve.append((rounds, final))
-    return final, curve
-
-
-def _local(h: Hierarchy, rounds: int) -> MethodResult:
-    """Each client alone: the same workbench, rounds and steps, no communication.
-
-    Two clients at a time: torch releases the GIL in its kernels, so two threads use both
-    cores of a small machine.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
+    known = {p.name for p in partitions()}
     started = time.perf_counter()
-    final: dict[str, float] = {}
     curve: dict[str, list[tuple[int, float]]] = {}
-    clients = sorted(h.clients)
-    with (
-        ThreadPoolExecutor(max_workers=2) as pool,
-        tqdm(total=len(clients), desc="local", unit="client") as bar,
-    ):
-        futures = {cid: pool.submit(_local_client, h, cid, rounds) for cid in clients}
-        for cid, future in futures.items():
-            final[cid], curve[cid] = future.result()
-            bar.update()
-    return MethodResult(final, curve, time.perf_counter() - started)
+    train_s = 0.0
+    hierarchies = method_configs(raw, method, known_partitions=known)
+    disable = len(hierarchies) > 1 or None
+    for h in hierarchies:
+        with RoundProgress(h, desc=desc or method, disable=disable) as progress:
+            simulation = Simulation(h, on_report=progress.update)
+            result = simulation.run()
+        curve |= curves_from_reports(result.reports)
+        train_s += simulation.train_s
+    return MethodResult(curve, time.perf_counter() - started, train_s)
+
+
+async def run_live(h: Hierarchy, *, dashboard_port: int | None = None) -> MethodResult:
+    """WorldLM itself on embedded Kafka and Redis (optionally with a live dashboard)."""
+    from brokers.embedded import embedded_servers
+    from worldlm.participants.node import Endpoints
+    from worldlm.participants.runner import run_hierarchy
+
+    async with embedded_servers() as servers, contextlib.AsyncExitStack() as stack:
+        if dashboard_port is not None:
+            from worldlm.dashboard import Dashboard
+
+            board = Dashboard(
+                kafka=servers.kafka,
+                redis=servers.redis,
+                run_id=h.run.id,
+                hierarchy=h,
+                port=dashboard_port,
+            )
+            await stack.enter_async_context(board)
+            print(f"dashboard: {board.url} (run {h.run.id})", file=sys.stderr, flush=True)
+        with RoundProgress(h, desc="worldlm (live)") as progress:
+            result = await run_hierarchy(
+                h, Endpoints(servers.kafka, servers.redis), on_report=progress.update
+            )
+    return MethodResult(curves_from_reports(result.reports), result.wall_s)
 
 
 async def run_demo(
@@ -152,61 +115,62 @@ async def run_demo(
     quick: bool = False,
     run_id: str | None = None,
     overrides: dict[str, int] | None = None,
+    seeds: int = 1,
+    methods: tuple[str, ...] = DEMO_METHODS,
+    live: bool = False,
     dashboard_port: int | None = None,
     config: Path | None = None,
 ) -> DemoOutcome:
-    """Run the three methods and write the report into ``out``.
+    """Run ``methods`` for seeds ``0..seeds-1`` and write the report into ``out``.
 
-    ``config`` replaces the shipped demo hierarchy (e.g. ``worldlm/configs/domains.toml``):
-    WorldLM runs it as written; flat FedAvg and local-only run on the same clients.
-
-    With ``dashboard_port``, a live dashboard of the WorldLM run is served on that port while
-    the federated methods run (its URL is printed on stderr).
+    ``config`` replaces the shipped demo hierarchy (e.g. ``worldlm/configs/domains.toml``).
+    With ``live`` (implied by ``dashboard_port``) WorldLM runs on embedded Kafka and Redis.
     """
-    started = time.perf_counter()
-    run_id = run_id or f"demo-{int(time.time())}"
-    known = {p.name for p in partitions()}
-    raw = demo_raw(run_id, (QUICK if quick else {}) | (overrides or {}), config)
-    worldlm = parse(raw, source=str(config or demo_config_path()), known_partitions=known)
-    rounds = client_rounds(worldlm)
-    fedavg = parse(flat_fedavg(raw, rounds), source="flat fedavg", known_partitions=known)
-    async with embedded_servers() as servers, contextlib.AsyncExitStack() as stack:
-        endpoints = Endpoints(servers.kafka, servers.redis)
-        if dashboard_port is not None:
-            from worldlm.dashboard import Dashboard
+    import asyncio
 
-            board = Dashboard(
-                kafka=servers.kafka,
-                redis=servers.redis,
-                run_id=run_id,
-                hierarchy=worldlm,
-                port=dashboard_port,
-            )
-            await stack.enter_async_context(board)
-            print(f"dashboard: {board.url} (run {run_id})", file=sys.stderr, flush=True)
-        results = {
-            "worldlm": await _federated(worldlm, endpoints, "worldlm"),
-            "fedavg": await _federated(fedavg, endpoints, "fedavg"),
-        }
-    results["local"] = await asyncio.to_thread(_local, worldlm, rounds)
-    clients = worldlm.clients
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
+    run_id = run_id or f"demo-{int(time.time())}"
+    live = live or dashboard_port is not None
+    known = {p.name for p in partitions()}
+    results: dict[str, dict[int, MethodResult]] = {m: {} for m in methods}
+    for seed in range(seeds):
+        raw = demo_raw(
+            f"{run_id}-s{seed}",
+            (QUICK if quick else {}) | (overrides or {}) | {"seed": seed},
+            config,
+        )
+        for method in methods:
+            if method == "worldlm" and live:
+                h = parse(raw, source=str(config or demo_config_path()), known_partitions=known)
+                results[method][seed] = await run_live(h, dashboard_port=dashboard_port)
+            else:
+                desc = f"{method} seed {seed}"
+                results[method][seed] = await asyncio.to_thread(run_method, raw, method, desc=desc)
+    h = parse(raw, source=str(config or demo_config_path()), known_partitions=known)
+    some = next(iter(h.clients))
     settings = {
-        "model": worldlm.run.model,
-        "root_rounds": worldlm.run.rounds,
-        "client_rounds": rounds,
-        "local_steps": worldlm.client_policy(next(iter(clients))).local_steps,
-        "batch_size": worldlm.run.batch_size,
-        "seq_len": worldlm.run.seq_len,
-        "quick": quick,
         "config": (config or demo_config_path()).name,
+        "model": h.run.model,
+        "root_rounds": h.run.rounds,
+        "client_rounds": max(client_budget(h).values()),
+        "local_steps": h.client_policy(some).local_steps,
+        "batch_size": h.run.batch_size,
+        "seq_len": h.run.seq_len,
+        "seeds": seeds,
+        "quick": quick,
+        "worldlm_live": live,
     }
-    report = write_report(
-        out,
+    comparison = Comparison(
         results,
-        groups={c: cl.federation for c, cl in clients.items()},
-        partitions={c: cl.partition for c, cl in clients.items()},
-        rounds=rounds,
-        wall_s=time.perf_counter() - started,
+        groups={c: cl.federation for c, cl in h.clients.items()},
+        partitions={c: cl.partition for c, cl in h.clients.items()},
+        labels={m: METHODS[m].label for m in methods},
         settings=settings,
     )
+    command = "worldlm demo" + (" --quick" if quick else "") + f" --seeds {seeds}"
+    if config is not None:
+        command += f" --config {config}"
+    report = write_report(out, comparison, title="WorldLM demo report", command=command)
     return DemoOutcome(report, out)

@@ -1,156 +1,286 @@
-"""The demo's report: a perplexity table (report.md), the figures (report.json), and
-validation perplexity per federation over rounds (perplexity.png)."""
+"""Comparison reports over seeds: report.json (every cell's figures), report.md, perplexity.png.
+
+A *score* is a client's mean validation perplexity over the last quarter of its evaluations
+(at least the final one): one federated round can land anywhere on an oscillating curve, so
+the last snapshot alone would decide a comparison by luck. Across seeds each client's score
+gets a mean and a 95% confidence interval (Student's t); the method's mean over clients gets
+one too, and the ratio of two methods is taken per seed (paired: same seed, same data
+order) before its interval is computed. A run whose mean curve ends more than 10% above its
+best point, or holds a non-finite value, is flagged as diverged.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: method key -> label in tables and plots
-LABELS = {"worldlm": "WorldLM", "fedavg": "FedAvg (flat)", "local": "Local only"}
+#: A curve ending this much above its best point is flagged as diverged.
+DIVERGENCE = 1.10
 
 
 @dataclass
 class MethodResult:
-    """One method's outcome: final validation perplexity per client, and curves."""
+    """One method, one seed: each client's perplexity curve (round -> val ppl) and wall time."""
 
-    final: dict[str, float]
-    # client -> [(round, val_ppl)] as the client measured it on each model it received
-    curve: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    curve: dict[str, list[tuple[int, float]]]
     wall_s: float = 0.0
+    train_s: float = 0.0
+
+    @property
+    def final(self) -> dict[str, float]:
+        """Each client's perplexity on the final model."""
+        return {c: pts[-1][1] for c, pts in self.curve.items() if pts}
+
+    @property
+    def score(self) -> dict[str, float]:
+        """Each client's mean perplexity over the last quarter of its evaluations."""
+        out = {}
+        for c, pts in self.curve.items():
+            k = max(1, (len(pts) - 1) // 4)
+            out[c] = statistics.fmean(p for _, p in pts[-k:])
+        return out
 
     @property
     def mean(self) -> float:
-        return sum(self.final.values()) / len(self.final) if self.final else math.nan
+        s = self.score
+        return statistics.fmean(s.values()) if s else math.nan
+
+    def mean_curve(self) -> list[tuple[int, float]]:
+        by: dict[int, list[float]] = {}
+        for pts in self.curve.values():
+            for r, p in pts:
+                by.setdefault(r, []).append(p)
+        return sorted((r, statistics.fmean(v)) for r, v in by.items())
+
+    @property
+    def diverged(self) -> bool:
+        ys = [p for _, p in self.mean_curve()]
+        return bool(ys) and (not all(math.isfinite(y) for y in ys) or ys[-1] > DIVERGENCE * min(ys))
 
 
-def federation_curves(
-    result: MethodResult, groups: dict[str, str]
-) -> dict[str, list[tuple[int, float]]]:
-    """Mean validation perplexity of each federation's clients, per round."""
-    by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for client, points in result.curve.items():
-        for rnd, ppl in points:
-            by[groups[client]][rnd].append(ppl)
-    return {f: sorted((r, sum(v) / len(v)) for r, v in rounds.items()) for f, rounds in by.items()}
+def interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval (nan width for one value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, float(half)
 
 
-def write_report(
-    out: Path,
-    results: dict[str, MethodResult],
-    *,
-    groups: dict[str, str],
-    partitions: dict[str, str],
-    rounds: int,
-    wall_s: float,
-    settings: dict[str, Any],
-) -> dict[str, Any]:
-    """Write report.json, report.md and perplexity.png into ``out``; return the JSON."""
-    out.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {
-        "methods": {
-            m: {
-                "mean_val_ppl": r.mean,
-                "val_ppl": dict(sorted(r.final.items())),
-                "wall_s": r.wall_s,
-                "curves": {
-                    f: [[x, y] for x, y in pts] for f, pts in federation_curves(r, groups).items()
-                },
-            }
-            for m, r in results.items()
-        },
-        "rounds": rounds,
-        "wall_s": wall_s,
-        "settings": settings,
-    }
-    (out / "report.json").write_text(json.dumps(data, indent=2))
-    (out / "report.md").write_text(_markdown(results, groups, partitions, rounds, wall_s, settings))
-    _plot(out / "perplexity.png", results, groups)
-    return data
+@dataclass
+class Comparison:
+    """Every method's results over seeds on one config's clients."""
+
+    results: dict[str, dict[int, MethodResult]]
+    groups: dict[str, str]
+    partitions: dict[str, str]
+    labels: dict[str, str] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, method: str) -> dict[str, Any]:
+        runs = self.results[method]
+        per_client = {c: interval([r.score[c] for r in runs.values()]) for c in sorted(self.groups)}
+        return {
+            "clients": {c: {"mean": m, "ci95": h} for c, (m, h) in per_client.items()},
+            "mean": dict(
+                zip(("mean", "ci95"), interval([r.mean for r in runs.values()]), strict=True)
+            ),
+            "diverged_seeds": [s for s, r in runs.items() if r.diverged],
+            "wall_s": statistics.fmean(r.wall_s for r in runs.values()),
+        }
+
+    def ratio(self, numerator: str, denominator: str) -> dict[str, Any] | None:
+        """``numerator``'s mean perplexity over ``denominator``'s, paired by seed."""
+        if numerator not in self.results or denominator not in self.results:
+            return None
+        seeds = sorted(set(self.results[numerator]) & set(self.results[denominator]))
+        per_seed = [
+            self.results[numerator][s].mean / self.results[denominator][s].mean for s in seeds
+        ]
+        mean, half = interval(per_seed)
+        return {"mean": mean, "ci95": half, "per_seed": dict(zip(seeds, per_seed, strict=True))}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "groups": self.groups,
+            "partitions": self.partitions,
+            "methods": {
+                m: {
+                    "label": self.labels.get(m, m),
+                    **self.summary(m),
+                    "seeds": {
+                        str(s): {
+                            "score": r.score,
+                            "final": r.final,
+                            "curves": {c: [list(p) for p in pts] for c, pts in r.curve.items()},
+                            "wall_s": r.wall_s,
+                            "train_s": r.train_s,
+                        }
+                        for s, r in runs.items()
+                    },
+                }
+                for m, runs in self.results.items()
+            },
+            "ratios": {
+                f"{m}/worldlm": self.ratio(m, "worldlm")
+                for m in self.results
+                if m != "worldlm" and "worldlm" in self.results
+            },
+        }
 
 
-def _markdown(
-    results: dict[str, MethodResult],
-    groups: dict[str, str],
-    partitions: dict[str, str],
-    rounds: int,
-    wall_s: float,
-    settings: dict[str, Any],
-) -> str:
-    methods = list(results)
-    head = (
-        "| client | federation | partition | "
-        + " | ".join(LABELS.get(m, m) for m in methods)
-        + " |"
-    )
+def _cell(mean: float, ci95: float | None, digits: int = 1) -> str:
+    if ci95 is None or math.isnan(ci95):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci95:.{digits}f}"
+
+
+def markdown(c: Comparison, title: str, command: str) -> str:
+    methods = list(c.results)
+    summaries = {m: c.summary(m) for m in methods}
+    seeds = sorted({s for runs in c.results.values() for s in runs})
     lines = [
-        "# WorldLM demo report",
+        f"# {title}",
         "",
-        f"Validation perplexity on each client's fixed validation split after {rounds} training "
-        f"rounds per client (same clients, same token budget, same validation text for every "
-        f"method). Lower is better. Wall time {wall_s:.0f} s.",
+        f"Command: `{command}`. Seeds {seeds}. Score: each client's mean validation perplexity "
+        "over the last quarter of its evaluations (same clients, token budget and validation "
+        "text for every method), mean ± 95% CI over seeds. Lower is better.",
         "",
-        head,
+        "| client | federation | partition | "
+        + " | ".join(c.labels.get(m, m) for m in methods)
+        + " |",
         "|" + "---|" * (3 + len(methods)),
     ]
-    for client in sorted(groups, key=lambda c: (groups[c], c)):
-        cells = [f"{results[m].final.get(client, math.nan):.1f}" for m in methods]
+    for client in sorted(c.groups, key=lambda x: (c.groups[x], x)):
+        cells = [_cell(**summaries[m]["clients"][client]) for m in methods]
         lines.append(
-            f"| {client} | {groups[client]} | {partitions[client]} | " + " | ".join(cells) + " |"
+            f"| {client} | {c.groups[client]} | {c.partitions[client]} | "
+            + " | ".join(cells)
+            + " |"
         )
     lines.append(
-        "| **mean** | | | " + " | ".join(f"**{results[m].mean:.1f}**" for m in methods) + " |"
+        "| **mean** | | | "
+        + " | ".join(f"**{_cell(**summaries[m]['mean'])}**" for m in methods)
+        + " |"
     )
-    if "worldlm" in results and "fedavg" in results:
-        ratio = results["fedavg"].mean / results["worldlm"].mean
-        lines += ["", f"FedAvg / WorldLM mean perplexity: **{ratio:.2f}x**."]
-    lines += [
-        "",
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()),
-        "",
-        "![validation perplexity per federation](perplexity.png)",
-        "",
-    ]
+    lines.append(
+        "| wall s / run | | | "
+        + " | ".join(f"{summaries[m]['wall_s']:.1f}" for m in methods)
+        + " |"
+    )
+    lines.append("")
+    for m in methods:
+        ratio = c.ratio(m, "worldlm") if m != "worldlm" else None
+        if ratio is not None:
+            paired = ", ".join(f"{v:.2f}" for v in ratio["per_seed"].values())
+            lines.append(
+                f"- {c.labels.get(m, m)} / WorldLM mean perplexity: "
+                f"**{_cell(ratio['mean'], ratio['ci95'], 2)}x** (paired by seed: {paired})"
+            )
+    diverged = {m: s["diverged_seeds"] for m, s in summaries.items() if s["diverged_seeds"]}
+    lines.append("")
+    lines.append(
+        "Diverged (mean curve ends >10% above its best): "
+        + (", ".join(f"{c.labels.get(m, m)} seeds {s}" for m, s in diverged.items()) or "none")
+    )
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in c.settings.items()), ""]
+    lines += ["![mean validation perplexity per method](perplexity.png)", ""]
     return "\n".join(lines)
 
 
-def _plot(path: Path, results: dict[str, MethodResult], groups: dict[str, str]) -> None:
+def plot(path: Path, c: Comparison, title: str) -> None:
+    """Mean validation perplexity over clients per round, a 95% band across seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    federations = sorted(set(groups.values()))
-    colors = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(federations)}
-    styles = {"worldlm": "-", "fedavg": "--", "local": ":"}
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for method, result in results.items():
-        for federation, points in federation_curves(result, groups).items():
-            if not points:
-                continue
-            xs, ys = zip(*points, strict=True)
-            ax.plot(
-                xs,
-                ys,
-                styles.get(method, "-."),
-                color=colors[federation],
-                marker="o",
-                markersize=3,
-                label=f"{federation} · {LABELS.get(method, method)}",
-            )
     from matplotlib.ticker import MaxNLocator
 
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
+    for i, (method, runs) in enumerate(c.results.items()):
+        curves = [dict(r.mean_curve()) for r in runs.values()]
+        rounds = sorted(set.intersection(*(set(cv) for cv in curves)))
+        stats = [interval([cv[r] for cv in curves]) for r in rounds]
+        ys = [m for m, _ in stats]
+        ax.plot(
+            rounds, ys, marker="o", markersize=3, label=c.labels.get(method, method), color=f"C{i}"
+        )
+        if len(curves) > 1:
+            ax.fill_between(
+                rounds,
+                [m - h for m, h in stats],
+                [m + h for m, h in stats],
+                alpha=0.15,
+                color=f"C{i}",
+            )
+        s = c.summary(method)["mean"]
+        bars.bar(
+            i, s["mean"], yerr=0 if math.isnan(s["ci95"]) else s["ci95"], color=f"C{i}", capsize=4
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
-    ax.set_xlabel("training round (per client)")
-    ax.set_ylabel("validation perplexity (log)")
-    ax.set_title("Validation perplexity per federation")
+    ax.set_xlabel("local training rounds per client")
+    ax.set_ylabel("mean validation perplexity (log)")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=len(results))
+    ax.legend(fontsize=7)
+    bars.set_xticks(
+        range(len(c.results)),
+        [c.labels.get(m, m) for m in c.results],
+        rotation=35,
+        ha="right",
+        fontsize=7,
+    )
+    bars.set_ylabel("score (mean ± 95% CI over seeds)")
+    bars.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_report(out: Path, c: Comparison, *, title: str, command: str) -> dict[str, Any]:
+    """Write report.json, report.md and perplexity.png into ``out``; return the JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = _clean(c.to_json())
+    (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False))
+    (out / "report.md").write_text(markdown(c, title, command))
+    plot(out / "perplexity.png", c, title)
+    return data
+
+
+def _clean(value: Any) -> Any:
+    """NaN (an interval of one seed) as null, so report.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def curves_from_reports(reports: Sequence[Any]) -> dict[str, list[tuple[int, float]]]:
+    """Client -> [(training rounds so far, val ppl)] from a run's metrics reports, in order."""
+    curve: dict[str, list[tuple[int, float]]] = {}
+    for r in reports:
+        if r.role == "client" and "val_ppl" in r.values:
+            pts = curve.setdefault(r.node, [])
+            pts.append((len(pts), r.values["val_ppl"]))
+    return curve
+
+
+def merge_curves(
+    parts: Sequence[Mapping[str, list[tuple[int, float]]]],
+) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {}
+    for part in parts:
+        out.update(part)
+    return out
