@@ -14,6 +14,7 @@ another; a test proves they end at the same weights.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -395,19 +396,24 @@ class FederationCore:
     # -- checkpoints ---------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """The core's state; the shell writes it to its checkpoint."""
+        """A copy of the core's state (the shell writes it to its checkpoint); later rounds
+        do not change it."""
         self.meta.pending = [
             {"id": p.update_id, "sender": p.sender, "samples": p.samples, "base": p.base_version}
             for p in self.pending
         ]
         self.meta.counters = dict(self.counters)
         return Snapshot(
-            self.meta, self.weights, self.base, self.strategy.state_dict(), list(self.pending)
+            copy.deepcopy(self.meta),
+            dict(self.weights),  # tensors are replaced by rounds, never written in place
+            dict(self.base),
+            copy.deepcopy(self.strategy.state_dict()),
+            list(self.pending),
         )
 
     def restore(self, snapshot: Snapshot) -> None:
         """Resume from a snapshot (the inverse of :meth:`snapshot`)."""
-        self.meta = snapshot.meta
+        self.meta = copy.deepcopy(snapshot.meta)
         self.weights = dict(snapshot.weights)
         self.base = dict(snapshot.base)
         if snapshot.strategy:

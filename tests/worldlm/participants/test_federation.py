@@ -1,0 +1,242 @@
+"""The federation core on plain tensors, no broker: every admission reason, the sync and async
+close rules, staleness, the exchange with the parent (only the backbone goes up) and
+snapshot/restore."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import torch
+
+from schemas.signing import SignatureError
+from tests.worldlm.participants.helpers import hierarchy
+from worldlm.config import Hierarchy
+from worldlm.participants.federation import (
+    Accepted,
+    Duplicate,
+    FederationCore,
+    Offer,
+    Rejected,
+    take_parent,
+)
+from worldlm.training.workbench import initial_weights
+
+IDS = itertools.count()
+NORM = initial_weights(
+    hierarchy("n", federations={"root": {}}, clients={"fr-0": ("root", "lang-fr")}).run
+)["model.norm.weight"].shape[0]
+
+
+def tree(**defaults: Any) -> Hierarchy:
+    return hierarchy(
+        "core",
+        federations={"root": {}, "latin": {"parent": "root", "internal_rounds": 2}},
+        clients={"fr-0": ("latin", "lang-fr"), "es-0": ("latin", "lang-es")},
+        defaults={"residual": {"links": "none"}, **defaults},
+    )
+
+
+def core(h: Hierarchy | None = None, fid: str = "latin") -> FederationCore:
+    h = h or tree()
+    return FederationCore(h, fid, initial_weights(h.run), new_id=lambda: f"id-{next(IDS)}")
+
+
+def delta(c: FederationCore, seed: int, scale: float = 0.01) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        n: torch.randn(t.shape, generator=g) * scale
+        for n, t in c.weights.items()
+        if t.is_floating_point()
+    }
+
+
+def offer(
+    c: FederationCore, sender: str, seed: int = 0, *, uid: str | None = None, **fields: Any
+) -> Offer:
+    values: dict[str, Any] = {
+        "delta": delta(c, seed),
+        "samples": 10,
+        "base_version": c.meta.version,
+    } | fields
+    return Offer(sender, uid or f"{sender}-{next(IDS)}", **values)
+
+
+def reason(c: FederationCore, o: Offer) -> str:
+    decision = c.offer(o)
+    assert isinstance(decision, Rejected), decision
+    return decision.reason
+
+
+# -- admission -------------------------------------------------------------------------
+
+
+def test_a_fitting_update_from_a_member_is_accepted_with_its_staleness() -> None:
+    c = core()
+    decision = c.offer(offer(c, "fr-0"))
+    assert decision == Accepted("fr-0", decision.update_id, 0)  # type: ignore[union-attr]
+    assert [p.sender for p in c.pending] == ["fr-0"] and c.counters["updates_accepted"] == 1
+
+
+def test_the_same_update_id_twice_is_a_duplicate_not_a_second_arrival() -> None:
+    c = core()
+    o = offer(c, "fr-0", uid="u1")
+    assert isinstance(c.offer(o), Accepted)
+    assert c.offer(o) == Duplicate("u1")
+    assert len(c.pending) == 1 and c.counters["updates_duplicate"] == 1
+
+
+def forged() -> None:
+    raise SignatureError("bad_signature", "fr-0: signature does not verify")
+
+
+@pytest.mark.parametrize(
+    ("sender", "fields", "expected"),
+    [
+        ("fr-0", {"kind": "broadcast"}, "wrong_kind"),
+        ("de-0", {}, "unknown_sender"),
+        ("fr-0", {"verify": forged}, "bad_signature"),
+        ("fr-0", {"samples": 0}, "no_samples"),
+        ("fr-0", {"base_version": 5}, "future_version"),
+        ("fr-0", {"delta": {"nope.weight": torch.ones(2)}}, "unknown_tensor"),
+        ("fr-0", {"delta": {"model.norm.weight": torch.ones(3)}}, "bad_shape"),
+        ("fr-0", {"delta": {"model.norm.weight": torch.full((NORM,), float("nan"))}}, "non_finite"),
+    ],
+)
+def test_each_reason_an_update_cannot_be_folded_is_named_and_counted(
+    sender: str, fields: dict[str, Any], expected: str
+) -> None:
+    c = core()
+    assert reason(c, offer(c, sender, **fields)) == expected
+    assert c.pending == [] and c.counters[f"rejected_{expected}"] == 1
+
+
+def test_an_update_older_than_the_staleness_bound_is_refused_and_within_it_weighed() -> None:
+    c = core(tree(schedule={"mode": "async", "buffer": 1, "staleness_bound": 1}))
+    for seed in range(2):  # two rounds: version 2
+        c.offer(offer(c, "fr-0", seed))
+        c.close("buffer", [], live=2)
+    assert c.meta.version == 2
+    assert reason(c, offer(c, "es-0", base_version=0)) == "stale"
+    assert c.offer(offer(c, "es-0", base_version=1)) == Accepted("es-0", c.pending[0].update_id, 1)
+    closed = c.close("buffer", [], live=2)
+    assert closed.values["staleness_max"] == 1.0
+
+
+def test_a_newer_update_from_the_same_member_replaces_its_older_one() -> None:
+    c = core()
+    c.offer(offer(c, "fr-0", 1))
+    second = offer(c, "fr-0", 2)
+    c.offer(second)
+    assert [p.update_id for p in c.pending] == [second.update_id]
+
+
+# -- closing -------------------------------------------------------------------------------
+
+
+def test_sync_closes_at_the_quorum_of_live_members_or_at_the_deadline() -> None:
+    c = core(tree(schedule={"quorum": 0.5, "deadline_s": 10.0}))
+    c.open_round(100.0)
+    assert c.close_reason(100.0, live=2) is None  # nothing pending: nothing to close
+    c.offer(offer(c, "fr-0"))
+    assert c.close_reason(101.0, live=2) == "quorum"  # 1 of 2 at quorum 0.5
+    full = core(tree(schedule={"deadline_s": 10.0, "min_quorum": 2}))
+    full.open_round(100.0)
+    full.offer(offer(full, "fr-0"))
+    assert full.close_reason(105.0, live=1) is None  # min_quorum 2 although one is live
+    assert full.close_reason(110.5, live=1) == "deadline"
+
+
+def test_async_closes_when_its_buffer_is_full() -> None:
+    c = core(tree(schedule={"mode": "async", "buffer": 2}))
+    c.offer(offer(c, "fr-0"))
+    assert c.close_reason(0.0, live=2) is None
+    c.offer(offer(c, "es-0"))
+    assert c.close_reason(0.0, live=2) == "buffer"
+
+
+def test_close_folds_in_sender_order_whatever_the_arrival_order() -> None:
+    a, b = core(), core()
+    fr, es = offer(a, "fr-0", 1), offer(a, "es-0", 2)
+    a.offer(fr), a.offer(es)
+    b.offer(es), b.offer(fr)
+    ca, cb = a.close("quorum", [], 2), b.close("quorum", [], 2)
+    for name in a.weights:
+        assert torch.equal(a.weights[name], b.weights[name]), name
+    assert ca.folded == cb.folded and ca.version == 1 and a.meta.round == 1
+    assert ca.values["arrived"] == 2.0 and not ca.exchange
+    # the key layers go to the residual cache; the round is open again with nothing pending
+    assert ca.residual is not None and set(ca.residual) == a.key and a.pending == []
+
+
+def test_after_its_internal_rounds_a_federation_exchanges_and_the_root_finishes() -> None:
+    c = core()
+    for seed in range(2):
+        c.offer(offer(c, "fr-0", seed))
+        closed = c.close("quorum", [], 1)
+    assert closed.exchange and c.meta.awaiting_parent and not c.open
+    root = core(fid="root")
+    root.offer(offer(root, "latin"))
+    assert root.close("quorum", [], 1).final is False  # rounds = 2
+    root.offer(offer(root, "latin", 1))
+    assert root.close("quorum", [], 1).final is True
+
+
+# -- the parent ----------------------------------------------------------------------------
+
+
+def test_only_the_backbone_goes_up_and_the_parents_backbone_comes_back() -> None:
+    c = core()
+    base = {n: t.clone() for n, t in c.weights.items()}
+    for seed in range(2):
+        c.offer(offer(c, "fr-0", seed))
+        c.close("quorum", [], 1)
+    s = c.submission()
+    assert set(s.delta) and not set(s.delta) & c.key  # K never leaves the federation
+    for name, d in s.delta.items():
+        assert torch.equal(d, c.weights[name] - base[name]), name
+    assert c.submission().update_id == s.update_id  # a resubmission is a duplicate upstairs
+    own_key = {n: c.weights[n].clone() for n in c.key}
+    parent = {n: t + 1.0 if t.is_floating_point() else t for n, t in base.items()}
+    c.take_parent(parent, version=1, final=False)
+    for name, value in c.weights.items():
+        expected = own_key[name] if name in c.key else parent[name]
+        assert torch.equal(value, expected), name
+    assert c.open and c.meta.parent_version == 1 and c.meta.version == 3
+
+
+def test_take_parent_copies_the_parents_tensors() -> None:
+    ours = {"a": torch.zeros(2), "k": torch.zeros(2)}
+    parent = {"a": torch.ones(2), "k": torch.ones(2)}
+    taken = take_parent(ours, parent, frozenset({"k"}))
+    taken["a"].add_(1.0)
+    assert torch.equal(parent["a"], torch.ones(2)) and torch.equal(taken["k"], torch.zeros(2))
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+def same(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_a_restored_core_decides_and_aggregates_exactly_as_the_original() -> None:
+    h = tree(backbone="fedavgm", momentum=0.5)
+    c = core(h)
+    c.offer(offer(c, "fr-0", 1))
+    c.offer(offer(c, "es-0", 2))
+    c.close("quorum", [], 2)  # momentum state now non-zero
+    pending = offer(c, "fr-0", 3)
+    c.offer(pending)
+    snapshot = c.snapshot()
+
+    restored = core(h)
+    restored.restore(snapshot)
+    assert restored.offer(pending) == Duplicate(pending.update_id)
+    last = offer(c, "es-0", 4)
+    c.offer(last), restored.offer(last)
+    c.close("quorum", [], 2), restored.close("quorum", [], 2)
+    assert same(c.weights, restored.weights)
+    assert restored.meta.version == c.meta.version == 2
