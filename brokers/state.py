@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from brokers.lifecycle import Service
 from schemas.delta import content_hash
@@ -252,8 +255,10 @@ class RedisState(Service):
         *,
         ttl_s: int = 7 * 24 * 3600,
         max_value_bytes: int = 8 * 1024 * 1024,
+        retries: int = 8,
     ) -> None:
         self.url = url
+        self.retries = retries
         self.keys = keys
         self.ttl_s = ttl_s
         self.max_value_bytes = max_value_bytes
@@ -263,7 +268,16 @@ class RedisState(Service):
     async def start(self) -> None:
         if self._redis is not None:
             return
-        self._redis = aioredis.Redis.from_url(self.url)
+        # A transient failure (a restarted server, a dropped connection) is retried with
+        # jittered exponential backoff, bounded: ~8 tries within ~5 s, then the error
+        # surfaces. Scripts are re-loaded by redis-py when a restarted server lost them.
+        self._redis = aioredis.Redis.from_url(
+            self.url,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), self.retries),
+            retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+            socket_connect_timeout=2.0,
+            health_check_interval=10,
+        )
         await self._redis.ping()
         for name, body in {
             "arrive": _ARRIVE,

@@ -195,7 +195,7 @@ class AggregatorParticipant:
             self.core.meta.offsets[self._tp] = self._receiver.safe_offset(self.up_tp, next_offset)
         position = self.core.meta.offsets.get(self._tp, 0) if next_offset is None else next_offset
         if highwater is not None:
-            self._lag = max(0, highwater - position)
+            self._lag = max(self._lag, highwater - position)
         return admitted
 
     async def _offer(self, received: Received) -> bool:
@@ -285,12 +285,14 @@ class AggregatorParticipant:
             "bytes_in": float(self._bytes_in),
             "bytes_out": float(node.producer.bytes_sent),
             "aggregate_s": time.perf_counter() - started,
+            # the most records intake was behind the partition's end during the round
             "lag": float(self._lag),
             # undecodable records (ours) and refused updates (the core's)
             "rejected": float(core.counters["rejected"] + node.counters["rejected"]),
             "read_gaps": float(self._gaps),
         }
         await node.metrics(closed.round, values, federation=self.id)
+        self._lag = 0
         node.log.info(
             "round_closed",
             round=closed.round,

@@ -73,6 +73,25 @@ async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
     assert set(result.final_ppl()) == {"en-0", "de-0"}
 
 
+async def test_an_aggregator_behind_its_partition_reports_the_lag_it_had(
+    servers: Servers, run_id: str
+) -> None:
+    """40 records of 256 KiB wait before the run starts: intake reads ~1 MiB per fetch, so
+    round 0 reports how far behind the partition's end it was (the high watermark)."""
+    h = flat(run_id, rounds=2)
+    ep, topics, kafka = endpoints(servers), Topics(run_id), settings(servers, h)
+    await prepare_run(h, ep)
+    async with Producer(kafka) as producer:
+        for i in range(40):
+            await producer.send(topics.up(0), bytes([0xC1]) * 256 * 1024 + bytes([i]), key="root")
+    async with asyncio.timeout(90):
+        result = await run_hierarchy(h, ep)
+    root = {r.round: r.values for r in result.reports if r.node == "root"}
+    assert root[0]["lag"] > 10
+    assert root[0]["rejected"] == 40  # every one of them read and dead-lettered
+    assert root[1]["lag"] < root[0]["lag"]
+
+
 async def test_update_claiming_no_samples_is_dead_lettered_not_averaged(
     servers: Servers, run_id: str
 ) -> None:

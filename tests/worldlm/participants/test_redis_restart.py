@@ -1,0 +1,48 @@
+"""A redis-server restarted on the same port mid-run ends nothing: Redis calls are retried with
+bounded backoff, heartbeats carry on and re-join, and the run completes (real servers)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from brokers.embedded import EmbeddedRedis
+from brokers.embedded import Endpoints as Servers
+from brokers.state import RedisState
+from schemas.keys import Keys
+from schemas.topics import Topics
+from tests.worldlm.participants.helpers import MetricsWatch, flat, settings
+from worldlm.participants.node import Endpoints
+from worldlm.participants.runner import run_hierarchy
+
+
+async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
+    servers: Servers, run_id: str
+) -> None:
+    h = flat(run_id, rounds=4, local_steps=3)
+    redis = EmbeddedRedis()
+    await redis.start()
+    port = redis.port
+    try:
+        ep = Endpoints(servers.kafka, redis.url)
+        run = asyncio.create_task(run_hierarchy(h, ep))
+        async with MetricsWatch(settings(servers, h), Topics(run_id).metrics, 2) as watch:
+            async with asyncio.timeout(60):
+                await watch.wait_for(lambda r: r.node == "root" and r.round == 0)
+            await redis.stop()  # every key is gone with it: no persistence
+            await asyncio.sleep(2.0)
+            redis = EmbeddedRedis(port=port)
+            await redis.start()
+            # Heartbeats did not stop: both clients are live members again.
+            async with RedisState(redis.url, Keys(run_id)) as state:
+                async with asyncio.timeout(30):
+                    while len((await state.roster("root")).live) < 2:
+                        await asyncio.sleep(0.2)
+            async with asyncio.timeout(120):
+                result = await run
+        root_rounds = sorted(r.round for r in result.reports if r.node == "root")
+        assert root_rounds == [0, 1, 2, 3]
+        assert set(result.final_ppl()) == {"en-0", "de-0"}
+    finally:
+        if not run.done():
+            run.cancel()
+        await redis.stop()
