@@ -10,7 +10,7 @@ from brokers.embedded import Endpoints as Servers
 from brokers.state import RedisState
 from schemas.keys import Keys
 from schemas.topics import Topics
-from tests.worldlm.participants.helpers import MetricsWatch, flat, settings
+from tests.worldlm.participants.helpers import MetricsWatch, flat, poll, settings
 from worldlm.participants.node import Endpoints
 from worldlm.participants.runner import run_hierarchy
 
@@ -34,9 +34,12 @@ async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
             await redis.start()
             # Heartbeats did not stop: both clients are live members again.
             async with RedisState(redis.url, Keys(run_id)) as state:
+
+                async def both_live() -> bool:
+                    return len((await state.roster("root")).live) == 2
+
                 async with asyncio.timeout(30):
-                    while len((await state.roster("root")).live) < 2:
-                        await asyncio.sleep(0.2)
+                    await poll(both_live, every_s=0.2)
             async with asyncio.timeout(120):
                 result = await run
         root_rounds = sorted(r.round for r in result.reports if r.node == "root")
