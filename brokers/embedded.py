@@ -98,18 +98,24 @@ class _Server(Service):
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
             )
+        try:
+            await self._await_ready()
+        except BaseException:  # a failed or cancelled start (Ctrl-C) leaves no server behind
+            await asyncio.shield(self.stop())
+            raise
+
+    async def _await_ready(self) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.returncode is not None:
                 code = self._proc.returncode
                 tail = self.log_path.read_text(errors="replace")[-2000:]
-                await self.stop()
                 raise ServerError(f"{self.name} exited with {code}: {tail}")
             if await self.ready():
                 log.info("server_ready", server=self.name, port=self.port, pid=self._proc.pid)
                 return
             await asyncio.sleep(0.05)
-        await self.stop()
         raise ServerError(f"{self.name} not ready on port {self.port} in {self.startup_timeout_s}s")
 
     async def stop(self) -> None:

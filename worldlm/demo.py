@@ -11,10 +11,12 @@ Redis instead, which is what a dashboard can follow.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,7 +66,13 @@ class DemoOutcome:
     out: Path
 
 
-def run_method(raw: dict[str, Any], method: str, *, desc: str = "") -> MethodResult:
+def run_method(
+    raw: dict[str, Any],
+    method: str,
+    *,
+    desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
+) -> MethodResult:
     """``method`` on ``raw``'s clients, on the simulator (deterministic for the seed)."""
     from worldlm.simulator import Simulation
 
@@ -76,14 +84,16 @@ def run_method(raw: dict[str, Any], method: str, *, desc: str = "") -> MethodRes
     disable = len(hierarchies) > 1 or None
     for h in hierarchies:
         with RoundProgress(h, desc=desc or method, disable=disable) as progress:
-            simulation = Simulation(h, on_report=progress.update)
+            simulation = Simulation(h, on_report=progress.update, should_stop=should_stop)
             result = simulation.run()
         curve |= curves_from_reports(result.reports)
         train_s += simulation.train_s
     return MethodResult(curve, time.perf_counter() - started, train_s)
 
 
-async def run_live(h: Hierarchy, *, dashboard_port: int | None = None) -> MethodResult:
+async def run_live(
+    h: Hierarchy, *, dashboard_port: int | None = None, stop: asyncio.Event | None = None
+) -> MethodResult:
     """WorldLM itself on embedded Kafka and Redis (optionally with a live dashboard)."""
     from brokers.embedded import embedded_servers
     from worldlm.participants.node import Endpoints
@@ -104,7 +114,7 @@ async def run_live(h: Hierarchy, *, dashboard_port: int | None = None) -> Method
             print(f"dashboard: {board.url} (run {h.run.id})", file=sys.stderr, flush=True)
         with RoundProgress(h, desc="worldlm (live)") as progress:
             result = await run_hierarchy(
-                h, Endpoints(servers.kafka, servers.redis), on_report=progress.update
+                h, Endpoints(servers.kafka, servers.redis), on_report=progress.update, stop=stop
             )
     return MethodResult(curves_from_reports(result.reports), result.wall_s)
 
@@ -120,14 +130,13 @@ async def run_demo(
     live: bool = False,
     dashboard_port: int | None = None,
     config: Path | None = None,
+    stop: asyncio.Event | None = None,
 ) -> DemoOutcome:
     """Run ``methods`` for seeds ``0..seeds-1`` and write the report into ``out``.
 
     ``config`` replaces the shipped demo hierarchy (e.g. ``worldlm/configs/domains.toml``).
     With ``live`` (implied by ``dashboard_port``) WorldLM runs on embedded Kafka and Redis.
     """
-    import asyncio
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
@@ -144,10 +153,16 @@ async def run_demo(
         for method in methods:
             if method == "worldlm" and live:
                 h = parse(raw, source=str(config or demo_config_path()), known_partitions=known)
-                results[method][seed] = await run_live(h, dashboard_port=dashboard_port)
+                results[method][seed] = await run_live(h, dashboard_port=dashboard_port, stop=stop)
             else:
                 desc = f"{method} seed {seed}"
-                results[method][seed] = await asyncio.to_thread(run_method, raw, method, desc=desc)
+                results[method][seed] = await asyncio.to_thread(
+                    run_method,
+                    raw,
+                    method,
+                    desc=desc,
+                    should_stop=stop.is_set if stop is not None else None,
+                )
     h = parse(raw, source=str(config or demo_config_path()), known_partitions=known)
     some = next(iter(h.clients))
     settings = {

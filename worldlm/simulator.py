@@ -36,6 +36,10 @@ from worldlm.participants.runner import RunResult
 from worldlm.training.workbench import Weights, initial_weights
 
 
+class SimulationStopped(Exception):
+    """The simulation was asked to stop (``should_stop``) before the root's final round."""
+
+
 @dataclass(frozen=True, eq=False)
 class _Broadcast:
     federation: str
@@ -66,8 +70,10 @@ class Simulation:
         *,
         on_report: Callable[[MetricsReport], None] | None = None,
         workers: int = 2,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.hierarchy = hierarchy
+        self.should_stop = should_stop
         self.on_report = on_report
         self.workers = max(1, workers)
         ids = itertools.count()
@@ -91,6 +97,8 @@ class Simulation:
                 core.open_round(0.0)
                 self._broadcast(fid)
             while self._queue:
+                if self.should_stop is not None and self.should_stop():
+                    raise SimulationStopped("stopped on request")
                 message = self._queue.popleft()
                 if isinstance(message, _Broadcast):
                     self._deliver(message, pool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from brokers.embedded import Endpoints
@@ -15,11 +16,20 @@ DEMO = str(Path(__file__).parents[2] / "worldlm" / "configs" / "demo.toml")
 runner = CliRunner()
 
 
-def test_top_level_help_lists_the_command_groups() -> None:
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ["infra", "data", "demo", "keys", "run", "client", "aggregator", "dashboard"]:
-        assert command in result.output
+COMMANDS = ["infra", "data", "demo", "keys", "run", "simulate", "client", "aggregator", "dashboard"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_documented_command_has_its_own_help(command: str) -> None:
+    # `worldlm X --help` fails for a command that does not exist (a word in the top-level
+    # help text would not prove it does).
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert f"worldlm {command}" in result.output.replace("Usage: root", "Usage: worldlm")
+
+
+def test_an_unknown_command_is_refused() -> None:
+    assert runner.invoke(app, ["nonesuch", "--help"]).exit_code != 0
 
 
 def test_infra_up_help_documents_ports() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from worldlm.cli.participants import single_threaded_torch
+from worldlm.cli.participants import run_until_signal, single_threaded_torch
 
 
 def demo(
@@ -53,8 +53,9 @@ def demo(
     import asyncio
 
     from worldlm import logs
-    from worldlm.demo import run_demo
+    from worldlm.demo import DemoOutcome, run_demo
     from worldlm.methods import METHODS
+    from worldlm.simulator import SimulationStopped
 
     logs.configure(level=log_level)
     single_threaded_torch()
@@ -64,8 +65,9 @@ def demo(
         raise typer.BadParameter(
             f"unknown {unknown}; known: {sorted(METHODS)}", param_hint="--methods"
         )
-    outcome = asyncio.run(
-        run_demo(
+
+    async def main(stop: asyncio.Event) -> DemoOutcome:
+        return await run_demo(
             out,
             quick=quick,
             seeds=seeds,
@@ -73,8 +75,14 @@ def demo(
             live=live,
             dashboard_port=dashboard_port if dashboard else None,
             config=config,
+            stop=stop,
         )
-    )
+
+    try:
+        outcome = run_until_signal(main)
+    except SimulationStopped:
+        typer.echo("stopped before the report was complete", err=True)
+        raise typer.Exit(130) from None
     typer.echo("")
     for figures in outcome.report["methods"].values():
         mean, half = figures["mean"]["mean"], figures["mean"]["ci95"]

@@ -96,17 +96,47 @@ def single_threaded_torch() -> None:
     torch.set_num_threads(1)
 
 
+#: After SIGINT/SIGTERM, how long a clean stop may take before the run is cancelled.
+STOP_GRACE_S = 10.0
+
+
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
-    """Run ``main(stop)``; SIGINT/SIGTERM set ``stop`` so it can shut down cleanly."""
+    """Run ``main(stop)``; the first SIGINT/SIGTERM sets ``stop`` so it can shut down cleanly.
+
+    Stopping always finishes: if ``main`` has not returned ``STOP_GRACE_S`` after the first
+    signal, or at a second signal, it is cancelled, which unwinds every context it holds
+    (embedded servers included, even mid start-up); the process then exits with 130.
+    """
 
     async def runner() -> T:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def cancel() -> None:
+            if not task.done():
+                typer.echo("stopping: cancelled", err=True)
+                task.cancel()
+
+        def on_signal(sig: signal.Signals) -> None:
+            received.append(sig)
+            stop.set()
+            if len(received) == 1:
+                typer.echo(f"stopping ({sig.name}); again to force", err=True)
+                loop.call_later(STOP_GRACE_S, cancel)
+            else:
+                cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         return await main(stop)
 
-    return asyncio.run(runner())
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        raise typer.Exit(130) from None
 
 
 def run(

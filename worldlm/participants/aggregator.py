@@ -37,7 +37,7 @@ from worldlm.participants.federation import (
     Snapshot,
 )
 from worldlm.participants.federation import Rejected as Refused
-from worldlm.participants.follower import Broadcast, BroadcastFollower
+from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
 from worldlm.participants.lease import Lease
 from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.training.workbench import initial_weights
@@ -122,7 +122,7 @@ class AggregatorParticipant:
             if core.open:
                 await self._open_round()
             await self._loop(reader)
-        except Stopped:
+        except (Stopped, FollowerStopped):
             node.log.info("aggregator_stopping")
         finally:
             if self._parent_wait is not None:

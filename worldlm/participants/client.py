@@ -14,7 +14,7 @@ import contextlib
 from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
 from worldlm.config import Hierarchy
-from worldlm.participants.follower import Broadcast, BroadcastFollower
+from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
 from worldlm.participants.learner import Learner
 from worldlm.participants.node import Endpoints, Node, bounded
 
@@ -62,7 +62,7 @@ class ClientParticipant:
                     continue
                 if await self._round(broadcast):
                     break
-        except asyncio.CancelledError:
+        except FollowerStopped:
             pass
         finally:
             await bounded(node.log, "leave", node.leave())

@@ -27,6 +27,10 @@ from schemas.signing import SignatureError, verify_manifest
 log = structlog.get_logger(__name__)
 
 
+class FollowerStopped(Exception):
+    """The follower was asked to stop while waiting for the federation's first model."""
+
+
 @dataclass(frozen=True)
 class Broadcast:
     """A federation's model at one version."""
@@ -75,7 +79,7 @@ class BroadcastFollower:
             if pointer is not None:
                 break
             if stop is not None and stop.is_set():
-                raise asyncio.CancelledError
+                raise FollowerStopped(f"stopped before {self.federation} published a model")
             await asyncio.sleep(poll_s)
         tp = TopicPartition(pointer.topic, pointer.partition)
         self._reader = PartitionReader(self.settings, {tp: pointer.offset})

@@ -1,0 +1,73 @@
+"""A run can always be stopped: SIGTERM ends `worldlm run` within seconds at any phase, server
+start-up included, and its embedded broker and redis-server never outlive it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.worldlm.participants.helpers import WORLDLM, flat_raw, to_toml
+
+
+def children(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` (from /proc; Linux)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("phase", ["server_start", "training"])
+async def test_sigterm_ends_a_run_in_seconds_and_leaves_no_server_behind(
+    tmp_path: Path, run_id: str, phase: str
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(to_toml(flat_raw(run_id, rounds=50, local_steps=5)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = (tmp_path / "run.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        WORLDLM, "run", str(config), stdout=log, stderr=log, env=env
+    )
+    try:
+        servers: set[int] = set()
+        async with asyncio.timeout(60):
+            # start-up: the first server child exists; training: both are up and a while later
+            wanted = 1 if phase == "server_start" else 2
+            while len(servers) < wanted:
+                servers = children(proc.pid)
+                await asyncio.sleep(0.02)
+        if phase == "training":
+            await asyncio.sleep(8.0)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):  # grace 10 s, then cancelled; servers stop in <= 5 s
+            await proc.wait()
+        assert "stopping (SIGTERM)" in (tmp_path / "run.log").read_text()
+        async with asyncio.timeout(10):
+            while any(alive(pid) for pid in servers):
+                await asyncio.sleep(0.1)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()
