@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worldlm.participants.helpers import WORLDLM, flat_raw, to_toml
+from tests.worldlm.participants.helpers import WORLDLM, flat_raw, poll, to_toml
 
 
 def children(pid: int) -> set[int]:
@@ -63,9 +63,12 @@ async def test_sigterm_ends_a_run_in_seconds_and_leaves_no_server_behind(
         async with asyncio.timeout(30):  # grace 10 s, then cancelled; servers stop in <= 5 s
             await proc.wait()
         assert "stopping (SIGTERM)" in (tmp_path / "run.log").read_text()
+
+        async def all_gone() -> bool:
+            return not any(alive(pid) for pid in servers)
+
         async with asyncio.timeout(10):
-            while any(alive(pid) for pid in servers):
-                await asyncio.sleep(0.1)
+            await poll(all_gone)
     finally:
         if proc.returncode is None:
             proc.kill()
