@@ -20,24 +20,18 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from aiokafka import TopicPartition
-
-from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
-from brokers.kafka import PartitionReader, partition_for
-from schemas.delta import encode_delta, new_update_id
-from schemas.messages import MembershipEvent, RoundEvent
-from schemas.signing import verify_manifest
+from brokers.deltas import Received
+from schemas.delta import new_update_id
+from schemas.messages import RoundEvent
 from worldlm.config import Hierarchy
-from worldlm.participants.checkpoint import Checkpoint, flatten_state, unflatten_state
+from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.federation import (
     Accepted,
     FederationCore,
-    Offer,
-    Pending,
-    Snapshot,
 )
 from worldlm.participants.federation import Rejected as Refused
 from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
+from worldlm.participants.intake import Intake, Source
 from worldlm.participants.lease import Lease
 from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.training.workbench import initial_weights
@@ -70,17 +64,15 @@ class AggregatorParticipant:
             log=self.node.log,
             on_lost=self.stop.set,
         )
-        self.up_tp = TopicPartition(
+        self.intake = Intake(
+            self.node.settings,
             self.node.topics.up(self.fed.level),
-            partition_for(federation, hierarchy.run.partitions),
+            federation,
+            keys=self.node.public_keys,
         )
-        self._key = federation.encode()
-        self._receiver = DeltaReceiver()
         self._parent: BroadcastFollower | None = None
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
         self._bytes_in = 0
-        self._lag = 0
-        self._gaps = 0
 
     @property
     def token(self) -> str:
@@ -103,8 +95,7 @@ class AggregatorParticipant:
     async def _lead(self) -> None:
         node, core = self.node, self.core
         self._restore()
-        reader = PartitionReader(node.settings, {self.up_tp: core.meta.offsets.get(self._tp, 0)})
-        await reader.start()
+        await self.intake.start(core.meta.offsets.get(self.intake.name, 0))
         try:
             if self.fed.parent is not None:
                 self._parent = BroadcastFollower(
@@ -121,7 +112,7 @@ class AggregatorParticipant:
                 await self._broadcast()
             if core.open:
                 await self._open_round()
-            await self._loop(reader)
+            await self._loop()
         except (Stopped, FollowerStopped):
             node.log.info("aggregator_stopping")
         finally:
@@ -129,7 +120,7 @@ class AggregatorParticipant:
                 self._parent_wait.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._parent_wait
-            await bounded(node.log, "reader", reader.stop())
+            await bounded(node.log, "intake", self.intake.stop())
             if self._parent is not None:
                 await bounded(node.log, "parent_follower", self._parent.stop())
             if not self.lease.lost:  # else the membership is the new leader's
@@ -138,20 +129,20 @@ class AggregatorParticipant:
                 "aggregator_stopped",
                 round=core.meta.round,
                 version=core.meta.version,
-                read_gaps=reader.gaps,
-                read_gaps_skipped=reader.gaps_skipped,
+                read_gaps=self.intake.gaps[0],
+                read_gaps_skipped=self.intake.gaps[1],
                 **dict(core.counters),
                 **dict(node.counters),
-                **self._receiver.reassembler.counters.as_dict(),
+                **self.intake.receiver.reassembler.counters.as_dict(),
             )
 
-    async def _loop(self, reader: PartitionReader) -> None:
+    async def _loop(self) -> None:
         """Intake, parent and close, until the final broadcast."""
         core, last_tick = self.core, 0.0
         while not core.meta.final:
             if self.stop.is_set():
                 raise Stopped
-            admitted = await self._intake(reader)
+            admitted = await self._intake()
             if self._parent_wait is not None and self._parent_wait.done():
                 broadcast, self._parent_wait = self._parent_wait.result(), None
                 if broadcast is None:  # cannot happen without a timeout; wait again
@@ -164,62 +155,33 @@ class AggregatorParticipant:
                 continue
             if now - last_tick >= TICK_S:
                 last_tick = now
-                self._receiver.expire()
-                await self._expire_members()
+                self.intake.receiver.expire()
+                await self.node.expire_members(self.id)
             if core.open and core.pending:
                 live = len((await self.node.state.roster(self.id)).live)
                 reason = core.close_reason(time.time(), live)
                 if reason is not None:
                     await self._close(reason, live)
 
-    @property
-    def _tp(self) -> str:
-        return f"{self.up_tp.topic}:{self.up_tp.partition}"
-
     # -- intake --------------------------------------------------------------------------
 
-    async def _intake(self, reader: PartitionReader) -> bool:
-        """Read what the partition has; True if an update was admitted."""
-        admitted, next_offset = False, None
-        for record in await reader.fetch(timeout_ms=100):
-            if record.key == self._key:
-                result = self._receiver.feed(record)
-                if isinstance(result, Rejected):
-                    await self.node.dead_letter(record, result.reason, result.detail)
-                elif isinstance(result, Received):
-                    admitted |= await self._offer(result)
-            next_offset = record.offset + 1
-        self._gaps = reader.gaps
-        highwater = reader.highwater(self.up_tp)
-        if next_offset is not None:
-            self.core.meta.offsets[self._tp] = self._receiver.safe_offset(self.up_tp, next_offset)
-        position = self.core.meta.offsets.get(self._tp, 0) if next_offset is None else next_offset
-        if highwater is not None:
-            self._lag = max(self._lag, highwater - position)
+    async def _intake(self) -> bool:
+        """Offer what the partition has to the core; True if an update was admitted."""
+        offsets = self.core.meta.offsets
+        found, offsets[self.intake.name] = await self.intake.read(offsets.get(self.intake.name, 0))
+        admitted = False
+        for item in found:
+            if isinstance(item, Received):
+                admitted |= await self._offer(item)
+            else:
+                record, rejected = item
+                await self.node.dead_letter(record, rejected.reason, rejected.detail)
         return admitted
 
     async def _offer(self, received: Received) -> bool:
-        node, delta = self.node, received.delta
-        m = delta.manifest
-        keys = node.public_keys
-
-        def verify() -> None:
-            assert keys is not None
-            verify_manifest(m, keys, delta.payload.data)
-
-        decision = self.core.offer(
-            Offer(
-                m.envelope.sender,
-                m.update_id,
-                delta.tensors(),
-                m.sample_count,
-                m.base_version,
-                kind=m.kind,
-                nbytes=m.total_bytes,
-                verify=verify if keys is not None else None,
-            )
-        )
-        source = _Source(received.topic, received.partition, received.first_offset)
+        node, m = self.node, received.delta.manifest
+        decision = self.core.offer(self.intake.offer(received))
+        source = Source(received.topic, received.partition, received.first_offset)
         if isinstance(decision, Refused):
             await node.dead_letter(source, decision.reason, decision.detail, count=False)
             return False
@@ -227,9 +189,7 @@ class AggregatorParticipant:
             return False  # a duplicate: already folded or pending
         # Durable first, then the offset that delivered it.
         self.checkpoint.save_pending(m.update_id, self.core.pending[-1].delta)
-        self.core.meta.offsets[self._tp] = self._receiver.safe_offset(
-            self.up_tp, received.last_offset + 1
-        )
+        self.core.meta.offsets[self.intake.name] = self.intake.safe_after(received)
         self._save(model=False)
         self._bytes_in += m.total_bytes
         await node.state.record_staleness(self.id, decision.sender, decision.staleness)
@@ -245,16 +205,6 @@ class AggregatorParticipant:
             round=self.core.meta.round,
         )
         return True
-
-    async def _expire_members(self) -> None:
-        for member in await self.node.state.purge_expired(self.id):
-            self.node.counters["members_expired"] += 1
-            self.node.log.warning("member_expired", member=member)
-            await self.node.event(
-                MembershipEvent(
-                    envelope=self.node.envelope(self.id), member=member, action="expired"
-                )
-            )
 
     # -- rounds --------------------------------------------------------------------------
 
@@ -286,13 +236,13 @@ class AggregatorParticipant:
             "bytes_out": float(node.producer.bytes_sent),
             "aggregate_s": time.perf_counter() - started,
             # the most records intake was behind the partition's end during the round
-            "lag": float(self._lag),
+            "lag": float(self.intake.lag),
             # undecodable records (ours) and refused updates (the core's)
             "rejected": float(core.counters["rejected"] + node.counters["rejected"]),
-            "read_gaps": float(self._gaps),
+            "read_gaps": float(self.intake.gaps[0]),
         }
         await node.metrics(closed.round, values, federation=self.id)
-        self._lag = 0
+        self.intake.lag = 0
         node.log.info(
             "round_closed",
             round=closed.round,
@@ -313,19 +263,16 @@ class AggregatorParticipant:
         node, core = self.node, self.core
         submission = core.submission()
         self._save(model=False)  # the submission id survives a restart
-        encoded = encode_delta(
+        published = await node.publish(
+            node.topics.up(self.fed.level - 1),
+            self.fed.parent,
             submission.delta,
-            envelope=node.envelope(self.fed.parent),
+            federation=self.fed.parent,
             kind="update",
             base_version=submission.base_version,
             sample_count=submission.samples,
             round=submission.round,
             update_id=submission.update_id,
-            chunk_size=self.hierarchy.run.chunk_kib * 1024,
-            signer=node.signer,
-        )
-        published = await publish_delta(
-            node.producer, node.topics.up(self.fed.level - 1), self.fed.parent, encoded
         )
         node.log.info(
             "submitted_to_parent",
@@ -351,19 +298,16 @@ class AggregatorParticipant:
         node, meta = self.node, self.core.meta
         if not await self.lease.fence():  # a replica that lost the lead must not publish
             raise Stopped
-        encoded = encode_delta(
+        published = await node.publish(
+            node.topics.down(self.fed.level),
+            self.id,
             self.core.weights,
-            envelope=node.envelope(self.id),
+            federation=self.id,
             kind="broadcast",
             base_version=meta.version,
             version=meta.version,
             round=meta.round,
             metrics={"final": float(meta.final), "parent_version": float(meta.parent_version)},
-            chunk_size=self.hierarchy.run.chunk_kib * 1024,
-            signer=node.signer,
-        )
-        published = await publish_delta(
-            node.producer, node.topics.down(self.fed.level), self.id, encoded
         )
         await node.state.set_model_version(
             self.id,
@@ -383,55 +327,30 @@ class AggregatorParticipant:
     async def _event(
         self, action: Literal["opened", "closed"], round: int, reason: str = "", arrived: int = 0
     ) -> None:
+        envelope = self.node.envelope(self.id)
+        version = self.core.meta.version
         await self.node.event(
-            RoundEvent(
-                envelope=self.node.envelope(self.id),
-                round=round,
-                action=action,
-                reason=reason,
-                arrived=arrived,
-                quorum=arrived,
-                version=self.core.meta.version,
-            )
+            RoundEvent(envelope, round, action, reason, arrived, arrived, version=version)
         )
 
     # -- checkpoints ---------------------------------------------------------------------
 
     def _restore(self) -> None:
-        if not self.checkpoint.exists:
+        snapshot = self.checkpoint.load_snapshot()
+        if snapshot is None:
             self._save()
             return
-        meta, weights, base, strategy_tensors = self.checkpoint.load()
-        pending = [
-            Pending(
-                p["id"], p["sender"], p["samples"], p["base"], self.checkpoint.load_pending(p["id"])
-            )
-            for p in meta.pending
-        ]
-        strategy = unflatten_state(meta.strategy, strategy_tensors) if meta.strategy else {}
-        self.core.restore(Snapshot(meta, weights, base, strategy, pending))
+        self.core.restore(snapshot)
+        meta = snapshot.meta
         self.node.log.info(
             "aggregator_resumed",
             round=meta.round,
             version=meta.version,
-            pending=len(pending),
-            offset=meta.offsets.get(self._tp, 0),
+            pending=len(snapshot.pending),
+            offset=meta.offsets.get(self.intake.name, 0),
         )
 
     def _save(self, model: bool = True) -> None:
         if self.lease.lost:  # the checkpoint is the new leader's now
             raise Stopped
-        snapshot = self.core.snapshot()
-        if model:
-            data, tensors = flatten_state(snapshot.strategy)
-            snapshot.meta.strategy = data
-            self.checkpoint.save_model(snapshot.weights, snapshot.base, tensors)
-        self.checkpoint.save_meta(snapshot.meta)
-
-
-class _Source:
-    """Where a reassembled update came from, to dead-letter it (payload not kept)."""
-
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self.topic, self.partition, self.offset = topic, partition, offset
-        self.value: bytes | None = None
+        self.checkpoint.save_snapshot(self.core.snapshot(), model=model)

@@ -14,10 +14,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from worldlm.participants.federation import Snapshot
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -131,3 +134,26 @@ class Checkpoint:
             return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
 
         return meta, pick("w/"), pick("base/"), pick("s/")
+
+    def save_snapshot(self, snapshot: Snapshot, *, model: bool = True) -> None:
+        """Write a federation core's snapshot: the model and strategy state (``model``), then
+        the JSON part (round, offsets, pending ids), which is what makes it current."""
+        if model:
+            data, tensors = flatten_state(snapshot.strategy)
+            snapshot.meta.strategy = data
+            self.save_model(snapshot.weights, snapshot.base, tensors)
+        self.save_meta(snapshot.meta)
+
+    def load_snapshot(self) -> Snapshot | None:
+        """The last snapshot written here, with its pending updates; None if there is none."""
+        from worldlm.participants.federation import Pending, Snapshot
+
+        if not self.exists:
+            return None
+        meta, weights, base, strategy_tensors = self.load()
+        pending = [
+            Pending(p["id"], p["sender"], p["samples"], p["base"], self.load_pending(p["id"]))
+            for p in meta.pending
+        ]
+        strategy = unflatten_state(meta.strategy, strategy_tensors) if meta.strategy else {}
+        return Snapshot(meta, weights, base, strategy, pending)

@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import structlog
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from brokers.deltas import Published, publish_delta
 from brokers.kafka import KafkaSettings, Producer, ensure_topics
 from brokers.state import RedisState
 from schemas.codec import encode
+from schemas.delta import encode_delta
 from schemas.keys import Keys
 from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
 from schemas.topics import Topics
@@ -185,6 +188,30 @@ class Node:
                 MembershipEvent(
                     envelope=self.envelope(), member=self.id, action="left", role=self.role
                 )
+            )
+
+    # -- deltas and models ---------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, key: str, tensors: Mapping[str, torch.Tensor], **manifest: Any
+    ) -> Published:
+        """Chunk, sign (in a signing run) and publish ``tensors`` keyed by ``key``."""
+        encoded = encode_delta(
+            tensors,
+            envelope=self.envelope(manifest.pop("federation", None)),
+            chunk_size=self.run.chunk_kib * 1024,
+            signer=self.signer,
+            **manifest,
+        )
+        return await publish_delta(self.producer, topic, key, encoded)
+
+    async def expire_members(self, federation: str) -> None:
+        """Report members of ``federation`` whose heartbeat expired (each once)."""
+        for member in await self.state.purge_expired(federation):
+            self.counters["members_expired"] += 1
+            self.log.warning("member_expired", member=member)
+            await self.event(
+                MembershipEvent(envelope=self.envelope(federation), member=member, action="expired")
             )
 
     # -- run-wide topics -----------------------------------------------------------------

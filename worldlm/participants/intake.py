@@ -1,0 +1,110 @@
+"""A federation's intake: its partition of the update topic, read from a checkpointed offset.
+
+Records are reassembled into updates (chunks, hashes, duplicates and interleaving are
+``DeltaReceiver``'s business) and handed out as :class:`Offer`s for the round core, or as
+rejections to dead-letter. The intake tracks the offset below which every record has been
+folded or refused (what a checkpoint may record), how far behind the partition's end it was
+(the high watermark, the consumer lag), and holes it had to read again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiokafka import ConsumerRecord, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from brokers.deltas import DeltaReceiver, Received, Rejected
+from brokers.kafka import KafkaSettings, PartitionReader, partition_for
+from schemas.signing import verify_manifest
+from worldlm.participants.federation import Offer
+
+
+class Source:
+    """Where a reassembled update came from, to dead-letter it (payload not kept)."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+        self.value: bytes | None = None
+
+
+class Intake:
+    """Reads one federation's update partition."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topic: str,
+        federation: str,
+        *,
+        keys: Mapping[str, Ed25519PublicKey] | None = None,
+    ) -> None:
+        self.tp = TopicPartition(topic, partition_for(federation, settings.partitions))
+        self.name = f"{self.tp.topic}:{self.tp.partition}"
+        self.settings = settings
+        self.keys = keys
+        self.receiver = DeltaReceiver()
+        self.lag = 0  # the most records behind the partition's end since the last reset
+        self._key = federation.encode()
+        self._reader: PartitionReader | None = None
+
+    async def start(self, offset: int) -> None:
+        self._reader = PartitionReader(self.settings, {self.tp: offset})
+        await self._reader.start()
+
+    async def stop(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.stop()
+
+    @property
+    def gaps(self) -> tuple[int, int]:
+        """Holes read again, and holes accepted after waiting (``PartitionReader``)."""
+        r = self._reader
+        return (r.gaps, r.gaps_skipped) if r is not None else (0, 0)
+
+    async def read(self, position: int) -> tuple[list[Received | tuple[ConsumerRecord, Rejected]], int]:
+        """What the partition has now: updates and refused records, and the new safe offset
+        (``position`` if nothing was read)."""
+        assert self._reader is not None, "start() first"
+        found: list[Received | tuple[ConsumerRecord, Rejected]] = []
+        next_offset = None
+        for record in await self._reader.fetch(timeout_ms=100):
+            if record.key == self._key:
+                result = self.receiver.feed(record)
+                if isinstance(result, Rejected):
+                    found.append((record, result))
+                elif isinstance(result, Received):
+                    found.append(result)
+            next_offset = record.offset + 1
+        if next_offset is not None:
+            position = self.receiver.safe_offset(self.tp, next_offset)
+        highwater = self._reader.highwater(self.tp)
+        if highwater is not None:
+            self.lag = max(self.lag, highwater - (next_offset or position))
+        return found, position
+
+    def safe_after(self, received: Received) -> int:
+        """The offset a checkpoint may record once ``received`` is durable."""
+        return self.receiver.safe_offset(self.tp, received.last_offset + 1)
+
+    def offer(self, received: Received) -> Offer:
+        """The update as the round core sees it (signature checked lazily, by the core)."""
+        delta = received.delta
+        m = delta.manifest
+        keys = self.keys
+
+        def verify() -> None:
+            assert keys is not None
+            verify_manifest(m, keys, delta.payload.data)
+
+        return Offer(
+            m.envelope.sender,
+            m.update_id,
+            delta.tensors(),
+            m.sample_count,
+            m.base_version,
+            kind=m.kind,
+            nbytes=m.total_bytes,
+            verify=verify if keys is not None else None,
+        )
