@@ -242,7 +242,7 @@ class EmbeddedRedis(_Server):
 
 
 @dataclass(frozen=True)
-class Endpoints:
+class Servers:
     """Where the servers of a run are: a Kafka bootstrap address and a Redis URL."""
 
     kafka: str
@@ -250,7 +250,7 @@ class Endpoints:
 
 
 @contextlib.asynccontextmanager
-async def embedded_servers(host: str = "127.0.0.1") -> AsyncIterator[Endpoints]:
+async def embedded_servers(host: str = "127.0.0.1") -> AsyncIterator[Servers]:
     """Start Tansu and Redis together; stop both on exit, whatever happens."""
     async with EmbeddedKafka(host) as kafka, EmbeddedRedis(host) as redis:
-        yield Endpoints(kafka=kafka.bootstrap, redis=redis.url)
+        yield Servers(kafka=kafka.bootstrap, redis=redis.url)

@@ -1,6 +1,6 @@
 """Redis adapter on redis.asyncio: barriers, membership, model pointers, staleness, residuals.
 
-Key names come from :class:`schemas.keys.Keys`; every key gets a TTL. Transitions that touch
+Key names come from :class:`schemas.keyspace.Keyspace`; every key gets a TTL. Transitions that touch
 several keys or must be decided once (a barrier closing, a member joining, a version moving
 forward) are Lua scripts, so concurrent participants cannot race them. Time inside scripts is
 the Redis server's clock, so heartbeats do not depend on the participants' clocks agreeing.
@@ -22,7 +22,7 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from brokers.lifecycle import Service
 from schemas.delta import content_hash
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import TensorSpec
 from schemas.tensors import check_specs, pack, unpack
 
@@ -251,7 +251,7 @@ class RedisState(Service):
     def __init__(
         self,
         url: str,
-        keys: Keys,
+        keyspace: Keyspace,
         *,
         ttl_s: int = 7 * 24 * 3600,
         max_value_bytes: int = 8 * 1024 * 1024,
@@ -259,7 +259,7 @@ class RedisState(Service):
     ) -> None:
         self.url = url
         self.retries = retries
-        self.keys = keys
+        self.keyspace = keyspace
         self.ttl_s = ttl_s
         self.max_value_bytes = max_value_bytes
         self._redis: aioredis.Redis | None = None
@@ -325,7 +325,7 @@ class RedisState(Service):
         The quorum is ``quorum`` if positive, else ``max(min_quorum, ceil(fraction * live))``
         over the federation's live members now.
         """
-        k = self.keys
+        k = self.keyspace
         accepted, arrived, q, closed_now, closed = await self._run(
             "arrive",
             [
@@ -339,7 +339,7 @@ class RedisState(Service):
 
     async def close_round(self, federation: str, round: int, reason: str, closer: str = "") -> bool:
         """Close a round (for example at its deadline); True for the one caller that closed it."""
-        k = self.keys
+        k = self.keyspace
         closed_now, _ = await self._run(
             "close",
             [k.barrier_state(federation, round), k.barrier_arrivals(federation, round)],
@@ -348,7 +348,7 @@ class RedisState(Service):
         return bool(closed_now)
 
     async def barrier(self, federation: str, round: int) -> BarrierStatus:
-        k = self.keys
+        k = self.keyspace
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(k.barrier_state(federation, round))
             pipe.smembers(k.barrier_arrivals(federation, round))
@@ -370,7 +370,7 @@ class RedisState(Service):
         info = json.dumps({"role": role})
         joined = await self._run(
             "heartbeat",
-            [self.keys.members(federation), self.keys.member_info(federation)],
+            [self.keyspace.members(federation), self.keyspace.member_info(federation)],
             [member, int(ttl_s * 1000), info, self.ttl_s],
         )
         return bool(joined)
@@ -378,8 +378,8 @@ class RedisState(Service):
     async def leave(self, federation: str, member: str) -> None:
         """Remove ``member`` at once (a clean leave)."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.members(federation), member)
-            pipe.hdel(self.keys.member_info(federation), member)
+            pipe.zrem(self.keyspace.members(federation), member)
+            pipe.hdel(self.keyspace.member_info(federation), member)
             await pipe.execute()
 
     # -- leadership of a federation among aggregator replicas ---------------------------
@@ -387,31 +387,35 @@ class RedisState(Service):
     async def lead(self, federation: str, holder: str, *, ttl_s: float) -> bool:
         """Take or renew the lead of ``federation`` for ``ttl_s``; False if another holds it."""
         return bool(
-            await self._run("lease", [self.keys.leader(federation)], [holder, int(ttl_s * 1000)])
+            await self._run(
+                "lease", [self.keyspace.leader(federation)], [holder, int(ttl_s * 1000)]
+            )
         )
 
     async def resign(self, federation: str, holder: str) -> bool:
         """Give the lead up at once, if ``holder`` has it (a clean stop)."""
-        return bool(await self._run("release", [self.keys.leader(federation)], [holder]))
+        return bool(await self._run("release", [self.keyspace.leader(federation)], [holder]))
 
     async def leader(self, federation: str) -> str | None:
         """The token of the replica leading ``federation`` (None: nobody)."""
-        value = await self.redis.get(self.keys.leader(federation))
+        value = await self.redis.get(self.keyspace.leader(federation))
         return _str(value) if value is not None else None
 
     async def roster(self, federation: str) -> Roster:
         """Live and expired members, by the server's clock."""
-        items = [_str(m) for m in await self._run("roster", [self.keys.members(federation)], [])]
+        items = [
+            _str(m) for m in await self._run("roster", [self.keyspace.members(federation)], [])
+        ]
         split = items.index("")
         return Roster(live=tuple(items[:split]), expired=tuple(items[split + 1 :]))
 
     async def purge_expired(self, federation: str) -> list[str]:
         """Remove members whose heartbeat expired and return them; each is returned once."""
-        gone = await self._run("purge", [self.keys.members(federation)], [])
+        gone = await self._run("purge", [self.keyspace.members(federation)], [])
         return [_str(m) for m in gone]
 
     async def member_info(self, federation: str) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.keys.member_info(federation))
+        raw = await self.redis.hgetall(self.keyspace.member_info(federation))
         return {_str(k): json.loads(v) for k, v in raw.items()}
 
     # -- model versions -------------------------------------------------------------------
@@ -422,13 +426,13 @@ class RedisState(Service):
         """Point at a new broadcast; ignored (False) unless ``version`` moves forward."""
         moved = await self._run(
             "set_version",
-            [self.keys.model_version(federation)],
+            [self.keyspace.model_version(federation)],
             [version, topic, partition, offset, self.ttl_s],
         )
         return bool(moved)
 
     async def model_version(self, federation: str) -> ModelPointer | None:
-        raw = await self.redis.hgetall(self.keys.model_version(federation))
+        raw = await self.redis.hgetall(self.keyspace.model_version(federation))
         if not raw:
             return None
         return ModelPointer(
@@ -444,17 +448,17 @@ class RedisState(Service):
     async def record_staleness(self, federation: str, member: str, staleness: int) -> None:
         """Record the staleness of ``member``'s latest accepted update and count stale ones."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.staleness(federation), member, staleness)
-            pipe.hincrby(self.keys.stale_updates(federation), member, 1 if staleness > 0 else 0)
-            pipe.expire(self.keys.staleness(federation), self.ttl_s)
-            pipe.expire(self.keys.stale_updates(federation), self.ttl_s)
+            pipe.hset(self.keyspace.staleness(federation), member, staleness)
+            pipe.hincrby(self.keyspace.stale_updates(federation), member, 1 if staleness > 0 else 0)
+            pipe.expire(self.keyspace.staleness(federation), self.ttl_s)
+            pipe.expire(self.keyspace.stale_updates(federation), self.ttl_s)
             await pipe.execute()
 
     async def staleness(self, federation: str) -> dict[str, tuple[int, int]]:
         """member -> (latest staleness, number of stale updates)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.staleness(federation))
-            pipe.hgetall(self.keys.stale_updates(federation))
+            pipe.hgetall(self.keyspace.staleness(federation))
+            pipe.hgetall(self.keyspace.stale_updates(federation))
             latest, counts = await pipe.execute()
         return {_str(m): (int(s), int(counts.get(m, 0))) for m, s in latest.items()}
 
@@ -474,7 +478,7 @@ class RedisState(Service):
         view = memoryview(payload)
         parts = max(1, -(-len(payload) // size))
         generation = uuid.uuid4().hex
-        k = self.keys
+        k = self.keyspace
         async with self.redis.pipeline(transaction=False) as pipe:
             for i in range(parts):
                 pipe.set(
@@ -512,12 +516,12 @@ class RedisState(Service):
     async def get_residual(self, federation: str) -> Residual | None:
         """The latest cached key layers of ``federation``, or None; never waits for a writer."""
         for _ in range(3):
-            raw = await self.redis.hgetall(self.keys.residual(federation))
+            raw = await self.redis.hgetall(self.keyspace.residual(federation))
             if not raw:
                 return None
             generation, parts = _str(raw[b"generation"]), int(raw[b"parts"])
             values = await self.redis.mget(
-                [self.keys.residual_part(federation, generation, i) for i in range(parts)]
+                [self.keyspace.residual_part(federation, generation, i) for i in range(parts)]
             )
             if any(v is None for v in values):
                 continue  # the generation expired under us: read the newer manifest

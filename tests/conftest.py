@@ -14,18 +14,18 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from brokers.embedded import EmbeddedKafka, EmbeddedRedis, Endpoints
+from brokers.embedded import EmbeddedKafka, EmbeddedRedis, Servers
 from brokers.kafka import KafkaSettings
 from brokers.state import RedisState
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.topics import Topics
 
 
 @pytest.fixture(scope="session")
-async def servers() -> AsyncIterator[Endpoints]:
+async def servers() -> AsyncIterator[Servers]:
     """Tansu and redis-server on free loopback ports, for the whole session."""
     async with EmbeddedKafka() as kafka, EmbeddedRedis() as redis:
-        yield Endpoints(kafka=kafka.bootstrap, redis=redis.url)
+        yield Servers(kafka=kafka.bootstrap, redis=redis.url)
 
 
 @pytest.fixture
@@ -40,11 +40,13 @@ def topics(run_id: str) -> Topics:
 
 
 @pytest.fixture
-def kafka(servers: Endpoints) -> KafkaSettings:
+def kafka(servers: Servers) -> KafkaSettings:
     return KafkaSettings(bootstrap=servers.kafka, partitions=2)
 
 
 @pytest.fixture
-async def state(servers: Endpoints, run_id: str) -> AsyncIterator[RedisState]:
-    async with RedisState(servers.redis, Keys(run_id), ttl_s=600, max_value_bytes=64 * 1024) as st:
+async def state(servers: Servers, run_id: str) -> AsyncIterator[RedisState]:
+    async with RedisState(
+        servers.redis, Keyspace(run_id), ttl_s=600, max_value_bytes=64 * 1024
+    ) as st:
         yield st

@@ -18,7 +18,7 @@ from brokers.deltas import DeltaReceiver, Received, publish_delta
 from brokers.kafka import KafkaSettings, PartitionReader, Producer, ensure_topics
 from brokers.state import RedisState
 from schemas.delta import encode_delta
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import Envelope
 from schemas.topics import Topics
 
@@ -56,7 +56,10 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
         base_version=0,
         sample_count=1,
     )
-    async with RedisState(redis, Keys(run), ttl_s=3600) as state, Producer(settings) as producer:
+    async with (
+        RedisState(redis, Keyspace(run), ttl_s=3600) as state,
+        Producer(settings) as producer,
+    ):
         await state.heartbeat("root", "client-0", ttl_s=30)
         start = time.perf_counter()
         published = await publish_delta(producer, topics.up(0), "root", encoded)

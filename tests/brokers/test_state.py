@@ -7,16 +7,16 @@ import asyncio
 import pytest
 import torch
 
-from brokers.embedded import Endpoints
+from brokers.embedded import Servers
 from brokers.state import RedisState
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 
 
 async def test_barrier_hit_by_50_concurrent_arrivals_closes_exactly_once(
-    servers: Endpoints, run_id: str
+    servers: Servers, run_id: str
 ) -> None:
     # 50 participants, each with its own connection, all arriving at once; quorum 30.
-    states = [RedisState(servers.redis, Keys(run_id)) for _ in range(50)]
+    states = [RedisState(servers.redis, Keyspace(run_id)) for _ in range(50)]
     await asyncio.gather(*(s.start() for s in states))
     try:
         arrivals = await asyncio.gather(
@@ -107,7 +107,7 @@ async def test_every_key_written_has_a_ttl(state: RedisState) -> None:
     await state.record_staleness("eu", "a", 1)
     await state.put_residual("eu", 1, {"k": torch.zeros(100_000)})
     await state.lead("eu", "replica-a", ttl_s=5)
-    keys = [k async for k in state.redis.scan_iter(match=f"{state.keys.ns}:*")]
+    keys = [k async for k in state.redis.scan_iter(match=f"{state.keyspace.ns}:*")]
     assert len(keys) >= 9
     ttls = [await state.redis.ttl(k) for k in keys]
     assert all(t > 0 for t in ttls), dict(zip(keys, ttls, strict=True))
@@ -120,7 +120,7 @@ async def test_residual_larger_than_one_value_round_trips_in_parts(state: RedisS
         "norm.weight": torch.randn(256, generator=g).to(torch.bfloat16),
     }
     assert await state.put_residual("eu", 4, tensors)
-    raw = await state.redis.hgetall(state.keys.residual("eu"))
+    raw = await state.redis.hgetall(state.keyspace.residual("eu"))
     assert int(raw[b"parts"]) > 1
     got = await state.get_residual("eu")
     assert got is not None and got.round == 4 and got.federation == "eu"
@@ -136,9 +136,9 @@ async def test_residual_of_older_round_does_not_replace_newer(state: RedisState)
     assert await state.get_residual("missing") is None
 
 
-async def test_unstarted_state_raises_clear_error(servers: Endpoints, run_id: str) -> None:
+async def test_unstarted_state_raises_clear_error(servers: Servers, run_id: str) -> None:
     with pytest.raises(RuntimeError, match="not started"):
-        await RedisState(servers.redis, Keys(run_id)).arrive("eu", 1, "a")
+        await RedisState(servers.redis, Keyspace(run_id)).arrive("eu", 1, "a")
 
 
 async def test_lead_is_held_by_exactly_one_of_20_concurrent_replicas(state: RedisState) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.topics import Topics
 
 
@@ -27,11 +27,11 @@ def test_illegal_run_ids_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match="run id"):
         Topics(bad)
     with pytest.raises(ValueError, match="run id"):
-        Keys(bad)
+        Keyspace(bad)
 
 
 def test_redis_keys_share_one_run_namespace_and_cluster_slot() -> None:
-    k = Keys("r9")
+    k = Keyspace("r9")
     names = [
         k.barrier_arrivals("eu", 1),
         k.barrier_state("eu", 1),

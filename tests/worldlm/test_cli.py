@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from brokers.embedded import Endpoints
+from brokers.embedded import Servers
 from worldlm.cli import app
 from worldlm.keys import load_keyring
 
@@ -44,7 +44,7 @@ def test_smoke_requires_both_addresses_or_neither() -> None:
     assert "both --kafka and --redis" in result.output
 
 
-async def test_smoke_transfer_against_given_servers_is_bit_exact(servers: Endpoints) -> None:
+async def test_smoke_transfer_against_given_servers_is_bit_exact(servers: Servers) -> None:
     from worldlm.smoke import smoke_transfer
 
     report = await smoke_transfer(servers.kafka, servers.redis, megabytes=4)

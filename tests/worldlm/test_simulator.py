@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from tests.worldlm.participants.helpers import endpoints, hierarchy
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Checkpoint

@@ -23,7 +23,7 @@ from brokers.lifecycle import Service
 from brokers.state import RedisState
 from schemas.codec import Decoder, dead_letter_decoder, event_decoder, metrics_decoder
 from schemas.errors import WireError
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import RoundEvent
 from schemas.topics import Topics
 from worldlm.dashboard.state import DashboardState
@@ -76,7 +76,7 @@ class DashboardFollower(Service):
         self.settings = KafkaSettings(
             bootstrap=kafka, client_id=f"worldlm-dashboard-{state.run_id}"
         )
-        self.redis = RedisState(redis, Keys(state.run_id))
+        self.redis = RedisState(redis, Keyspace(state.run_id))
         self.poll_s = poll_s
         self.on_change = on_change or (lambda: None)
         self.log = log.bind(run=state.run_id)

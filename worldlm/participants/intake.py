@@ -63,7 +63,9 @@ class Intake:
         r = self._reader
         return (r.gaps, r.gaps_skipped) if r is not None else (0, 0)
 
-    async def read(self, position: int) -> tuple[list[Received | tuple[ConsumerRecord, Rejected]], int]:
+    async def read(
+        self, position: int
+    ) -> tuple[list[Received | tuple[ConsumerRecord, Rejected]], int]:
         """What the partition has now: updates and refused records, and the new safe offset
         (``position`` if nothing was read)."""
         assert self._reader is not None, "start() first"

@@ -22,7 +22,7 @@ from brokers.kafka import KafkaSettings, Producer, ensure_topics
 from brokers.state import RedisState
 from schemas.codec import encode
 from schemas.delta import encode_delta
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
 from schemas.topics import Topics
 from worldlm.config import Hierarchy
@@ -47,11 +47,12 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a participant finds Kafka and Redis, and its keys when the run signs deltas."""
+    """Where a participant finds Kafka and Redis, and its signing-key directory when the run
+    signs deltas (``worldlm keys generate``)."""
 
     kafka: str
     redis: str
-    keys: str | None = None
+    key_dir: str | None = None
 
 
 async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
@@ -95,14 +96,14 @@ class Node:
         self.federation = federation  # the federation this node is a member of ("" for root)
         self.keyring: Keyring | None = None
         if self.run.signing == "required" and sends_deltas:
-            if endpoints.keys is None:
+            if endpoints.key_dir is None:
                 raise KeyFileError(
                     f"run {self.run.id!r} requires signed deltas: give {node_id} its key "
                     "directory (--keys DIR; worldlm keys generate)"
                 )
-            self.keyring = load_keyring(endpoints.keys, node_id)
+            self.keyring = load_keyring(endpoints.key_dir, node_id)
         self.topics = Topics(self.run.id)
-        self.keys = Keys(self.run.id)
+        self.keyspace = Keyspace(self.run.id)
         self.settings = KafkaSettings(
             bootstrap=endpoints.kafka,
             client_id=f"worldlm-{node_id}",
@@ -110,7 +111,7 @@ class Node:
             max_request_size=self.run.chunk_kib * 1024 + 64 * 1024,
         )
         self.producer = Producer(self.settings)
-        self.state = RedisState(endpoints.redis, self.keys)
+        self.state = RedisState(endpoints.redis, self.keyspace)
         self.counters: Counter[str] = Counter()
         self.log = structlog.get_logger("worldlm.node").bind(
             node=node_id, role=role, federation=federation or node_id

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from tests.worldlm.participants.helpers import endpoints, hierarchy
 from worldlm.config import Hierarchy
 from worldlm.dashboard import Dashboard

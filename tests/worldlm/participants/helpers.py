@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from aiokafka import TopicPartition
 
 from brokers.deltas import DeltaReceiver, Received
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
 from schemas.codec import metrics_decoder
 from schemas.errors import WireError

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from brokers.deltas import publish_delta
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from brokers.kafka import Producer
 from brokers.state import RedisState
 from schemas.codec import dead_letter_decoder
 from schemas.delta import encode_delta
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import Envelope
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
@@ -155,7 +155,7 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
     first, second = ClientParticipant(h, ep, "en-0"), ClientParticipant(h, ep, "de-0")
     meta_file = checkpoints / run_id / "root" / "meta.json"
     async with (
-        RedisState(servers.redis, Keys(run_id)) as state,
+        RedisState(servers.redis, Keyspace(run_id)) as state,
         MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
         asyncio.timeout(150),
     ):
@@ -174,7 +174,7 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
                 barrier_before = await state.barrier("root", 0)
                 if worst_moment:
                     meta_file.write_text(json.dumps(before | {"offsets": {}}))
-                    await state.redis.srem(Keys(run_id).barrier_arrivals("root", 0), "en-0")
+                    await state.redis.srem(Keyspace(run_id).barrier_arrivals("root", 0), "en-0")
                 async with participant_process(args, tmp_path / "agg-2.log") as restarted:
                     group.create_task(second.run())
                     await restarted.wait()
@@ -222,7 +222,7 @@ async def test_standby_replica_takes_over_when_the_leading_aggregator_is_killed(
     ep, kafka = endpoints(servers), settings(servers, h)
     clients = [ClientParticipant(h, ep, c) for c in ["en-0", "de-0"]]
     async with (
-        RedisState(servers.redis, Keys(run_id)) as state,
+        RedisState(servers.redis, Keyspace(run_id)) as state,
         MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
         asyncio.timeout(150),
     ):
@@ -272,7 +272,7 @@ async def test_a_leader_whose_lease_was_taken_stops_without_publishing_or_releas
     ep = endpoints(servers)
     await prepare_run(h, ep)
     aggregator = AggregatorParticipant(h, ep, "root", checkpoint_dir=tmp_path)
-    async with RedisState(servers.redis, Keys(run_id)) as state, asyncio.timeout(60):
+    async with RedisState(servers.redis, Keyspace(run_id)) as state, asyncio.timeout(60):
         task = asyncio.create_task(aggregator.run())
 
         async def leading_and_broadcast() -> bool:
@@ -282,7 +282,7 @@ async def test_a_leader_whose_lease_was_taken_stops_without_publishing_or_releas
             )
 
         await poll(leading_and_broadcast)
-        await state.redis.set(Keys(run_id).leader("root"), "elsewhere:1:beef", px=60_000)
+        await state.redis.set(Keyspace(run_id).leader("root"), "elsewhere:1:beef", px=60_000)
         await task  # no clients: it sits in round 0 until the renewal finds the lease gone
         pointer = await state.model_version("root")
         holder = await state.leader("root")

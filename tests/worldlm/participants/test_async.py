@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from brokers.deltas import publish_delta
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from brokers.kafka import Producer
 from brokers.state import RedisState
 from schemas.codec import dead_letter_decoder, event_decoder
 from schemas.delta import encode_delta
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import Envelope, RoundEvent
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
@@ -53,7 +53,7 @@ async def test_async_rounds_close_per_buffer_and_a_stale_update_is_weighed_or_re
     )
     async with (
         MetricsWatch(kafka, topics.metrics, h.run.partitions) as watch,
-        RedisState(servers.redis, Keys(run_id)) as state,
+        RedisState(servers.redis, Keyspace(run_id)) as state,
         asyncio.timeout(120),
     ):
         async with asyncio.TaskGroup() as group:

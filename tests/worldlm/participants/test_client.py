@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from brokers.state import RedisState
 from schemas.codec import event_decoder
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.messages import MembershipEvent, RoundEvent
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
@@ -51,7 +51,7 @@ async def test_late_client_starts_from_current_model_and_is_counted_from_then_on
     participants = [aggregator, *early, late]
     kafka = settings(servers, h)
     async with (
-        RedisState(servers.redis, Keys(run_id)) as state,
+        RedisState(servers.redis, Keyspace(run_id)) as state,
         MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
         asyncio.timeout(90),
     ):
@@ -108,7 +108,7 @@ async def test_client_killed_mid_round_expires_and_round_closes_at_quorum_of_the
     aggregator = AggregatorParticipant(h, ep, "root", checkpoint_dir=tmp_path / "ckpt")
     others = [ClientParticipant(h, ep, c) for c in ["en-0", "de-0"]]
     async with (
-        RedisState(servers.redis, Keys(run_id)) as state,
+        RedisState(servers.redis, Keyspace(run_id)) as state,
         MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
         participant_process(args, tmp_path / "fr-0.log") as victim,
         asyncio.timeout(120),

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from brokers.embedded import EmbeddedRedis
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import EmbeddedRedis, Servers
 from brokers.state import RedisState
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import MetricsWatch, flat, poll, settings
 from worldlm.participants.node import Endpoints
@@ -33,7 +32,7 @@ async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
             redis = EmbeddedRedis(port=port)
             await redis.start()
             # Heartbeats did not stop: both clients are live members again.
-            async with RedisState(redis.url, Keys(run_id)) as state:
+            async with RedisState(redis.url, Keyspace(run_id)) as state:
 
                 async def both_live() -> bool:
                     return len((await state.roster("root")).live) == 2

@@ -10,9 +10,9 @@ import asyncio
 
 import torch
 
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from brokers.state import RedisState
-from schemas.keys import Keys
+from schemas.keyspace import Keyspace
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import broadcasts, endpoints, flat, hierarchy, settings
 from worldlm.participants.runner import run_hierarchy
@@ -64,7 +64,7 @@ async def test_federation_takes_parents_backbone_exactly_and_keeps_its_own_key_l
         for b in await broadcasts(kafka, topics.down(0), "root", partitions=parts)
     }
     assert sorted(root) == [0, 1, 2]
-    async with RedisState(servers.redis, Keys(run_id)) as state:
+    async with RedisState(servers.redis, Keyspace(run_id)) as state:
         for fed in ["latin", "germanic"]:
             key = key_names(h.run, h.federations[fed].policy)
             assert key, "the default split has key layers"

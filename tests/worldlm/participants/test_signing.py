@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from brokers.deltas import publish_delta
-from brokers.embedded import Endpoints as Servers
+from brokers.embedded import Servers
 from brokers.kafka import Producer
 from schemas.codec import dead_letter_decoder
 from schemas.delta import encode_delta

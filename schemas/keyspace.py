@@ -12,7 +12,7 @@ from schemas.topics import check_name
 
 
 @dataclass(frozen=True)
-class Keys:
+class Keyspace:
     """The Redis keys of one run."""
 
     run: str
