@@ -63,6 +63,9 @@ class RunConfig(_Strict, frozen=True):
     lr: float = 3e-3
     eval_batches: int = 8
     val_fraction: float = 0.1
+    #: A held-out test split per client (0: none). Experiments choose learning rates on
+    #: validation text and report test text; the demo reports validation.
+    test_fraction: float = 0.0
     heartbeat_s: float = 2.0
     chunk_kib: int = 768
     partitions: int = 4
@@ -406,6 +409,12 @@ def _check_run(run: RunConfig, source: str) -> None:
     _check(run.eval_batches >= 1, source, "run.eval_batches", "must be at least 1")
     # Every client evaluates on its validation split, so it cannot be empty.
     _check(0 < run.val_fraction < 1, source, "run.val_fraction", "must be in (0, 1)")
+    _check(
+        0 <= run.test_fraction < 1 - run.val_fraction,
+        source,
+        "run.test_fraction",
+        "must be in [0, 1 - val_fraction)",
+    )
     _check(math.isfinite(run.lr) and run.lr > 0, source, "run.lr", "must be positive")
 
 

@@ -29,6 +29,7 @@ class LearnerRound:
     evaluation: EvalResult
     result: LocalResult | None
     train_s: float = 0.0
+    test: EvalResult | None = None
 
     def values(self, version: int, final: bool) -> dict[str, float]:
         """The client's metrics for this round (the fields dashboards and reports read)."""
@@ -38,6 +39,8 @@ class LearnerRound:
             "version": float(version),
             "final": float(final),
         }
+        if self.test is not None:
+            values |= {"test_loss": self.test.loss, "test_ppl": self.test.perplexity}
         if self.result is not None:
             values |= {
                 "train_loss": self.result.train_loss,
@@ -70,10 +73,11 @@ class Learner:
         """Evaluate the received model and, unless ``final``, train from it."""
         weights = self.model(received)
         evaluation = self.bench.evaluate(weights)
+        test = self.bench.evaluate(weights, test=True) if self.bench.data.test is not None else None
         if final:
-            return LearnerRound(evaluation, None)
+            return LearnerRound(evaluation, None, test=test)
         started = time.perf_counter()
         result = self.bench.train(weights)
         if self.client.keep_key_layers:
             self._own_key = {n: weights[n] + result.delta[n] for n in self._key}
-        return LearnerRound(evaluation, result, time.perf_counter() - started)
+        return LearnerRound(evaluation, result, time.perf_counter() - started, test)

@@ -14,6 +14,7 @@ method — so every method is evaluated on exactly the same text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import lzma
 import math
@@ -49,6 +50,7 @@ class ClientSplit:
 
     train: list[str]
     validation: list[str]
+    test: list[str] = dataclasses.field(default_factory=list)
 
 
 def _root(root: Path | None) -> Path:
@@ -128,6 +130,7 @@ def client_split(
     val_fraction: float = 0.1,
     seed: int = 0,
     root: Path | None = None,
+    test_fraction: float = 0.0,
 ) -> ClientSplit:
     """Client `client_index` of `num_clients`' disjoint shard of partition `name`, cut into
     train and validation documents (see the module docstring for the exact rule).
@@ -157,7 +160,12 @@ def client_split(
     random.Random(seed).shuffle(order)
     shard = order[client_index::num_clients]
     n_val = min(len(shard) - 1, math.ceil(val_fraction * len(shard))) if val_fraction > 0 else 0
+    # A held-out test split (opt-in: without it the split is exactly as before) comes after
+    # the validation documents and before the training ones.
+    n_test = min(len(shard) - 1 - n_val, math.ceil(test_fraction * len(shard)))
+    n_test = max(0, n_test) if test_fraction > 0 else 0
     return ClientSplit(
-        train=[docs[i] for i in shard[n_val:]],
+        train=[docs[i] for i in shard[n_val + n_test :]],
         validation=[docs[i] for i in shard[:n_val]],
+        test=[docs[i] for i in shard[n_val : n_val + n_test]],
     )

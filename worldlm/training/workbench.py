@@ -74,6 +74,7 @@ def client_seed(run: RunConfig, client_id: str) -> int:
 class ClientData:
     train: torch.Tensor
     validation: torch.Tensor
+    test: torch.Tensor | None = None
 
 
 def client_data(run: RunConfig, client: Client) -> ClientData:
@@ -85,10 +86,13 @@ def client_data(run: RunConfig, client: Client) -> ClientData:
         val_fraction=run.val_fraction,
         seed=run.seed,
         root=Path(run.corpus) if run.corpus else None,
+        test_fraction=run.test_fraction,
     )
     tokenizer = load_tokenizer()
     return ClientData(
-        encode_documents(tokenizer, split.train), encode_documents(tokenizer, split.validation)
+        encode_documents(tokenizer, split.train),
+        encode_documents(tokenizer, split.validation),
+        encode_documents(tokenizer, split.test) if split.test else None,
     )
 
 
@@ -119,12 +123,16 @@ class Workbench:
                 f"weights do not fit the model: missing {missing}, unexpected {unexpected}"
             )
 
-    def evaluate(self, weights: Mapping[str, torch.Tensor]) -> EvalResult:
-        """Validation loss and perplexity of ``weights`` on this client's fixed split."""
+    def evaluate(self, weights: Mapping[str, torch.Tensor], *, test: bool = False) -> EvalResult:
+        """Loss and perplexity of ``weights`` on this client's fixed validation split (or its
+        held-out test split, when the run has one)."""
+        tokens = self.data.test if test else self.data.validation
+        if tokens is None:
+            raise ValueError("this run has no test split (run.test_fraction = 0)")
         self.load(weights)
         return evaluate(
             self.model,
-            self.data.validation,
+            tokens,
             seq_len=self.run.seq_len,
             batch_size=self.run.batch_size,
             max_batches=self.run.eval_batches,

@@ -139,3 +139,13 @@ def test_bad_split_arguments_raise_value_error_naming_the_partition(
 def test_missing_corpus_directory_says_how_to_build_one(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="worldlm data build"):
         partitions(tmp_path)
+
+
+def test_an_opt_in_test_split_is_disjoint_and_leaves_the_default_split_unchanged() -> None:
+    plain = client_split("lang-fr", 0, 2, val_fraction=0.1, seed=3)
+    held = client_split("lang-fr", 0, 2, val_fraction=0.1, seed=3, test_fraction=0.1)
+    assert plain.test == [] and held.test
+    assert held.validation == plain.validation  # validation text is the same either way
+    train, test = set(held.train), set(held.test)
+    assert not train & test and not test & set(held.validation)
+    assert set(plain.train) == train | test
