@@ -140,6 +140,28 @@ def _fedper(raw: Raw, rounds: int) -> list[Raw]:
     return [flat]
 
 
+def misplace(raw: Raw) -> Raw:
+    """The same clients regrouped so that each leaf federation holds dissimilar data.
+
+    Client i of leaf federation j (in config order) moves to leaf (j + i) mod L: the first
+    client of each federation stays, the others rotate into neighbours, so no two clients
+    that the config grouped together stay together (with up to L clients per leaf).
+    """
+    out = copy.deepcopy(raw)
+    leaves: dict[str, list[str]] = {}
+    for cid, table in raw["clients"].items():
+        leaves.setdefault(table["federation"], []).append(cid)
+    names = list(leaves)
+    for j, fid in enumerate(names):
+        for i, cid in enumerate(leaves[fid]):
+            out["clients"][cid]["federation"] = names[(j + i) % len(names)]
+    return out
+
+
+def _misplaced(raw: Raw, rounds: int) -> list[Raw]:
+    return [_suffix(misplace(raw), "misplaced")]
+
+
 def _local(raw: Raw, rounds: int) -> list[Raw]:
     return [
         _flat(raw, rounds, f"local-{c}", [c], key="fedavg", backbone="fedavg", residual=_NONE)
@@ -157,6 +179,12 @@ METHODS: dict[str, Method] = {
             "WorldLM w/o attention",
             "key layers kept per federation and averaged (no attention, no residuals)",
             _mean_key,
+        ),
+        Method(
+            "worldlm_misplaced",
+            "WorldLM, misplaced tree",
+            "the config's policy with each federation's clients regrouped to dissimilar data",
+            _misplaced,
         ),
         Method(
             "hierarchical_fedavg",

@@ -83,6 +83,8 @@ class Comparison:
     partitions: dict[str, str]
     labels: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    #: which text the curves were measured on (``validation`` or ``test``)
+    split: str = "validation"
 
     def summary(self, method: str) -> dict[str, Any]:
         runs = self.results[method]
@@ -109,6 +111,7 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "split": self.split,
             "settings": self.settings,
             "groups": self.groups,
             "partitions": self.partitions,
@@ -150,8 +153,8 @@ def markdown(c: Comparison, title: str, command: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Command: `{command}`. Seeds {seeds}. Score: each client's mean validation perplexity "
-        "over the last quarter of its evaluations (same clients, token budget and validation "
+        f"Command: `{command}`. Seeds {seeds}. Score: each client's mean {c.split} perplexity "
+        f"over the last quarter of its evaluations (same clients, token budget and {c.split} "
         "text for every method), mean ± 95% CI over seeds. Lower is better.",
         "",
         "| client | federation | partition | "
@@ -192,12 +195,12 @@ def markdown(c: Comparison, title: str, command: str) -> str:
         + (", ".join(f"{c.labels.get(m, m)} seeds {s}" for m, s in diverged.items()) or "none")
     )
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in c.settings.items()), ""]
-    lines += ["![mean validation perplexity per method](perplexity.png)", ""]
+    lines += [f"![mean {c.split} perplexity per method](perplexity.png)", ""]
     return "\n".join(lines)
 
 
 def plot(path: Path, c: Comparison, title: str) -> None:
-    """Mean validation perplexity over clients per round, a 95% band across seeds."""
+    """Mean perplexity over clients per round, a 95% band across seeds; final scores."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +231,7 @@ def plot(path: Path, c: Comparison, title: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("local training rounds per client")
-    ax.set_ylabel("mean validation perplexity (log)")
+    ax.set_ylabel(f"mean {c.split} perplexity (log)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

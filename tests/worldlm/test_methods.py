@@ -82,3 +82,19 @@ def test_methods_set_their_policy_in_every_federation() -> None:
     assert sorted(next(iter(h.clients)) for h in local) == ["es-0", "fr-0", "ru-0"]
     with pytest.raises(ConfigError, match="unknown method"):
         method_configs(raw, "fedprox")
+
+
+def test_misplacing_rotates_clients_so_no_two_grouped_clients_stay_together() -> None:
+    raw = raw_config(
+        "m",
+        federations={"root": {}, "a": {"parent": "root"}, "b": {"parent": "root"}},
+        clients={
+            "a1": ("a", "lang-fr"),
+            "a2": ("a", "lang-es"),
+            "b1": ("b", "lang-ru"),
+            "b2": ("b", "lang-pl"),
+        },
+    )
+    (h,) = method_configs(raw, "worldlm_misplaced")
+    groups = {f: set(fed.clients) for f, fed in h.federations.items() if fed.clients}
+    assert groups == {"a": {"a1", "b2"}, "b": {"b1", "a2"}}

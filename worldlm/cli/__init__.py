@@ -7,6 +7,7 @@ import typer
 from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.demo import demo
+from worldlm.cli.experiment import experiment
 from worldlm.cli.infra import app as infra_app
 from worldlm.cli.keys import app as keys_app
 from worldlm.cli.participants import aggregator, client, run
@@ -27,6 +28,7 @@ app.command()(client)
 app.command()(aggregator)
 app.command(name="dashboard")(dashboard_command)
 app.command()(demo)
+app.command()(experiment)
 
 
 def main() -> None:

@@ -1,0 +1,51 @@
+"""`worldlm experiment` end to end on a tiny grid: every cell has figures, the report has its
+documented structure, learning rates are chosen on validation, and a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from worldlm.experiment import Cell, Experiment, shipped_configs, summary_markdown
+
+TINY = {"rounds": 1, "local_steps": 2, "eval_batches": 1, "seq_len": 32, "batch_size": 4}
+
+
+def test_a_tiny_grid_runs_end_to_end_and_a_rerun_reuses_every_cell(tmp_path: Path) -> None:
+    seen: list[tuple[Cell, bool]] = []
+    exp = Experiment(
+        tmp_path,
+        {"languages": shipped_configs()["languages"]},
+        methods=("worldlm", "fedavg", "worldlm_misplaced"),
+        seeds=2,
+        lrs=(0.003, 0.01),
+        quick=TINY,
+        on_cell=lambda cell, cached: seen.append((cell, cached)),
+    )
+    summary = exp.run()
+    assert len(seen) == exp.cells() == 3 + 3 + 2  # 2 lrs + 1 more seed; misplaced: 1 + 1
+    assert not any(cached for _, cached in seen)
+    data = summary["settings"]["languages"]
+    assert data["split"] == "test"
+    assert set(data["methods"]) == {"worldlm", "fedavg", "worldlm_misplaced"}
+    for method, figures in data["methods"].items():
+        assert set(figures["seeds"]) == {"0", "1"}
+        for seed in figures["seeds"].values():
+            assert len(seed["curves"]) == 6  # every client, on its test text
+            assert all(math.isfinite(v) for v in seed["score"].values())
+        # the rate with the better validation score was chosen
+        validation = data["lr"]["validation"][method]
+        assert data["lr"]["chosen"][method] == float(min(validation, key=validation.__getitem__))
+    assert data["lr"]["chosen"]["worldlm_misplaced"] == data["lr"]["chosen"]["worldlm"]
+    assert "worldlm_misplaced/worldlm" in data["ratios"]
+    on_disk = json.loads((tmp_path / "languages" / "report.json").read_text())
+    assert on_disk["lr"] == data["lr"]
+    assert (tmp_path / "languages" / "perplexity.png").is_file()
+    table = summary_markdown(summary, "worldlm experiment")
+    assert "| FedAvg (flat) / WorldLM |" in table and "**test** perplexity" in table
+
+    seen.clear()
+    again = exp.run()
+    assert len(seen) == exp.cells() and all(cached for _, cached in seen)
+    assert again["settings"]["languages"]["methods"] == data["methods"]
