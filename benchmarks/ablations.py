@@ -47,10 +47,15 @@ VARIANTS: dict[str, tuple[str, Callable[[Raw], Raw], str]] = {
     "worldlm": ("worldlm", with_defaults(), "the demo config"),
     "nores": ("worldlm_nores", with_defaults(), "no residual embeddings"),
     "meankey": ("worldlm_meankey", with_defaults(), "K averaged: no attention, no residuals"),
-    "tau10": ("worldlm", with_defaults(attention={"tau": 10.0}), "attention temperature 10"),
-    "tau100": ("worldlm", with_defaults(attention={"tau": 100.0}), "attention temperature 100"),
-    "eps05": ("worldlm", with_defaults(attention={"eps": 0.5}), "attention step 0.5"),
-    "sign-1": ("worldlm", with_defaults(attention={"sign": -1}), "children scored by similarity"),
+    # alpha is ~uniform at tau = 1 (entropy ln 2 with two children): the distances between a
+    # federation's K and its children's are far below 1, so the rule is FedAvg in disguise
+    "tau0.1": ("worldlm", with_defaults(attention={"tau": 0.1}), "attention temperature 0.1"),
+    "tau0.01": ("worldlm", with_defaults(attention={"tau": 0.01}), "attention temperature 0.01"),
+    "tau0.01-nores": (
+        "worldlm_nores",
+        with_defaults(attention={"tau": 0.01}),
+        "temperature 0.01, no residuals",
+    ),
     "small_k": (
         "worldlm",
         with_defaults(key_layers=["model.layers.3.*", "model.norm.*"]),
