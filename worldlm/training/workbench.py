@@ -78,15 +78,40 @@ class ClientData:
 
 
 def client_data(run: RunConfig, client: Client) -> ClientData:
-    """The client's token streams; its validation split is fixed by (partition, shard, seed)."""
-    split = client_split(
+    """The client's token streams; its validation split is fixed by (partition, shard, seed).
+
+    Cached by what the split depends on (the streams are never written to), so the many runs
+    of an experiment tokenize each client's text once per seed.
+    """
+    return _client_data(
         client.partition,
         client.shard,
         client.shards,
-        val_fraction=run.val_fraction,
-        seed=run.seed,
-        root=Path(run.corpus) if run.corpus else None,
-        test_fraction=run.test_fraction,
+        run.val_fraction,
+        run.test_fraction,
+        run.seed,
+        run.corpus,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _client_data(
+    partition: str,
+    shard: int,
+    shards: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    corpus: str | None,
+) -> ClientData:
+    split = client_split(
+        partition,
+        shard,
+        shards,
+        val_fraction=val_fraction,
+        seed=seed,
+        root=Path(corpus) if corpus else None,
+        test_fraction=test_fraction,
     )
     tokenizer = load_tokenizer()
     return ClientData(
