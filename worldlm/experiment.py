@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from worldlm.config import parse
-from worldlm.methods import METHODS, client_budget, method_configs
+from worldlm.dp_study import DPStudy, clip_rule, noise_for, population, with_client_dp
+from worldlm.methods import METHODS, client_budget, method_configs, uniform_budget
 from worldlm.report import Comparison, MethodResult, write_report
 from worldlm.training.corpus import partitions
 
@@ -63,6 +64,7 @@ class CellResult:
     val: MethodResult
     test: MethodResult
     budget: dict[str, int] = field(default_factory=dict)
+    epsilon: float = 0.0  # the largest (epsilon at delta) any federation of the cell spent
 
 
 def setting_raw(config: Path, seed: int, lr: float, quick: bool | dict[str, int]) -> dict[str, Any]:
@@ -91,28 +93,45 @@ def run_cell(
     config: Path,
     quick: bool | dict[str, int],
     should_stop: Callable[[], bool] | None = None,
+    *,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    then: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> CellResult:
-    """One cell on the simulator: validation and test curves of every client."""
+    """One cell on the simulator: validation and test curves of every client.
+
+    ``prepare`` changes the setting's config before the method is built (e.g. a larger
+    population); ``then`` changes each config the method built (e.g. DP on its edges).
+    """
     from worldlm.simulator import Simulation
 
     known = {p.name for p in partitions()}
     raw = setting_raw(config, cell.seed, cell.lr, quick)
+    if prepare is not None:
+        raw = prepare(raw)
     started = time.perf_counter()
     val: dict[str, list[tuple[int, float]]] = {}
     test: dict[str, list[tuple[int, float]]] = {}
     budget: dict[str, int] = {}
     train_s = 0.0
-    for h in method_configs(raw, cell.method, known_partitions=known):
+    epsilon = 0.0
+    method = cell.method.removesuffix("+dp")
+    for h in method_configs(raw, method, known_partitions=known, then=then):
         simulation = Simulation(h, should_stop=should_stop)
         result = simulation.run()
         train_s += simulation.train_s
         budget |= client_budget(h)
+        for r in result.reports:
+            if r.role == "aggregator":
+                spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
+                epsilon = max([epsilon, *spent])
         for r in result.client_reports():
             for curve, key in ((val, "val_ppl"), (test, "test_ppl")):
                 points = curve.setdefault(r.node, [])
                 points.append((len(points), r.values[key]))
     wall = time.perf_counter() - started
-    return CellResult(MethodResult(val, wall, train_s), MethodResult(test, wall, train_s), budget)
+    return CellResult(
+        MethodResult(val, wall, train_s), MethodResult(test, wall, train_s), budget, epsilon
+    )
 
 
 def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
@@ -124,6 +143,7 @@ def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
         "wall_s": result.val.wall_s,
         "train_s": result.val.train_s,
         "budget": result.budget,
+        "epsilon": result.epsilon,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -141,6 +161,7 @@ def load_cell(path: Path) -> CellResult:
         MethodResult(curves(data["val"]), wall, train),
         MethodResult(curves(data["test"]), wall, train),
         data.get("budget", {}),
+        data.get("epsilon", 0.0),
     )
 
 
@@ -156,6 +177,8 @@ class Experiment:
     quick: bool | dict[str, int] = False  # True: QUICK; a dict: another small budget
     on_cell: Callable[[Cell, bool], None] | None = None  # (cell, was it cached)
     should_stop: Callable[[], bool] | None = None
+    #: DP at a population, on the first data setting (None: skip)
+    dp: DPStudy | None = None
 
     def cells(self) -> int:
         """How many cells the grid has (the misplaced tree runs at WorldLM's rate only)."""
@@ -165,15 +188,17 @@ class Experiment:
             - 1
             for m in self.methods
         )
-        return len(self.configs) * per_setting
+        dp = 0 if self.dp is None else 2 * len(self.dp.methods) * self.seeds
+        return len(self.configs) * per_setting + dp
 
-    def cell(self, cell: Cell) -> CellResult:
+    def cell(self, cell: Cell, config: Path | None = None, **transforms: Any) -> CellResult:
         path = cell.path(self.out)
         if path.exists():
             result = load_cell(path)
             cached = True
         else:
-            result = run_cell(cell, self.configs[cell.setting], self.quick, self.should_stop)
+            config = config or self.configs[cell.setting]
+            result = run_cell(cell, config, self.quick, self.should_stop, **transforms)
             save_cell(path, cell, result)
             cached = False
         if self.on_cell is not None:
@@ -184,6 +209,10 @@ class Experiment:
         summary: dict[str, Any] = {"settings": {}}
         for setting, config in self.configs.items():
             summary["settings"][setting] = self._setting(setting, config)
+        if self.dp is not None:
+            setting, config = next(iter(self.configs.items()))
+            chosen = summary["settings"][setting]["lr"]["chosen"]
+            summary["dp"] = self._dp(setting, config, self.dp, chosen)
         summary["quick"] = bool(self.quick)
         summary["seeds"] = self.seeds
         summary["lrs"] = list(self.lrs)
@@ -235,6 +264,65 @@ class Experiment:
         (self.out / setting / "report.json").write_text(json.dumps(data, indent=2))
         return data
 
+    def _dp(
+        self, setting: str, config: Path, study: DPStudy, chosen: dict[str, float]
+    ) -> dict[str, Any]:
+        """Each method with and without DP on the client edges, at a larger population."""
+        name = f"{setting}-dp"
+
+        def prepare(raw: dict[str, Any]) -> dict[str, Any]:
+            return population(raw, study.shards)
+
+        lr = {m: chosen.get(m, self.lrs[0]) for m in study.methods}
+        raw0 = prepare(setting_raw(config, 0, lr[study.methods[0]], self.quick))
+        h = parse(raw0, known_partitions={p.name for p in partitions()})
+        rounds = uniform_budget(h)
+        clip = clip_rule(raw0)
+        sigma = noise_for(study.epsilon, study.delta, rounds)
+
+        def private(raw: dict[str, Any]) -> dict[str, Any]:
+            return with_client_dp(raw, clip, sigma, study.delta)
+
+        results: dict[str, dict[int, MethodResult]] = {}
+        spent: dict[str, float] = {}
+        for method in study.methods:
+            for dp in (False, True):
+                key = f"{method}+dp" if dp else method
+                results[key] = {}
+                for seed in range(self.seeds):
+                    cell = Cell(name, key, seed, lr[method])
+                    got = self.cell(cell, config, prepare=prepare, then=private if dp else None)
+                    results[key][seed] = got.test
+                    spent[key] = max(spent.get(key, 0.0), got.epsilon)
+        members = {f.id: len(f.clients) for f in h.federations.values() if f.clients}
+        comparison = Comparison(
+            results,
+            groups={c: cl.federation for c, cl in h.clients.items()},
+            partitions={c: cl.partition for c, cl in h.clients.items()},
+            labels={
+                k: f"{METHODS[k.removesuffix('+dp')].label}"
+                + (" + DP" if k.endswith("+dp") else "")
+                for k in results
+            },
+            settings={
+                "clients": len(h.clients),
+                "members_per_federation": members,
+                "client_rounds": rounds,
+                "clip_norm_C": round(clip, 4),
+                "noise_multiplier": round(sigma, 4),
+                "target_epsilon": study.epsilon,
+                "delta": study.delta,
+                "epsilon_spent": {k: round(v, 3) for k, v in spent.items() if v},
+                "quick": bool(self.quick),
+            },
+            split="test",
+        )
+        command = "worldlm experiment" + (" --quick" if self.quick else "")
+        data = write_report(
+            self.out / name, comparison, title=f"DP at a population: {setting}", command=command
+        )
+        return data
+
 
 def shipped_configs() -> dict[str, Path]:
     base = resources.files("worldlm") / "configs"
@@ -281,5 +369,24 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
             spread = f" ± {r['ci95']:.2f}" if r["ci95"] is not None else ""
             cells.append(f"{r['mean']:.2f}{spread}")
         lines.append(f"| {METHODS[m].label} / WorldLM | " + " | ".join(cells) + " |")
+    dp = summary.get("dp")
+    if dp:
+        st = dp["settings"]
+        lines += [
+            "",
+            f"Differential privacy ({st['clients']} clients, members per federation "
+            f"{sorted(set(st['members_per_federation'].values()))}, DP on the client edges, "
+            f"target epsilon {st['target_epsilon']} at delta {st['delta']}, clip C = "
+            f"{st['clip_norm_C']}, noise multiplier {st['noise_multiplier']}, epsilon spent "
+            f"{st['epsilon_spent']}); full table: `{next(iter(settings))}-dp/report.md`:",
+            "",
+            "| method | test score |",
+            "|---|---|",
+        ]
+        for m, figures in dp["methods"].items():
+            mean = figures["mean"]
+            spread = f" ± {mean['ci95']:.1f}" if mean["ci95"] is not None else ""
+            flag = " (diverged)" if figures["diverged_seeds"] else ""
+            lines.append(f"| {figures['label']} | {mean['mean']:.1f}{spread}{flag} |")
     lines.append("")
     return "\n".join(lines)

@@ -211,14 +211,19 @@ METHODS: dict[str, Method] = {
 
 
 def method_configs(
-    raw: Raw, method: str, *, known_partitions: set[str] | None = None
+    raw: Raw,
+    method: str,
+    *,
+    known_partitions: set[str] | None = None,
+    then: Callable[[Raw], Raw] | None = None,
 ) -> list[Hierarchy]:
-    """The validated hierarchies that run ``method`` on ``raw``'s clients and budget."""
+    """The validated hierarchies that run ``method`` on ``raw``'s clients and budget
+    (``then`` changes each built config before it is validated, e.g. to add DP)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; known: {sorted(METHODS)}")
     source = f"{raw.get('run', {}).get('id', 'config')} [{method}]"
     rounds = uniform_budget(parse(raw, source=source, known_partitions=known_partitions))
     return [
-        parse(r, source=source, known_partitions=known_partitions)
+        parse(then(r) if then else r, source=source, known_partitions=known_partitions)
         for r in METHODS[method].build(raw, rounds)
     ]

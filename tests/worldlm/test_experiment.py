@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from worldlm.dp_study import DPStudy
 from worldlm.experiment import Cell, Experiment, shipped_configs, summary_markdown
 
 TINY = {"rounds": 1, "local_steps": 2, "eval_batches": 1, "seq_len": 32, "batch_size": 4}
@@ -49,3 +50,29 @@ def test_a_tiny_grid_runs_end_to_end_and_a_rerun_reuses_every_cell(tmp_path: Pat
     again = exp.run()
     assert len(seen) == exp.cells() and all(cached for _, cached in seen)
     assert again["settings"]["languages"]["methods"] == data["methods"]
+
+
+def test_dp_at_a_population_reports_the_same_epsilon_target_for_every_method(
+    tmp_path: Path,
+) -> None:
+    exp = Experiment(
+        tmp_path,
+        {"languages": shipped_configs()["languages"]},
+        methods=("fedavg", "worldlm"),
+        seeds=2,
+        lrs=(0.003,),
+        quick=TINY,
+        dp=DPStudy(shards=2, epsilon=8.0, methods=("fedavg", "worldlm")),
+    )
+    summary = exp.run()
+    dp = summary["dp"]
+    settings = dp["settings"]
+    assert settings["clients"] == 12 and set(settings["members_per_federation"].values()) == {4}
+    assert settings["clip_norm_C"] > 0 and settings["noise_multiplier"] > 0
+    # Both methods spent their budget under the same target (within the accountant's rounding)
+    spent = settings["epsilon_spent"]
+    assert set(spent) == {"fedavg+dp", "worldlm+dp"}
+    assert all(0 < e <= 8.0 + 1e-6 for e in spent.values())
+    assert set(dp["methods"]) == {"fedavg", "fedavg+dp", "worldlm", "worldlm+dp"}
+    for figures in dp["methods"].values():
+        assert len(figures["seeds"]["0"]["curves"]) == 12

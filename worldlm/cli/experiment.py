@@ -29,6 +29,13 @@ def experiment(
     out: Annotated[Path, typer.Option("--out", help="Reports and cells go here.")] = Path(
         "out/experiment"
     ),
+    dp: Annotated[
+        bool, typer.Option("--dp/--no-dp", help="DP at a population on the first setting.")
+    ] = True,
+    dp_epsilon: Annotated[float, typer.Option("--dp-epsilon", help="The epsilon target.")] = 8.0,
+    dp_shards: Annotated[
+        int, typer.Option("--dp-shards", min=2, help="Clients each client is split into.")
+    ] = 6,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
     """Run every method on every data setting over seeds and a learning-rate grid, on the
@@ -39,6 +46,7 @@ def experiment(
     from tqdm import tqdm
 
     from worldlm import logs
+    from worldlm.dp_study import DPStudy
     from worldlm.experiment import (
         EXPERIMENT_METHODS,
         Experiment,
@@ -70,8 +78,17 @@ def experiment(
                     + (" (cached)" if cached else "")
                 )
 
+            study = DPStudy(shards=dp_shards, epsilon=dp_epsilon) if dp else None
             exp = Experiment(
-                out, configs, chosen, n_seeds, grid, quick, on_cell=on_cell, should_stop=stop.is_set
+                out,
+                configs,
+                chosen,
+                n_seeds,
+                grid,
+                quick,
+                on_cell=on_cell,
+                should_stop=stop.is_set,
+                dp=study,
             )
             bar.total = exp.cells()
             return await asyncio.to_thread(exp.run)
