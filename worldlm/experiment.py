@@ -383,7 +383,7 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
             "| method | test score |",
             "|---|---|",
         ]
-        for m, figures in dp["methods"].items():
+        for figures in dp["methods"].values():
             mean = figures["mean"]
             spread = f" ± {mean['ci95']:.1f}" if mean["ci95"] is not None else ""
             flag = " (diverged)" if figures["diverged_seeds"] else ""
