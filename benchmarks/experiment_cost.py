@@ -31,9 +31,8 @@ def main() -> None:
         share = sum(train[setting, method]) / sum(w)
         print(f"{setting:<14} {method:<22} {len(w):>5} {statistics.fmean(w):>8.1f} {share:>9.0%}")
     every = [x for w in walls.values() for x in w]
-    print(
-        f"all: {len(every)} cells, {statistics.fmean(every):.1f} s per cell, {sum(every) / 60:.1f} min"
-    )
+    mean, total = statistics.fmean(every), sum(every) / 60
+    print(f"all: {len(every)} cells, {mean:.1f} s per cell, {total:.1f} min")
 
 
 if __name__ == "__main__":
