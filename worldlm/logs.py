@@ -1,7 +1,8 @@
 """structlog, configured once at the entry point: JSON off a TTY, readable on one.
 
-Participants bind ``federation``, ``round`` and ``node`` per message; event names are stable
-snake_case so dashboards and tests can match them.
+Participants bind ``node``, ``role``, ``member_of`` (the federation a node is a member of;
+an aggregator's own federation is its ``node``) and ``round`` per message; event names are
+stable snake_case so dashboards and tests can match them.
 """
 
 from __future__ import annotations

@@ -113,8 +113,10 @@ class Node:
         self.producer = Producer(self.settings)
         self.state = RedisState(endpoints.redis, self.keyspace)
         self.counters: Counter[str] = Counter()
+        # member_of: the federation this node is a member of (its parent for an aggregator,
+        # "" for the root); an aggregator's own federation is its node id.
         self.log = structlog.get_logger("worldlm.node").bind(
-            node=node_id, role=role, federation=federation or node_id
+            node=node_id, role=role, member_of=federation
         )
         self._heartbeat: asyncio.Task[None] | None = None
 
