@@ -240,3 +240,46 @@ def test_a_restored_core_decides_and_aggregates_exactly_as_the_original() -> Non
     c.close("quorum", [], 2), restored.close("quorum", [], 2)
     assert same(c.weights, restored.weights)
     assert restored.meta.version == c.meta.version == 2
+
+
+# -- the named sources of nondeterminism of a live run ------------------------------------
+
+
+def test_with_a_quorum_below_one_the_first_arrivals_decide_the_round() -> None:
+    """Live, arrival order is timing: with quorum 0.5 of two, whoever arrives first is folded
+    alone (the simulator's order is fixed; a live run's is not)."""
+    h = tree(schedule={"quorum": 0.5})
+    results = []
+    for first in ("fr-0", "es-0"):
+        c = core(h)
+        c.offer(offer(c, first, seed=1 if first == "fr-0" else 2))
+        assert c.close_reason(0.0, live=2) == "quorum"
+        results.append(c.close("quorum", [], 2))
+    assert results[0].folded != results[1].folded
+
+
+def test_the_residuals_a_close_reads_change_the_key_layers() -> None:
+    """Live, a federation reads whatever its linked federations last wrote to the cache."""
+    h = hierarchy(
+        "core",
+        federations={
+            "root": {"residual": {"links": "none"}},
+            "latin": {"parent": "root", "residual": {"links": ["slavic"], "sign": -1}},
+            "slavic": {"parent": "root", "residual": {"links": "none"}},
+        },
+        clients={
+            "fr-0": ("latin", "lang-fr"),
+            "es-0": ("latin", "lang-es"),
+            "ru-0": ("slavic", "lang-ru"),
+        },
+    )
+    weights = []
+    for stale_round in (0, 1):
+        c = core(h)
+        c.offer(offer(c, "fr-0", 1))
+        c.offer(offer(c, "es-0", 2))
+        cached = {n: t + (0.01 * (stale_round + 1)) for n, t in c.weights.items() if n in c.key}
+        entries = c.residual_entries({"slavic": (stale_round, cached)})
+        c.close("quorum", entries, 2)
+        weights.append({n: c.weights[n] for n in c.key})
+    assert any(not torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
