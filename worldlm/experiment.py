@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from worldlm.centralized import train_centralized
 from worldlm.config import parse
 from worldlm.dp_study import DPStudy, clip_rule, noise_for, population, with_client_dp
 from worldlm.methods import METHODS, client_budget, method_configs, uniform_budget
@@ -41,6 +42,7 @@ EXPERIMENT_METHODS = (
     "fedavgm",
     "fedper",
     "local",
+    "centralized",
 )
 LRS = (1e-3, 3e-3, 1e-2)
 #: ``--quick``: a smaller budget per cell (and 3 seeds); the default is the demo's budget.
@@ -116,10 +118,16 @@ def run_cell(
     epsilon = 0.0
     method = cell.method.removesuffix("+dp")
     for h in method_configs(raw, method, known_partitions=known, then=then):
+        budget |= client_budget(h)
+        if method == "centralized":
+            cval, ctest, spent_s = train_centralized(h, should_stop)
+            val |= cval
+            test |= ctest
+            train_s += spent_s
+            continue
         simulation = Simulation(h, should_stop=should_stop)
         result = simulation.run()
         train_s += simulation.train_s
-        budget |= client_budget(h)
         for r in result.reports:
             if r.role == "aggregator":
                 spent = [v for k, v in r.values.items() if k.endswith("epsilon")]

@@ -162,6 +162,11 @@ def _misplaced(raw: Raw, rounds: int) -> list[Raw]:
     return [_suffix(misplace(raw), "misplaced")]
 
 
+def _centralized(raw: Raw, rounds: int) -> list[Raw]:
+    # Not a federation: the clients of this flat config are whose text is pooled.
+    return [_flat(raw, rounds, "central", key="fedavg", backbone="fedavg", residual=_NONE)]
+
+
 def _local(raw: Raw, rounds: int) -> list[Raw]:
     return [
         _flat(raw, rounds, f"local-{c}", [c], key="fedavg", backbone="fedavg", residual=_NONE)
@@ -206,6 +211,13 @@ METHODS: dict[str, Method] = {
             _fedper,
         ),
         Method("local", "Local only", "each client trains alone", _local),
+        Method(
+            "centralized",
+            "Centralized",
+            "one model on the union of the clients' training text, same total budget "
+            "(worldlm/centralized.py; the config lists the clients)",
+            _centralized,
+        ),
     )
 }
 

@@ -76,3 +76,21 @@ def test_dp_at_a_population_reports_the_same_epsilon_target_for_every_method(
     assert set(dp["methods"]) == {"fedavg", "fedavg+dp", "worldlm", "worldlm+dp"}
     for figures in dp["methods"].values():
         assert len(figures["seeds"]["0"]["curves"]) == 12
+
+
+def test_centralized_trains_one_model_on_the_union_for_the_same_total_budget() -> None:
+    from worldlm.centralized import train_centralized
+    from worldlm.experiment import setting_raw
+    from worldlm.methods import method_configs
+
+    raw = setting_raw(shipped_configs()["languages"], 0, 0.01, TINY)
+    (h,) = method_configs(raw, "centralized")
+    assert len(h.clients) == 6 and list(h.federations) == ["root"]
+    steps = []
+    val, test, seconds = train_centralized(h)
+    assert set(val) == set(test) == set(h.clients) and seconds > 0
+    budget = h.run.rounds  # flat: one round per root round
+    for curve in val.values():
+        assert [r for r, _ in curve] == list(range(budget + 1))
+        steps.append(curve[-1][1] < curve[0][1])
+    assert all(steps)  # every client's text got better: the model saw all of it
