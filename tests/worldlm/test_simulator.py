@@ -101,3 +101,31 @@ async def test_a_live_sync_run_ends_at_the_simulators_weights_bit_for_bit(
         for name in expected:
             assert torch.equal(weights[name], expected[name]), (fid, name)
     assert live.final_ppl() == simulated.final_ppl()
+
+    # Only the backbone left each federation: the root's update topic holds no key layer.
+    from aiokafka import TopicPartition
+
+    from brokers.kafka import KafkaSettings, PartitionReader
+    from schemas.codec import delta_decoder
+    from schemas.errors import WireError
+    from schemas.messages import DeltaManifest
+    from schemas.topics import Topics
+
+    topic = Topics(run_id).up(0)
+    kafka = KafkaSettings(bootstrap=servers.kafka, partitions=h.run.partitions)
+    names: dict[str, set[str]] = {}
+    start = {TopicPartition(topic, p): 0 for p in range(h.run.partitions)}
+    async with PartitionReader(kafka, start) as reader:
+        for _ in range(20):
+            for record in await reader.fetch(timeout_ms=200):
+                try:
+                    message = delta_decoder.decode(record.value or b"")
+                except WireError:
+                    continue
+                if isinstance(message, DeltaManifest):
+                    sender = message.envelope.sender
+                    names.setdefault(sender, set()).update(t.name for t in message.tensors)
+    key = sim.cores["latin"].key
+    assert key and names["latin"] and names["slavic"]
+    assert not (names["latin"] | names["slavic"]) & key
+    assert names["en-0"] >= key  # a client's update carries every tensor
