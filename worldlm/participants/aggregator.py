@@ -209,9 +209,12 @@ class AggregatorParticipant:
     # -- rounds --------------------------------------------------------------------------
 
     async def _open_round(self) -> None:
-        self.core.open_round(time.time())
-        for p in self.core.pending:  # arrivals after a restart are shown again (idempotent)
-            await self.node.state.arrive(self.id, self.core.meta.round, p.sender, quorum=1 << 30)
+        core = self.core
+        core.open_round(time.time())
+        if core.pending:  # arrivals after a restart are shown again (idempotent)
+            quorum = core.quorum(len((await self.node.state.roster(self.id)).live))
+            for p in core.pending:
+                await self.node.state.arrive(self.id, core.meta.round, p.sender, quorum=quorum)
         await self._event("opened", self.core.meta.round)
 
     async def _close(self, reason: str, live: int) -> None:
