@@ -6,9 +6,10 @@
     consume them with a PartitionReader, decode, verify every hash, reassemble, view tensors.
 
 Both run producer and consumer concurrently and are timed from the first byte encoded to the
-last record consumed. Trials alternate (a) and (b); the ratio of the medians is reported.
+last record consumed. Trials are paired and alternate their order ((b) first in even trials,
+(a) first in odd ones); every pair is printed, and the median of the paired ratios reported.
 
-    python benchmarks/transport.py [--megabytes 100] [--trials 3] [--chunk-kib 768]
+    python benchmarks/transport.py [--megabytes 100] [--trials 7] [--chunk-kib 768]
 """
 
 from __future__ import annotations
@@ -116,25 +117,42 @@ async def main(megabytes: int, trials: int, chunk_size: int) -> None:
         settings = KafkaSettings(bootstrap=servers.kafka)
         # Warm-up: first connections and first topic creation are not what we measure.
         await pipeline_trial(settings, "warmup", state_dict(8), chunk_size)
-        raw_times, ours_times = [], []
+        raw_times, ours_times, ratios = [], [], []
+        record_size = chunks = 0
         for trial in range(trials):
-            t_ours, record_size, chunks = await pipeline_trial(
-                settings, f"ours-{trial}", state, chunk_size
-            )
-            ours_times.append(t_ours)
-            raw_times.append(await raw_trial(settings, f"raw-{trial}", record_size, chunks + 1))
+            # Paired trials, order alternated: ours first in even trials, raw first in odd.
+            order = ("ours", "raw") if trial % 2 == 0 else ("raw", "ours")
+            if record_size == 0:  # the raw trial needs our record size: learn it once
+                _, record_size, chunks = await pipeline_trial(
+                    settings, "sizing", state_dict(8), chunk_size
+                )
+                _, record_size, chunks = await pipeline_trial(
+                    settings, "sizing-full", state, chunk_size
+                )
+            got: dict[str, float] = {}
+            for which in order:
+                if which == "ours":
+                    got["ours"], record_size, chunks = await pipeline_trial(
+                        settings, f"ours-{trial}", state, chunk_size
+                    )
+                else:
+                    got["raw"] = await raw_trial(settings, f"raw-{trial}", record_size, chunks + 1)
+            ours_times.append(got["ours"])
+            raw_times.append(got["raw"])
+            ratios.append(got["raw"] / got["ours"])
             print(
-                f"trial {trial}: raw {total / raw_times[-1] / 1e6:7.1f} MB/s   "
-                f"ours {total / t_ours / 1e6:7.1f} MB/s"
+                f"trial {trial} ({'/'.join(order)}): raw {total / got['raw'] / 1e6:7.1f} MB/s   "
+                f"ours {total / got['ours'] / 1e6:7.1f} MB/s   ratio {ratios[-1]:.3f}",
+                flush=True,
             )
     raw, ours = statistics.median(raw_times), statistics.median(ours_times)
     print(
         f"payload {total / 1e6:.1f} MB in {chunks} chunks of {chunk_size // 1024} KiB "
-        f"(records of {record_size} bytes), {trials} trials, medians:"
+        f"(records of {record_size} bytes), {trials} paired trials, medians:"
     )
     print(f"(a) raw aiokafka produce->consume: {total / raw / 1e6:7.1f} MB/s")
     print(f"(b) WorldLM delta pipeline:        {total / ours / 1e6:7.1f} MB/s")
-    print(f"ratio (b)/(a): {raw / ours:.3f}")
+    print(f"ratio (b)/(a): median of the paired ratios {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
@@ -142,7 +160,7 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--megabytes", type=int, default=100)
-    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--chunk-kib", type=int, default=768)
     args = parser.parse_args()
     asyncio.run(main(args.megabytes, args.trials, args.chunk_kib * 1024))
