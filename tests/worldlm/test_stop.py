@@ -1,5 +1,6 @@
 """A run can always be stopped: SIGTERM ends `worldlm run` within seconds at any phase, server
-start-up included, and its embedded broker and redis-server never outlive it."""
+start-up included, and its embedded broker and redis-server never outlive it; a run whose
+Redis dies ends in seconds with one clear error."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from brokers.embedded import EmbeddedRedis, Servers
 from tests.worldlm.participants.helpers import WORLDLM, flat_raw, poll, to_toml
 
 
@@ -74,3 +76,42 @@ async def test_sigterm_ends_a_run_in_seconds_and_leaves_no_server_behind(
             proc.kill()
             await proc.wait()
         log.close()
+
+
+async def test_a_run_whose_redis_dies_ends_in_seconds_with_one_clear_error(
+    servers: Servers, tmp_path: Path, run_id: str
+) -> None:
+    redis = EmbeddedRedis()
+    await redis.start()
+    config = tmp_path / "run.toml"
+    config.write_text(to_toml(flat_raw(run_id, rounds=50, local_steps=3)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            WORLDLM,
+            "run",
+            str(config),
+            "--kafka",
+            servers.kafka,
+            "--redis",
+            redis.url,
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+    try:
+        await asyncio.sleep(10.0)  # training by now
+        await redis.stop()
+        async with asyncio.timeout(30):
+            code = await proc.wait()
+        assert code == 1
+        lines = [line for line in log.read_text().splitlines() if not line.startswith("{")]
+        assert any(
+            line.startswith(f"worldlm: Redis at {redis.url} is unreachable") for line in lines
+        )
+        assert not any("Traceback" in line for line in lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -50,6 +50,29 @@ def _usage_errors() -> Iterator[None]:
         raise typer.BadParameter(str(exc), param_hint="--keys") from None
     except KafkaSecurityError as exc:
         raise typer.BadParameter(str(exc), param_hint="environment") from None
+    except ServerLost as exc:
+        typer.echo(f"worldlm: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+class ServerLost(Exception):
+    """Redis or Kafka stayed unreachable past the retries: the run stopped."""
+
+
+@contextlib.contextmanager
+def server_errors(kafka: str, redis: str) -> Iterator[None]:
+    """A server gone for good is one clear line (the participants have already stopped and
+    logged what they could), not an exception group's traceback."""
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        yield
+    except* (RedisConnectionError, RedisTimeoutError) as group:
+        raise ServerLost(f"Redis at {redis} is unreachable: {group.exceptions[0]}") from None
+    except* (KafkaError, ConnectionError) as group:
+        raise ServerLost(f"Kafka at {kafka} is unreachable: {group.exceptions[0]!r}") from None
 
 
 def load_config(path: Path, run_id: str | None) -> Hierarchy:
@@ -185,7 +208,7 @@ def run(
                     )
                 )
                 typer.echo(f"dashboard: {board.url}", err=True)
-            with RoundProgress(hierarchy) as progress:
+            with RoundProgress(hierarchy) as progress, server_errors(k, r):
                 result = await run_hierarchy(
                     hierarchy,
                     Endpoints(k, r, str(keys) if keys else None),

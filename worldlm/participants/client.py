@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
@@ -44,13 +45,15 @@ class ClientParticipant:
         follower = BroadcastFollower(
             node.settings, node.state, node.federation, keys=node.public_keys
         )
+        pending: set[asyncio.Future[Any]] = set()
         try:
             await node.join()
             await follower.start(self.stop)
             while not self.stop.is_set():
                 waiter = asyncio.ensure_future(follower.next(self.last_version))
                 stopper = asyncio.ensure_future(self.stop.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                pending = {waiter, stopper}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
                 if not waiter.done():
                     waiter.cancel()
@@ -65,6 +68,10 @@ class ClientParticipant:
         except FollowerStopped:
             pass
         finally:
+            for task in pending:  # cancelled mid-wait: nothing may be left unretrieved
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
             await bounded(node.log, "leave", node.leave())
             await bounded(node.log, "follower", follower.stop())
             node.log.info("client_stopped", rounds=self.rounds, **dict(node.counters))
