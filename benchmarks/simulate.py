@@ -9,7 +9,7 @@
 Both use one torch intra-op thread per training thread, as the CLI does. Trials alternate
 (a) and (b); every pair is printed, and the medians are compared.
 
-    python benchmarks/simulate.py [--config worldlm/configs/demo.toml] [--trials 3] [--quick]
+    python benchmarks/simulate.py [--config worldlm/configs/demo.toml] [--trials 7] [--quick]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ async def live(raw: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="the demo's --quick budget")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -118,21 +118,22 @@ async def main(megabytes: int, trials: int, chunk_size: int) -> None:
         # Warm-up: first connections and first topic creation are not what we measure.
         await pipeline_trial(settings, "warmup", state_dict(8), chunk_size)
         raw_times, ours_times, ratios = [], [], []
-        record_size = chunks = 0
+        # The raw trial sends records of our chunk records' size: learn the layout locally.
+        layout = encode_delta(
+            state,
+            envelope=Envelope(run="bench", sender="client-0", federation="root"),
+            kind="update",
+            base_version=0,
+            chunk_size=chunk_size,
+        )
+        record_size, chunks = len(encode(layout.chunks[0])), layout.manifest.chunk_count
         for trial in range(trials):
             # Paired trials, order alternated: ours first in even trials, raw first in odd.
             order = ("ours", "raw") if trial % 2 == 0 else ("raw", "ours")
-            if record_size == 0:  # the raw trial needs our record size: learn it once
-                _, record_size, chunks = await pipeline_trial(
-                    settings, "sizing", state_dict(8), chunk_size
-                )
-                _, record_size, chunks = await pipeline_trial(
-                    settings, "sizing-full", state, chunk_size
-                )
             got: dict[str, float] = {}
             for which in order:
                 if which == "ours":
-                    got["ours"], record_size, chunks = await pipeline_trial(
+                    got["ours"], _, _ = await pipeline_trial(
                         settings, f"ours-{trial}", state, chunk_size
                     )
                 else:

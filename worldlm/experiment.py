@@ -26,7 +26,12 @@ from worldlm.centralized import train_centralized
 from worldlm.config import parse
 from worldlm.dp_study import DPStudy, clip_rule, noise_for, population, with_client_dp
 from worldlm.methods import METHODS, client_budget, method_configs, uniform_budget
-from worldlm.report import Comparison, MethodResult, write_report
+from worldlm.report import (
+    Comparison,
+    MethodResult,
+    curves_from_reports,
+    write_report,
+)
 from worldlm.training.corpus import partitions
 
 #: The shipped data settings: name -> config file in ``worldlm/configs``.
@@ -132,10 +137,8 @@ def run_cell(
             if r.role == "aggregator":
                 spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
                 epsilon = max([epsilon, *spent])
-        for r in result.client_reports():
-            for curve, key in ((val, "val_ppl"), (test, "test_ppl")):
-                points = curve.setdefault(r.node, [])
-                points.append((len(points), r.values[key]))
+        val |= curves_from_reports(result.reports, "val_ppl")
+        test |= curves_from_reports(result.reports, "test_ppl")
     wall = time.perf_counter() - started
     return CellResult(
         MethodResult(val, wall, train_s), MethodResult(test, wall, train_s), budget, epsilon
@@ -285,8 +288,19 @@ class Experiment:
         raw0 = prepare(setting_raw(config, 0, lr[study.methods[0]], self.quick))
         h = parse(raw0, known_partitions={p.name for p in partitions()})
         rounds = uniform_budget(h)
-        clip = clip_rule(raw0)
-        sigma = noise_for(study.epsilon, study.delta, rounds)
+        # The clip rule trains every client once: kept with the cells, so a rerun reuses it.
+        rule = self.out / "cells" / name / "dp.json"
+        wanted = {"shards": study.shards, "epsilon": study.epsilon, "delta": study.delta}
+        cached = json.loads(rule.read_text()) if rule.exists() else {}
+        if cached.get("study") == wanted and cached.get("rounds") == rounds:
+            clip, sigma = cached["clip"], cached["sigma"]
+        else:
+            clip = clip_rule(raw0)
+            sigma = noise_for(study.epsilon, study.delta, rounds)
+            rule.parent.mkdir(parents=True, exist_ok=True)
+            rule.write_text(
+                json.dumps({"study": wanted, "rounds": rounds, "clip": clip, "sigma": sigma})
+            )
 
         def private(raw: dict[str, Any]) -> dict[str, Any]:
             return with_client_dp(raw, clip, sigma, study.delta)
@@ -335,66 +349,3 @@ class Experiment:
 def shipped_configs() -> dict[str, Path]:
     base = resources.files("worldlm") / "configs"
     return {name: Path(str(base / file)) for name, file in SETTINGS.items()}
-
-
-def summary_markdown(summary: dict[str, Any], command: str) -> str:
-    """One table over data settings: each method's mean test score ± 95% CI, and the ratios."""
-    lines = [
-        "# WorldLM experiment",
-        "",
-        f"Command: `{command}`. Figures: each client's mean **test** perplexity over the last "
-        "quarter of its evaluations, averaged over clients; mean ± 95% CI over "
-        f"{summary['seeds']} seeds. Learning rates chosen per method and setting on validation "
-        f"text from {summary['lrs']}. Lower is better. Per-setting reports: `<setting>/report.md`.",
-        "",
-    ]
-    settings = summary["settings"]
-    methods = list(next(iter(settings.values()))["methods"]) if settings else []
-    lines.append("| method | " + " | ".join(settings) + " |")
-    lines.append("|---|" + "---|" * len(settings))
-    for m in methods:
-        cells = []
-        for data in settings.values():
-            mean = data["methods"][m]["mean"]
-            half = mean["ci95"]
-            lr = data["lr"]["chosen"][m]
-            spread = f" ± {half:.1f}" if half is not None else ""
-            flag = " (diverged)" if data["methods"][m]["diverged_seeds"] else ""
-            cells.append(f"{mean['mean']:.1f}{spread}{flag} (lr {lr:g})")
-        lines.append(f"| {METHODS[m].label} | " + " | ".join(cells) + " |")
-    lines += ["", "Ratios to WorldLM (paired by seed; > 1: WorldLM is better):", ""]
-    lines.append("| ratio | " + " | ".join(settings) + " |")
-    lines.append("|---|" + "---|" * len(settings))
-    for m in methods:
-        if m == "worldlm":
-            continue
-        cells = []
-        for data in settings.values():
-            r = data["ratios"].get(f"{m}/worldlm")
-            if r is None:
-                cells.append("")
-                continue
-            spread = f" ± {r['ci95']:.2f}" if r["ci95"] is not None else ""
-            cells.append(f"{r['mean']:.2f}{spread}")
-        lines.append(f"| {METHODS[m].label} / WorldLM | " + " | ".join(cells) + " |")
-    dp = summary.get("dp")
-    if dp:
-        st = dp["settings"]
-        lines += [
-            "",
-            f"Differential privacy ({st['clients']} clients, members per federation "
-            f"{sorted(set(st['members_per_federation'].values()))}, DP on the client edges, "
-            f"target epsilon {st['target_epsilon']} at delta {st['delta']}, clip C = "
-            f"{st['clip_norm_C']}, noise multiplier {st['noise_multiplier']}, epsilon spent "
-            f"{st['epsilon_spent']}); full table: `{next(iter(settings))}-dp/report.md`:",
-            "",
-            "| method | test score |",
-            "|---|---|",
-        ]
-        for figures in dp["methods"].values():
-            mean = figures["mean"]
-            spread = f" ± {mean['ci95']:.1f}" if mean["ci95"] is not None else ""
-            flag = " (diverged)" if figures["diverged_seeds"] else ""
-            lines.append(f"| {figures['label']} | {mean['mean']:.1f}{spread}{flag} |")
-    lines.append("")
-    return "\n".join(lines)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -270,20 +270,82 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def curves_from_reports(reports: Sequence[Any]) -> dict[str, list[tuple[int, float]]]:
-    """Client -> [(training rounds so far, val ppl)] from a run's metrics reports, in order."""
+def curves_from_reports(
+    reports: Sequence[Any], key: str = "val_ppl"
+) -> dict[str, list[tuple[int, float]]]:
+    """Client -> [(training rounds so far, ``key``)] from a run's metrics reports, in order."""
     curve: dict[str, list[tuple[int, float]]] = {}
     for r in reports:
-        if r.role == "client" and "val_ppl" in r.values:
+        if r.role == "client" and key in r.values:
             pts = curve.setdefault(r.node, [])
-            pts.append((len(pts), r.values["val_ppl"]))
+            pts.append((len(pts), r.values[key]))
     return curve
 
 
-def merge_curves(
-    parts: Sequence[Mapping[str, list[tuple[int, float]]]],
-) -> dict[str, list[tuple[int, float]]]:
-    out: dict[str, list[tuple[int, float]]] = {}
-    for part in parts:
-        out.update(part)
-    return out
+def summary_markdown(summary: dict[str, Any], command: str) -> str:
+    """One table over data settings: each method's mean test score ± 95% CI, and the ratios."""
+    lines = [
+        "# WorldLM experiment",
+        "",
+        f"Command: `{command}`. Figures: each client's mean **test** perplexity over the last "
+        "quarter of its evaluations, averaged over clients; mean ± 95% CI over "
+        f"{summary['seeds']} seeds. Learning rates chosen per method and setting on validation "
+        f"text from {summary['lrs']}. Lower is better. Per-setting reports: `<setting>/report.md`.",
+        "",
+    ]
+    settings = summary["settings"]
+    methods = list(next(iter(settings.values()))["methods"]) if settings else []
+    lines.append("| method | " + " | ".join(settings) + " |")
+    lines.append("|---|" + "---|" * len(settings))
+    for m in methods:
+        cells = []
+        for data in settings.values():
+            mean = data["methods"][m]["mean"]
+            half = mean["ci95"]
+            lr = data["lr"]["chosen"][m]
+            spread = f" ± {half:.1f}" if half is not None else ""
+            flag = " (diverged)" if data["methods"][m]["diverged_seeds"] else ""
+            cells.append(f"{mean['mean']:.1f}{spread}{flag} (lr {lr:g})")
+        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    lines += ["", "Ratios to WorldLM (paired by seed; > 1: WorldLM is better):", ""]
+    lines.append("| ratio | " + " | ".join(settings) + " |")
+    lines.append("|---|" + "---|" * len(settings))
+    for m in methods:
+        if m == "worldlm":
+            continue
+        cells = []
+        for data in settings.values():
+            r = data["ratios"].get(f"{m}/worldlm")
+            if r is None:
+                cells.append("")
+                continue
+            spread = f" ± {r['ci95']:.2f}" if r["ci95"] is not None else ""
+            cells.append(f"{r['mean']:.2f}{spread}")
+        lines.append(f"| {_label(m)} / WorldLM | " + " | ".join(cells) + " |")
+    dp = summary.get("dp")
+    if dp:
+        st = dp["settings"]
+        lines += [
+            "",
+            f"Differential privacy ({st['clients']} clients, members per federation "
+            f"{sorted(set(st['members_per_federation'].values()))}, DP on the client edges, "
+            f"target epsilon {st['target_epsilon']} at delta {st['delta']}, clip C = "
+            f"{st['clip_norm_C']}, noise multiplier {st['noise_multiplier']}, epsilon spent "
+            f"{st['epsilon_spent']}); full table: `{next(iter(settings))}-dp/report.md`:",
+            "",
+            "| method | test score |",
+            "|---|---|",
+        ]
+        for figures in dp["methods"].values():
+            mean = figures["mean"]
+            spread = f" ± {mean['ci95']:.1f}" if mean["ci95"] is not None else ""
+            flag = " (diverged)" if figures["diverged_seeds"] else ""
+            lines.append(f"| {figures['label']} | {mean['mean']:.1f}{spread}{flag} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _label(method: str) -> str:
+    from worldlm.methods import METHODS
+
+    return METHODS[method].label

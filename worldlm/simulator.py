@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -143,7 +143,6 @@ class Simulation:
                     done.result.delta,
                     done.result.num_samples,
                     b.version,
-                    nbytes=_nbytes(done.result.delta),
                 )
                 self._queue.append(_Update(b.federation, offer))
 
@@ -171,9 +170,7 @@ class Simulation:
             parent = self.hierarchy.federations[fid].parent
             assert parent is not None
             s = core.submission()
-            offer = Offer(
-                fid, s.update_id, s.delta, s.samples, s.base_version, nbytes=_nbytes(s.delta)
-            )
+            offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
             self._queue.append(_Update(parent, offer))
         else:
             self._broadcast(fid)
@@ -218,9 +215,3 @@ def simulate(
     """Run ``hierarchy`` on the simulator; the result has the same form as a live run's."""
     simulation = Simulation(hierarchy, on_report=on_report, workers=workers)
     return simulation.run(), simulation
-
-
-def final_weights(simulation: Simulation) -> Iterator[tuple[str, Weights]]:
-    """Every federation's final model, parents first."""
-    for fed in simulation.hierarchy.walk():
-        yield fed.id, simulation.weights(fed.id)

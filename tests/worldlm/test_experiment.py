@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 
 from worldlm.dp_study import DPStudy
-from worldlm.experiment import Cell, Experiment, shipped_configs, summary_markdown
+from worldlm.experiment import Cell, Experiment, shipped_configs
+from worldlm.report import summary_markdown
 
 TINY = {"rounds": 1, "local_steps": 2, "eval_batches": 1, "seq_len": 32, "batch_size": 4}
 

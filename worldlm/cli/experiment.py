@@ -51,9 +51,9 @@ def experiment(
         EXPERIMENT_METHODS,
         Experiment,
         shipped_configs,
-        summary_markdown,
     )
     from worldlm.methods import METHODS
+    from worldlm.report import summary_markdown
     from worldlm.simulator import SimulationStopped
 
     logs.configure(level=log_level)

@@ -142,79 +142,81 @@ class AggregatorParticipant:
         while not core.meta.final:
             if self.stop.is_set():
                 raise Stopped
-            admitted = await self._intake()
+            arrived = await self._intake()
             if self._parent_wait is not None and self._parent_wait.done():
                 broadcast, self._parent_wait = self._parent_wait.result(), None
-                if broadcast is None:  # cannot happen without a timeout; wait again
-                    await self._submit()
-                    continue
+                assert broadcast is not None  # next() without a timeout waits for one
                 await self._take_parent(broadcast)
                 continue
             now = time.monotonic()
-            if not admitted and now - last_tick < TICK_S:
+            if not arrived and now - last_tick < TICK_S:
                 continue
             if now - last_tick >= TICK_S:
                 last_tick = now
                 self.intake.receiver.expire()
                 await self.node.expire_members(self.id)
-            if core.open and core.pending:
+            if arrived or (core.open and core.pending):
                 live = len((await self.node.state.roster(self.id)).live)
+                await self._show_arrivals(arrived, live)
                 reason = core.close_reason(time.time(), live)
                 if reason is not None:
                     await self._close(reason, live)
 
     # -- intake --------------------------------------------------------------------------
 
-    async def _intake(self) -> bool:
-        """Offer what the partition has to the core; True if an update was admitted."""
+    async def _intake(self) -> list[str]:
+        """Offer what the partition has to the core; the senders of the admitted updates."""
         offsets = self.core.meta.offsets
         found, offsets[self.intake.name] = await self.intake.read(offsets.get(self.intake.name, 0))
-        admitted = False
+        arrived = []
         for item in found:
             if isinstance(item, Received):
-                admitted |= await self._offer(item)
+                if (sender := await self._offer(item)) is not None:
+                    arrived.append(sender)
             else:
                 record, rejected = item
                 await self.node.dead_letter(record, rejected.reason, rejected.detail)
-        return admitted
+        return arrived
 
-    async def _offer(self, received: Received) -> bool:
+    async def _offer(self, received: Received) -> str | None:
+        """Offer one update to the core; its sender if admitted (durably), else None."""
         node, m = self.node, received.delta.manifest
         decision = self.core.offer(self.intake.offer(received))
         source = Source(received.topic, received.partition, received.first_offset)
         if isinstance(decision, Refused):
             await node.dead_letter(source, decision.reason, decision.detail, count=False)
-            return False
+            return None
         if not isinstance(decision, Accepted):
-            return False  # a duplicate: already folded or pending
+            return None  # a duplicate: already folded or pending
         # Durable first, then the offset that delivered it.
         self.checkpoint.save_pending(m.update_id, self.core.pending[-1].delta)
         self.core.meta.offsets[self.intake.name] = self.intake.safe_after(received)
         self._save(model=False)
         self._bytes_in += m.total_bytes
         await node.state.record_staleness(self.id, decision.sender, decision.staleness)
-        live = len((await node.state.roster(self.id)).live)
-        # Arrivals are shown in Redis; the quorum is the core's (ours), not the script's.
-        await node.state.arrive(
-            self.id, self.core.meta.round, decision.sender, quorum=self.core.quorum(live)
-        )
         node.log.info(
             "update_accepted",
             sender=decision.sender,
             staleness=decision.staleness,
             round=self.core.meta.round,
         )
-        return True
+        return decision.sender
+
+    async def _show_arrivals(self, senders: list[str], live: int) -> None:
+        """Arrivals are shown in Redis for others to see (idempotent); the quorum is the
+        core's, the script only records it."""
+        quorum = self.core.quorum(live)
+        for sender in senders:
+            await self.node.state.arrive(self.id, self.core.meta.round, sender, quorum=quorum)
 
     # -- rounds --------------------------------------------------------------------------
 
     async def _open_round(self) -> None:
         core = self.core
         core.open_round(time.time())
-        if core.pending:  # arrivals after a restart are shown again (idempotent)
-            quorum = core.quorum(len((await self.node.state.roster(self.id)).live))
-            for p in core.pending:
-                await self.node.state.arrive(self.id, core.meta.round, p.sender, quorum=quorum)
+        if core.pending:  # arrivals after a restart are shown again
+            live = len((await self.node.state.roster(self.id)).live)
+            await self._show_arrivals([p.sender for p in core.pending], live)
         await self._event("opened", self.core.meta.round)
 
     async def _close(self, reason: str, live: int) -> None:

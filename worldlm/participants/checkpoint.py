@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 if TYPE_CHECKING:
-    from worldlm.participants.federation import Snapshot
+    from worldlm.participants.rounds import Snapshot
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -146,7 +146,7 @@ class Checkpoint:
 
     def load_snapshot(self) -> Snapshot | None:
         """The last snapshot written here, with its pending updates; None if there is none."""
-        from worldlm.participants.federation import Pending, Snapshot
+        from worldlm.participants.rounds import Pending, Snapshot
 
         if not self.exists:
             return None

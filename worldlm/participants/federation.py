@@ -18,15 +18,24 @@ import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Meta
+from worldlm.participants.rounds import (
+    Accepted,
+    Closed,
+    Decision,
+    Duplicate,
+    Offer,
+    Pending,
+    Rejected,
+    Snapshot,
+    Submission,
+)
 from worldlm.strategies import (
     AggregateResult,
-    Rejection,
     ResidualEntry,
     RoundContext,
     Strategy,
@@ -36,106 +45,22 @@ from worldlm.strategies import (
 from worldlm.strategies.base import update_problem
 from worldlm.training.workbench import Weights, key_names
 
+__all__ = [
+    "Accepted",
+    "Closed",
+    "Decision",
+    "Duplicate",
+    "FederationCore",
+    "Offer",
+    "Pending",
+    "Rejected",
+    "Snapshot",
+    "Submission",
+    "take_parent",
+]
+
 #: How many folded update ids the core remembers for deduplication.
 SEEN_MEMORY = 10_000
-
-
-@dataclass(frozen=True, eq=False)
-class Offer:
-    """An update a child offers to its federation, as the shell decoded it.
-
-    ``verify`` checks the sender's signature (raises ``SignatureError``); None when the run
-    does not sign. ``kind`` is the manifest's kind (only ``update`` is admitted).
-    """
-
-    sender: str
-    update_id: str
-    delta: Mapping[str, torch.Tensor]
-    samples: int
-    base_version: int
-    kind: str = "update"
-    nbytes: int = 0
-    verify: Callable[[], None] | None = None
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The update was admitted into the open round (the shell persists it, then commits)."""
-
-    sender: str
-    update_id: str
-    staleness: int
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """An update id folded or pending already (at-least-once delivery): counted, dropped."""
-
-    update_id: str
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """The update cannot be folded: the shell dead-letters it with ``reason``."""
-
-    reason: str
-    detail: str
-
-
-Decision = Accepted | Duplicate | Rejected
-
-
-@dataclass
-class Pending:
-    """An admitted update waiting for its round to close."""
-
-    update_id: str
-    sender: str
-    samples: int
-    base_version: int
-    delta: Mapping[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Closed:
-    """What closing a round produced; the shell publishes it.
-
-    ``residual`` is this federation's key layers for the residual cache (None without K);
-    ``exchange`` says the federation must now submit to its parent and wait for its
-    broadcast before broadcasting itself; ``final`` ends the run (root only).
-    """
-
-    round: int
-    reason: str
-    version: int
-    folded: tuple[str, ...]
-    rejected: tuple[Rejection, ...]
-    residual: dict[str, torch.Tensor] | None
-    exchange: bool
-    final: bool
-    values: dict[str, float]
-
-
-@dataclass(frozen=True, eq=False)
-class Submission:
-    """This federation's update to its parent: the backbone delta since the parent's model."""
-
-    update_id: str
-    delta: dict[str, torch.Tensor]
-    samples: int
-    base_version: int
-    round: int
-
-
-@dataclass
-class Snapshot:
-    """Everything a restart needs: the JSON part, the tensors, and the pending deltas."""
-
-    meta: Meta
-    weights: Weights
-    base: Weights
-    strategy: dict[str, object]
-    pending: list[Pending] = field(default_factory=list)
 
 
 def take_parent(

@@ -107,6 +107,5 @@ class Intake:
             m.sample_count,
             m.base_version,
             kind=m.kind,
-            nbytes=m.total_bytes,
             verify=verify if keys is not None else None,
         )
