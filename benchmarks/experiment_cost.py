@@ -32,7 +32,15 @@ def main() -> None:
         print(f"{setting:<14} {method:<22} {len(w):>5} {statistics.fmean(w):>8.1f} {share:>9.0%}")
     every = [x for w in walls.values() for x in w]
     mean, total = statistics.fmean(every), sum(every) / 60
-    print(f"all: {len(every)} cells, {mean:.1f} s per cell, {total:.1f} min")
+    print(f"all: {len(every)} cells, {mean:.1f} s per cell, {total:.1f} min of cell time")
+    summary = out / "summary.json"
+    if summary.exists():
+        data = json.loads(summary.read_text())
+        if "wall_s" in data:
+            print(
+                f"the last invocation: {data['wall_s'] / 60:.1f} min wall on "
+                f"{data.get('processes', 1)} processes (cells reused from an earlier one cost 0)"
+            )
 
 
 if __name__ == "__main__":

@@ -13,26 +13,31 @@ held-out **test** split (``run.test_fraction``), never used for any choice.
 
 from __future__ import annotations
 
+import functools
 import json
-import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from worldlm.centralized import train_centralized
 from worldlm.config import parse
 from worldlm.dp_study import DPStudy, clip_rule, noise_for, population, with_client_dp
-from worldlm.methods import METHODS, client_budget, method_configs, uniform_budget
-from worldlm.report import (
-    Comparison,
-    MethodResult,
-    curves_from_reports,
-    write_report,
+from worldlm.grid import (
+    QUICK,
+    STANDARD,
+    Cell,
+    CellResult,
+    Job,
+    load_cell,
+    run_jobs,
+    setting_raw,
 )
+from worldlm.methods import METHODS, client_budget, uniform_budget
+from worldlm.report import Comparison, MethodResult, write_report
 from worldlm.training.corpus import partitions
+
+__all__ = ["QUICK", "STANDARD", "Cell", "Experiment", "setting_raw", "shipped_configs"]
 
 #: The shipped data settings: name -> config file in ``worldlm/configs``.
 SETTINGS = {"languages": "demo.toml", "domains": "domains.toml", "mixed": "mixed.toml"}
@@ -50,146 +55,30 @@ EXPERIMENT_METHODS = (
     "centralized",
 )
 LRS = (1e-3, 3e-3, 1e-2)
-#: ``--quick``: a smaller budget per cell (and 3 seeds); the default is the demo's budget.
-QUICK = {"rounds": 1, "local_steps": 5, "eval_batches": 1, "seq_len": 32, "batch_size": 8}
-TEST_FRACTION = 0.1
-
-
-@dataclass
-class Cell:
-    setting: str
-    method: str
-    seed: int
-    lr: float
-
-    def path(self, out: Path) -> Path:
-        return out / "cells" / self.setting / self.method / f"lr{self.lr:g}-s{self.seed}.json"
-
-
-@dataclass
-class CellResult:
-    val: MethodResult
-    test: MethodResult
-    budget: dict[str, int] = field(default_factory=dict)
-    epsilon: float = 0.0  # the largest (epsilon at delta) any federation of the cell spent
-
-
-def setting_raw(config: Path, seed: int, lr: float, quick: bool | dict[str, int]) -> dict[str, Any]:
-    """A setting's config with the cell's seed and learning rate (and the quick budget, or
-    the given overrides of ``QUICK``'s keys)."""
-    raw = tomllib.loads(config.read_text())
-    run = raw.setdefault("run", {})
-    run.update(seed=seed, lr=lr, test_fraction=TEST_FRACTION)
-    run["id"] = f"{run.get('id', config.stem)}-s{seed}-lr{lr:g}"
-    raw["defaults"].pop("lr", None)
-    for table in raw.get("federations", {}).values():
-        table.pop("lr", None)
-    if quick:
-        budget = QUICK if quick is True else quick
-        for key in ("rounds", "eval_batches", "seq_len", "batch_size"):
-            if key in budget:
-                run[key] = budget[key]
-        raw["defaults"]["local_steps"] = budget["local_steps"]
-        for table in raw.get("federations", {}).values():
-            table.pop("local_steps", None)
-    return raw
-
-
-def run_cell(
-    cell: Cell,
-    config: Path,
-    quick: bool | dict[str, int],
-    should_stop: Callable[[], bool] | None = None,
-    *,
-    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    then: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-) -> CellResult:
-    """One cell on the simulator: validation and test curves of every client.
-
-    ``prepare`` changes the setting's config before the method is built (e.g. a larger
-    population); ``then`` changes each config the method built (e.g. DP on its edges).
-    """
-    from worldlm.simulator import Simulation
-
-    known = {p.name for p in partitions()}
-    raw = setting_raw(config, cell.seed, cell.lr, quick)
-    if prepare is not None:
-        raw = prepare(raw)
-    started = time.perf_counter()
-    val: dict[str, list[tuple[int, float]]] = {}
-    test: dict[str, list[tuple[int, float]]] = {}
-    budget: dict[str, int] = {}
-    train_s = 0.0
-    epsilon = 0.0
-    method = cell.method.removesuffix("+dp")
-    for h in method_configs(raw, method, known_partitions=known, then=then):
-        budget |= client_budget(h)
-        if method == "centralized":
-            cval, ctest, spent_s = train_centralized(h, should_stop)
-            val |= cval
-            test |= ctest
-            train_s += spent_s
-            continue
-        simulation = Simulation(h, should_stop=should_stop)
-        result = simulation.run()
-        train_s += simulation.train_s
-        for r in result.reports:
-            if r.role == "aggregator":
-                spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
-                epsilon = max([epsilon, *spent])
-        val |= curves_from_reports(result.reports, "val_ppl")
-        test |= curves_from_reports(result.reports, "test_ppl")
-    wall = time.perf_counter() - started
-    return CellResult(
-        MethodResult(val, wall, train_s), MethodResult(test, wall, train_s), budget, epsilon
-    )
-
-
-def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "cell": cell.__dict__,
-        "val": {c: [list(p) for p in pts] for c, pts in result.val.curve.items()},
-        "test": {c: [list(p) for p in pts] for c, pts in result.test.curve.items()},
-        "wall_s": result.val.wall_s,
-        "train_s": result.val.train_s,
-        "budget": result.budget,
-        "epsilon": result.epsilon,
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)  # a killed experiment never leaves a torn cell
-
-
-def load_cell(path: Path) -> CellResult:
-    data = json.loads(path.read_text())
-
-    def curves(d: dict[str, list[list[float]]]) -> dict[str, list[tuple[int, float]]]:
-        return {c: [(int(r), float(p)) for r, p in pts] for c, pts in d.items()}
-
-    wall, train = data["wall_s"], data["train_s"]
-    return CellResult(
-        MethodResult(curves(data["val"]), wall, train),
-        MethodResult(curves(data["test"]), wall, train),
-        data.get("budget", {}),
-        data.get("epsilon", 0.0),
-    )
 
 
 @dataclass
 class Experiment:
-    """The grid and where it writes."""
+    """The grid and where it writes.
+
+    :meth:`run` works in two phases, each running its missing cells over ``processes``
+    processes: first every method's seed 0 at every rate of the grid; then, at the rates
+    chosen on validation, the other seeds, the misplaced tree and the DP study. The reports
+    are then built from the cells on disk.
+    """
 
     out: Path
     configs: dict[str, Path]
     methods: Sequence[str] = EXPERIMENT_METHODS
     seeds: int = 5
     lrs: Sequence[float] = LRS
-    quick: bool | dict[str, int] = False  # True: QUICK; a dict: another small budget
+    budget: dict[str, int] | None = field(default_factory=lambda: dict(STANDARD))
     on_cell: Callable[[Cell, bool], None] | None = None  # (cell, was it cached)
     should_stop: Callable[[], bool] | None = None
     #: DP at a population, on the first data setting (None: skip)
     dp: DPStudy | None = None
+    processes: int = 1
+    command: str = "worldlm experiment"
 
     def cells(self) -> int:
         """How many cells the grid has (the misplaced tree runs at WorldLM's rate only)."""
@@ -202,53 +91,96 @@ class Experiment:
         dp = 0 if self.dp is None else 2 * len(self.dp.methods) * self.seeds
         return len(self.configs) * per_setting + dp
 
-    def cell(self, cell: Cell, config: Path | None = None, **transforms: Any) -> CellResult:
-        path = cell.path(self.out)
-        if path.exists():
-            result = load_cell(path)
-            cached = True
-        else:
-            config = config or self.configs[cell.setting]
-            result = run_cell(cell, config, self.quick, self.should_stop, **transforms)
-            save_cell(path, cell, result)
-            cached = False
-        if self.on_cell is not None:
-            self.on_cell(cell, cached)
-        return result
-
     def run(self) -> dict[str, Any]:
-        summary: dict[str, Any] = {"settings": {}}
-        for setting, config in self.configs.items():
-            summary["settings"][setting] = self._setting(setting, config)
+        self._reported: set[Cell] = set()
+        self._jobs(self._tuning_jobs())
+        chosen = {s: self._choose(s) for s in self.configs}
+        later = [j for s, c in self.configs.items() for j in self._seed_jobs(s, c, chosen[s])]
         if self.dp is not None:
             setting, config = next(iter(self.configs.items()))
-            chosen = summary["settings"][setting]["lr"]["chosen"]
-            summary["dp"] = self._dp(setting, config, self.dp, chosen)
-        summary["quick"] = bool(self.quick)
+            later += self._dp_jobs(setting, config, self.dp, chosen[setting])
+        self._jobs(later)
+        summary: dict[str, Any] = {"settings": {}}
+        for setting, config in self.configs.items():
+            summary["settings"][setting] = self._setting(setting, config, chosen[setting])
+        if self.dp is not None:
+            setting, config = next(iter(self.configs.items()))
+            summary["dp"] = self._dp(setting, config, self.dp, chosen[setting])
+        summary["budget"] = self.budget
         summary["seeds"] = self.seeds
         summary["lrs"] = list(self.lrs)
         return summary
 
-    def _setting(self, setting: str, config: Path) -> dict[str, Any]:
-        results: dict[str, dict[int, MethodResult]] = {}
+    # -- the grid ------------------------------------------------------------------------
+
+    def _grid(self, method: str) -> bool:
+        """Whether ``method`` picks its rate (the misplaced tree runs at WorldLM's)."""
+        return not (method == "worldlm_misplaced" and "worldlm" in self.methods)
+
+    def _tuning_jobs(self) -> list[Job]:
+        return [
+            Job(Cell(s, m, 0, lr), c)
+            for s, c in self.configs.items()
+            for m in self.methods
+            if self._grid(m)
+            for lr in self.lrs
+        ]
+
+    def _choose(self, setting: str) -> dict[str, float]:
         chosen: dict[str, float] = {}
+        for m in self.methods:
+            if self._grid(m):
+                val = {lr: self._load(Cell(setting, m, 0, lr)).val.mean for lr in self.lrs}
+                chosen[m] = min(val, key=val.__getitem__)
+        if "worldlm_misplaced" in self.methods and "worldlm" in chosen:
+            chosen["worldlm_misplaced"] = chosen["worldlm"]
+        return chosen
+
+    def _seed_jobs(self, setting: str, config: Path, chosen: dict[str, float]) -> list[Job]:
+        return [
+            Job(Cell(setting, m, seed, chosen[m]), config)
+            for m in self.methods
+            for seed in range(0 if not self._grid(m) else 1, self.seeds)
+        ]
+
+    def _jobs(self, jobs: list[Job]) -> None:
+        def done(cell: Cell) -> None:
+            self._reported.add(cell)
+            if self.on_cell is not None:
+                self.on_cell(cell, False)
+
+        run_jobs(
+            jobs,
+            self.out,
+            self.budget,
+            processes=self.processes,
+            should_stop=self.should_stop,
+            on_done=done,
+        )
+        for job in jobs:  # cells a previous run left
+            if job.cell not in self._reported:
+                self._reported.add(job.cell)
+                if self.on_cell is not None:
+                    self.on_cell(job.cell, True)
+
+    def _load(self, cell: Cell) -> CellResult:
+        return load_cell(cell.path(self.out))
+
+    # -- reports -------------------------------------------------------------------------
+
+    def _setting(self, setting: str, config: Path, chosen: dict[str, float]) -> dict[str, Any]:
+        results: dict[str, dict[int, MethodResult]] = {}
         selection: dict[str, dict[str, float]] = {}
         for method in self.methods:
-            # the misplaced tree runs at WorldLM's rate: it asks what the tree costs, not
-            # what a retuned method could recover
-            grid = (
-                [chosen["worldlm"]]
-                if method == "worldlm_misplaced" and "worldlm" in chosen
-                else self.lrs
-            )
-            val = {lr: self.cell(Cell(setting, method, 0, lr)) for lr in grid}
-            selection[method] = {f"{lr:g}": v.val.mean for lr, v in val.items()}
-            best = min(val, key=lambda lr: val[lr].val.mean)
-            chosen[method] = best
-            results[method] = {0: val[best].test}
-            for seed in range(1, self.seeds):
-                results[method][seed] = self.cell(Cell(setting, method, seed, best)).test
-        raw = setting_raw(config, 0, chosen.get("worldlm", self.lrs[0]), self.quick)
+            grid = self.lrs if self._grid(method) else [chosen[method]]
+            selection[method] = {
+                f"{lr:g}": self._load(Cell(setting, method, 0, lr)).val.mean for lr in grid
+            }
+            results[method] = {
+                seed: self._load(Cell(setting, method, seed, chosen[method])).test
+                for seed in range(self.seeds)
+            }
+        raw = setting_raw(config, 0, chosen.get("worldlm", self.lrs[0]), self.budget)
         h = parse(raw, known_partitions={p.name for p in partitions()})
         comparison = Comparison(
             results,
@@ -261,34 +193,31 @@ class Experiment:
                 "local_steps": h.client_policy(next(iter(h.clients))).local_steps,
                 "seeds": self.seeds,
                 "lr_grid": list(self.lrs),
-                "quick": bool(self.quick),
+                "budget": self.budget,
             },
             split="test",
         )
-        command = (
-            "worldlm experiment" + (" --quick" if self.quick else "") + f" --seeds {self.seeds}"
-        )
         data = write_report(
-            self.out / setting, comparison, title=f"WorldLM experiment: {setting}", command=command
+            self.out / setting,
+            comparison,
+            title=f"WorldLM experiment: {setting}",
+            command=self.command,
         )
         data["lr"] = {"chosen": {m: chosen[m] for m in self.methods}, "validation": selection}
         (self.out / setting / "report.json").write_text(json.dumps(data, indent=2))
         return data
 
-    def _dp(
+    def _dp_plan(
         self, setting: str, config: Path, study: DPStudy, chosen: dict[str, float]
     ) -> dict[str, Any]:
-        """Each method with and without DP on the client edges, at a larger population."""
+        """The DP study's population, clip norm and noise multiplier (fixed before any DP
+        cell); the clip rule trains every client once, so it is kept with the cells."""
         name = f"{setting}-dp"
-
-        def prepare(raw: dict[str, Any]) -> dict[str, Any]:
-            return population(raw, study.shards)
-
+        prepare = functools.partial(population, shards=study.shards)
         lr = {m: chosen.get(m, self.lrs[0]) for m in study.methods}
-        raw0 = prepare(setting_raw(config, 0, lr[study.methods[0]], self.quick))
+        raw0 = prepare(setting_raw(config, 0, lr[study.methods[0]], self.budget))
         h = parse(raw0, known_partitions={p.name for p in partitions()})
         rounds = uniform_budget(h)
-        # The clip rule trains every client once: kept with the cells, so a rerun reuses it.
         rule = self.out / "cells" / name / "dp.json"
         wanted = {"shards": study.shards, "epsilon": study.epsilon, "delta": study.delta}
         cached = json.loads(rule.read_text()) if rule.exists() else {}
@@ -301,21 +230,38 @@ class Experiment:
             rule.write_text(
                 json.dumps({"study": wanted, "rounds": rounds, "clip": clip, "sigma": sigma})
             )
+        private = functools.partial(with_client_dp, clip=clip, sigma=sigma, delta=study.delta)
+        jobs = {
+            (method, dp, seed): Job(
+                Cell(name, f"{method}+dp" if dp else method, seed, lr[method]),
+                config,
+                prepare,
+                private if dp else None,
+            )
+            for method in study.methods
+            for dp in (False, True)
+            for seed in range(self.seeds)
+        }
+        return {"name": name, "h": h, "rounds": rounds, "clip": clip, "sigma": sigma, "jobs": jobs}
 
-        def private(raw: dict[str, Any]) -> dict[str, Any]:
-            return with_client_dp(raw, clip, sigma, study.delta)
+    def _dp_jobs(
+        self, setting: str, config: Path, study: DPStudy, chosen: dict[str, float]
+    ) -> list[Job]:
+        return list(self._dp_plan(setting, config, study, chosen)["jobs"].values())
 
+    def _dp(
+        self, setting: str, config: Path, study: DPStudy, chosen: dict[str, float]
+    ) -> dict[str, Any]:
+        """Each method with and without DP on the client edges, at a larger population."""
+        plan = self._dp_plan(setting, config, study, chosen)
+        name, h, rounds, clip, sigma = (plan[k] for k in ("name", "h", "rounds", "clip", "sigma"))
         results: dict[str, dict[int, MethodResult]] = {}
         spent: dict[str, float] = {}
-        for method in study.methods:
-            for dp in (False, True):
-                key = f"{method}+dp" if dp else method
-                results[key] = {}
-                for seed in range(self.seeds):
-                    cell = Cell(name, key, seed, lr[method])
-                    got = self.cell(cell, config, prepare=prepare, then=private if dp else None)
-                    results[key][seed] = got.test
-                    spent[key] = max(spent.get(key, 0.0), got.epsilon)
+        for (_, _, seed), job in plan["jobs"].items():
+            key = job.cell.method
+            got = self._load(job.cell)
+            results.setdefault(key, {})[seed] = got.test
+            spent[key] = max(spent.get(key, 0.0), got.epsilon)
         members = {f.id: len(f.clients) for f in h.federations.values() if f.clients}
         comparison = Comparison(
             results,
@@ -335,13 +281,15 @@ class Experiment:
                 "target_epsilon": study.epsilon,
                 "delta": study.delta,
                 "epsilon_spent": {k: round(v, 3) for k, v in spent.items() if v},
-                "quick": bool(self.quick),
+                "budget": self.budget,
             },
             split="test",
         )
-        command = "worldlm experiment" + (" --quick" if self.quick else "")
         data = write_report(
-            self.out / name, comparison, title=f"DP at a population: {setting}", command=command
+            self.out / name,
+            comparison,
+            title=f"DP at a population: {setting}",
+            command=self.command,
         )
         return data
 

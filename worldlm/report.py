@@ -290,7 +290,9 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
         f"Command: `{command}`. Figures: each client's mean **test** perplexity over the last "
         "quarter of its evaluations, averaged over clients; mean ± 95% CI over "
         f"{summary['seeds']} seeds. Learning rates chosen per method and setting on validation "
-        f"text from {summary['lrs']}. Lower is better. Per-setting reports: `<setting>/report.md`.",
+        f"text from {summary['lrs']}. Budget per cell: "
+        f"{summary.get('budget') or 'each config its own'}. Lower is better. Per-setting "
+        "reports: `<setting>/report.md`.",
         "",
     ]
     settings = summary["settings"]

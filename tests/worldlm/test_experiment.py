@@ -22,7 +22,8 @@ def test_a_tiny_grid_runs_end_to_end_and_a_rerun_reuses_every_cell(tmp_path: Pat
         methods=("worldlm", "fedavg", "worldlm_misplaced"),
         seeds=2,
         lrs=(0.003, 0.01),
-        quick=TINY,
+        budget=TINY,
+        processes=2,  # cells in a process pool, as the CLI runs them
         on_cell=lambda cell, cached: seen.append((cell, cached)),
     )
     summary = exp.run()
@@ -62,7 +63,7 @@ def test_dp_at_a_population_reports_the_same_epsilon_target_for_every_method(
         methods=("fedavg", "worldlm"),
         seeds=2,
         lrs=(0.003,),
-        quick=TINY,
+        budget=TINY,
         dp=DPStudy(shards=2, epsilon=8.0, methods=("fedavg", "worldlm")),
     )
     summary = exp.run()

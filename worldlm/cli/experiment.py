@@ -19,7 +19,16 @@ def experiment(
         ),
     ] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="Default 5; 3 quick.")] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="A small budget per cell.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A smoke-sized budget per cell (3 seeds).")
+    ] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="Each config's own budget instead of the standard.")
+    ] = False,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", "-j", min=1, help="Cells at a time; default: one per core."),
+    ] = None,
     methods: Annotated[
         str | None, typer.Option("--methods", help="Comma-separated (worldlm/methods.py).")
     ] = None,
@@ -49,9 +58,12 @@ def experiment(
     from worldlm.dp_study import DPStudy
     from worldlm.experiment import (
         EXPERIMENT_METHODS,
+        QUICK,
+        STANDARD,
         Experiment,
         shipped_configs,
     )
+    from worldlm.grid import default_processes
     from worldlm.methods import METHODS
     from worldlm.report import summary_markdown
     from worldlm.simulator import SimulationStopped
@@ -66,7 +78,18 @@ def experiment(
         )
     configs = {p.stem: p for p in config} if config else shipped_configs()
     grid = tuple(float(x) for x in lrs.split(",") if x.strip())
+    if quick and full:
+        raise typer.BadParameter("choose one of --quick and --full", param_hint="--full")
     n_seeds = seeds or (3 if quick else 5)
+    budget = QUICK if quick else None if full else STANDARD
+    command = (
+        "worldlm experiment"
+        + (" --quick" if quick else " --full" if full else "")
+        + f" --seeds {n_seeds}"
+        + (f" --config {' --config '.join(str(c) for c in config)}" if config else "")
+        + (f" --methods {methods}" if methods else "")
+        + ("" if dp else " --no-dp")
+    )
 
     async def main(stop: asyncio.Event) -> dict:
         with tqdm(desc="cells", unit="cell") as bar:
@@ -85,20 +108,27 @@ def experiment(
                 chosen,
                 n_seeds,
                 grid,
-                quick,
+                budget,
                 on_cell=on_cell,
                 should_stop=stop.is_set,
                 dp=study,
+                processes=processes or default_processes(),
+                command=command,
             )
             bar.total = exp.cells()
             return await asyncio.to_thread(exp.run)
 
+    import time
+
+    started = time.perf_counter()
     try:
         summary = run_until_signal(main)
     except SimulationStopped:
         typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
         raise typer.Exit(130) from None
-    command = "worldlm experiment" + (" --quick" if quick else "") + f" --seeds {n_seeds}"
+    # this invocation's wall time (cells a previous invocation left cost it nothing)
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    summary["processes"] = processes or default_processes()
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(summary_markdown(summary, command))
     typer.echo((out / "report.md").read_text())
