@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,6 +37,7 @@ from worldlm.grid import (
 from worldlm.methods import METHODS, client_budget, uniform_budget
 from worldlm.report import Comparison, MethodResult, write_report
 from worldlm.training.corpus import partitions
+from worldlm.training.workbench import initial_weights
 
 __all__ = ["QUICK", "STANDARD", "Cell", "Experiment", "setting_raw", "shipped_configs"]
 
@@ -263,6 +265,10 @@ class Experiment:
             results.setdefault(key, {})[seed] = got.test
             spent[key] = max(spent.get(key, 0.0), got.epsilon)
         members = {f.id: len(f.clients) for f in h.federations.values() if f.clients}
+        params = sum(w.numel() for w in initial_weights(h.run).values() if w.is_floating_point())
+        # The noise a federation's average carries, against the clipped update it hides: the
+        # Gaussian's norm sigma*C*sqrt(d)/n over C (n members). Above ~1 the noise dominates.
+        noise_to_signal = sigma * math.sqrt(params) / min(members.values())
         comparison = Comparison(
             results,
             groups={c: cl.federation for c, cl in h.clients.items()},
@@ -278,6 +284,8 @@ class Experiment:
                 "client_rounds": rounds,
                 "clip_norm_C": round(clip, 4),
                 "noise_multiplier": round(sigma, 4),
+                "update_params": params,
+                "noise_norm_over_clip": round(noise_to_signal, 1),
                 "target_epsilon": study.epsilon,
                 "delta": study.delta,
                 "epsilon_spent": {k: round(v, 3) for k, v in spent.items() if v},

@@ -332,7 +332,8 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
             f"Differential privacy ({st['clients']} clients, members per federation "
             f"{sorted(set(st['members_per_federation'].values()))}, DP on the client edges, "
             f"target epsilon {st['target_epsilon']} at delta {st['delta']}, clip C = "
-            f"{st['clip_norm_C']}, noise multiplier {st['noise_multiplier']}, epsilon spent "
+            f"{st['clip_norm_C']}, noise multiplier {st['noise_multiplier']}, noise norm in "
+            f"each federation's average {st.get('noise_norm_over_clip', '?')} x C, epsilon spent "
             f"{st['epsilon_spent']}); full table: `{next(iter(settings))}-dp/report.md`:",
             "",
             "| method | test score |",
