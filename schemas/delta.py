@@ -27,7 +27,14 @@ from schemas.errors import (
     ManifestError,
     TensorFormatError,
 )
-from schemas.messages import DeltaChunk, DeltaKind, DeltaManifest, DeltaMessage, Envelope
+from schemas.messages import (
+    DeltaChunk,
+    DeltaKind,
+    DeltaManifest,
+    DeltaMessage,
+    Envelope,
+    TensorCodec,
+)
 from schemas.signing import sign_manifest
 from schemas.tensors import Segments, check_specs, layout, unpack
 
@@ -104,12 +111,14 @@ def encode_delta(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     update_id: str | None = None,
     signer: Ed25519PrivateKey | None = None,
+    codecs: Mapping[str, TensorCodec] | None = None,
 ) -> EncodedDelta:
     """Lay out and hash ``tensors``; chunks are cut from their memory as they are published.
 
     With a ``signer`` the manifest also carries the payload's BLAKE2b digest and the signer's
-    Ed25519 signature (:mod:`schemas.signing`). The tensors must not change until the delta
-    has been published.
+    Ed25519 signature (:mod:`schemas.signing`). ``codecs`` says which tensors are compressed
+    and how (:mod:`schemas.compression`). The tensors must not change until the delta has
+    been published.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -131,6 +140,7 @@ def encode_delta(
         version=version,
         round=round,
         metrics=dict(metrics or {}),
+        codecs=dict(codecs or {}),
     )
     if signer is not None:
         manifest = sign_manifest(manifest, signer, segments.iter_parts())

@@ -67,3 +67,10 @@ class TensorFormatError(WireError):
     """A tensor of a dtype or layout the wire format does not carry."""
 
     reason = "bad_tensor"
+
+
+class CodecError(WireError):
+    """A compressed delta whose codec map and tensors disagree (unknown codec, a missing or
+    misshapen companion tensor, a topk index out of range)."""
+
+    reason = "bad_codec"

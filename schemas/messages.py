@@ -49,6 +49,15 @@ class TensorSpec(msgspec.Struct, frozen=True, array_like=True):
     nbytes: int
 
 
+class TensorCodec(msgspec.Struct, frozen=True, array_like=True):
+    """How one tensor of a delta was compressed (``schemas/compression.py``): the codec's
+    name, the tensor's own shape, and for ``int8`` the values per scale."""
+
+    codec: str
+    shape: tuple[int, ...]
+    block: int = 0
+
+
 DeltaKind = Literal["update", "broadcast", "residual"]
 
 
@@ -75,6 +84,8 @@ class DeltaManifest(Message, frozen=True, tag="manifest"):
     #: Ed25519 signature over this manifest with ``signature`` empty.
     digest: str = ""
     signature: bytes = b""
+    #: Compressed tensors only: tensor name -> its codec (absent: sent as it is).
+    codecs: dict[str, TensorCodec] = {}
 
 
 class DeltaChunk(Message, frozen=True, tag="chunk"):
