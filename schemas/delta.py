@@ -35,12 +35,14 @@ from schemas.messages import (
     Envelope,
     TensorCodec,
 )
+from schemas.sealing import TAG_BYTES, Opener, SealError, Unsealer, seal_delta
 from schemas.signing import sign_manifest
 from schemas.tensors import Segments, check_specs, layout, unpack
 
 if TYPE_CHECKING:
     import torch
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 #: Default chunk payload: well under Kafka's default 1 MiB record limit, envelope included.
 DEFAULT_CHUNK_SIZE = 768 * 1024
@@ -66,16 +68,23 @@ def new_update_id() -> str:
 class EncodedDelta:
     """A delta ready to publish: its manifest, then its chunks, built on demand."""
 
-    def __init__(self, manifest: DeltaManifest, segments: Segments) -> None:
+    def __init__(
+        self, manifest: DeltaManifest, segments: Segments, sealed: list[bytes] | None = None
+    ) -> None:
         self.manifest = manifest
         self.segments = segments
+        self.sealed = sealed  # encrypted chunks of a sealed delta (schemas.sealing)
 
     def chunk(self, index: int) -> DeltaChunk:
-        """Chunk ``index``: a view into the tensors' memory where it lies inside one tensor."""
+        """Chunk ``index``: a view into the tensors' memory where it lies inside one tensor
+        (or its ciphertext, when sealed)."""
         m = self.manifest
         if not 0 <= index < m.chunk_count:
             raise IndexError(f"chunk {index} of {m.chunk_count}")
-        data = self.segments.read(index * m.chunk_size, (index + 1) * m.chunk_size)
+        if self.sealed is not None:
+            data: memoryview | bytes = self.sealed[index]
+        else:
+            data = self.segments.read(index * m.chunk_size, (index + 1) * m.chunk_size)
         view = data if isinstance(data, memoryview) else memoryview(data)
         return DeltaChunk(
             envelope=m.envelope,
@@ -112,13 +121,16 @@ def encode_delta(
     update_id: str | None = None,
     signer: Ed25519PrivateKey | None = None,
     codecs: Mapping[str, TensorCodec] | None = None,
+    seal_to: Mapping[str, X25519PublicKey] | None = None,
 ) -> EncodedDelta:
     """Lay out and hash ``tensors``; chunks are cut from their memory as they are published.
 
     With a ``signer`` the manifest also carries the payload's BLAKE2b digest and the signer's
     Ed25519 signature (:mod:`schemas.signing`). ``codecs`` says which tensors are compressed
-    and how (:mod:`schemas.compression`). The tensors must not change until the delta has
-    been published.
+    and how (:mod:`schemas.compression`). With ``seal_to`` (recipient id -> X25519 public
+    key) the chunks are encrypted so only those recipients can read them
+    (:mod:`schemas.sealing`), and a signature covers the ciphertext. The tensors must not
+    change until the delta has been published.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -142,9 +154,12 @@ def encode_delta(
         metrics=dict(metrics or {}),
         codecs=dict(codecs or {}),
     )
+    sealed = None
+    if seal_to is not None:
+        manifest, sealed = seal_delta(manifest, segments, seal_to)
     if signer is not None:
-        manifest = sign_manifest(manifest, signer, segments.iter_parts())
-    return EncodedDelta(manifest, segments)
+        manifest = sign_manifest(manifest, signer, sealed or segments.iter_parts())
+    return EncodedDelta(manifest, segments, sealed)
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,7 @@ class _Partial:
     received: set[int] = field(default_factory=set)
     early: dict[int, DeltaChunk] = field(default_factory=dict)
     early_bytes: int = 0
+    opener: Opener | None = None
 
 
 Key = tuple[str, str]
@@ -199,16 +215,21 @@ class Reassembler:
     ``add`` takes manifests and chunks in any order, ignores duplicates, raises a
     :class:`~schemas.errors.WireError` (and counts it) for a bad chunk or manifest without
     disturbing other updates, and returns a :class:`CompletedDelta` when an update is whole.
+
+    With an ``unsealer`` it reads only deltas sealed to its owner, opening each chunk on
+    arrival (a tampered one is refused alone); without one it refuses sealed deltas.
     """
 
     def __init__(
         self,
         *,
+        unsealer: Unsealer | None = None,
         ttl_s: float = 600.0,
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
         remember_completed: int = 65536,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.unsealer = unsealer
         self.ttl_s = ttl_s
         self.max_update_bytes = max_update_bytes
         self.counters = ReassemblyCounters()
@@ -263,7 +284,8 @@ class Reassembler:
 
     def _add_manifest(self, key: Key, partial: _Partial, manifest: DeltaManifest) -> None:
         if partial.manifest is not None:
-            if partial.manifest.content_hash != manifest.content_hash:
+            first = partial.manifest
+            if first.content_hash != manifest.content_hash or first.seal != manifest.seal:
                 self.counters.updates_rejected += 1
                 raise ManifestError(
                     f"update {key[1]} from {key[0]}: a second manifest with another content hash"
@@ -271,7 +293,8 @@ class Reassembler:
             return
         try:
             self._check_manifest(manifest)
-        except (ManifestError, TensorFormatError):
+            partial.opener = self._opener(manifest)
+        except (ManifestError, TensorFormatError, SealError):
             self.counters.updates_rejected += 1
             if not partial.early:
                 del self._partials[key]
@@ -284,8 +307,16 @@ class Reassembler:
         for chunk in early.values():
             try:
                 self._place(partial, chunk)
-            except ChunkError:
+            except (ChunkError, SealError):
                 pass  # counted in _place; other chunks still count
+
+    def _opener(self, m: DeltaManifest) -> Opener | None:
+        if self.unsealer is not None:
+            return self.unsealer.opener(m)
+        if m.seal is not None:
+            who = f"{m.kind} {m.update_id} from {m.envelope.sender}"
+            raise SealError("sealed", f"{who}: sealed, and this reader has no key")
+        return None
 
     def _check_manifest(self, m: DeltaManifest) -> None:
         who = f"update {m.update_id} from {m.envelope.sender}"
@@ -329,14 +360,22 @@ class Reassembler:
             )
         start = chunk.index * manifest.chunk_size
         expected = min(manifest.chunk_size, manifest.total_bytes - start)
-        if len(chunk.data) != expected:
+        sent = expected + (TAG_BYTES if partial.opener is not None else 0)
+        if len(chunk.data) != sent:
             raise self._reject_chunk(
-                ChunkTruncated(f"{who}: {len(chunk.data)} bytes where {expected} belong")
+                ChunkTruncated(f"{who}: {len(chunk.data)} bytes where {sent} belong")
             )
         if chunk.index in partial.received:
             self.counters.chunks_duplicate += 1
             return
-        buffer.data[start : start + expected] = chunk.data
+        data: bytes | memoryview = chunk.data
+        if partial.opener is not None:
+            try:
+                data = partial.opener.open(chunk.index, data)
+            except SealError:
+                self.counters.chunks_rejected += 1
+                raise
+        buffer.data[start : start + expected] = data
         partial.received.add(chunk.index)
         self.counters.chunks_accepted += 1
 
@@ -345,7 +384,8 @@ class Reassembler:
         if manifest is None or buffer is None or len(partial.received) != manifest.chunk_count:
             return None
         del self._partials[key]
-        if content_hash(buffer.data) != manifest.content_hash:
+        # A sealed delta's chunks were each authenticated when opened (and carry no hash).
+        if manifest.seal is None and content_hash(buffer.data) != manifest.content_hash:
             self.counters.updates_rejected += 1
             raise ContentHashMismatch(f"update {key[1]} from {key[0]}: content hash mismatch")
         self._completed[key] = None

@@ -58,6 +58,17 @@ class TensorCodec(msgspec.Struct, frozen=True, array_like=True):
     block: int = 0
 
 
+class Seal(msgspec.Struct, frozen=True, array_like=True):
+    """How a sealed delta's chunks are encrypted (``schemas/sealing.py``): the scheme, the
+    sender's ephemeral X25519 public key, the content key wrapped to each recipient, and the
+    BLAKE2b-256 of each encrypted chunk (what a signature over the manifest covers)."""
+
+    scheme: str
+    ephemeral: bytes
+    keys: dict[str, bytes]
+    chunks: tuple[bytes, ...] = ()
+
+
 DeltaKind = Literal["update", "broadcast", "residual"]
 
 
@@ -86,6 +97,8 @@ class DeltaManifest(Message, frozen=True, tag="manifest"):
     signature: bytes = b""
     #: Compressed tensors only: tensor name -> its codec (absent: sent as it is).
     codecs: dict[str, TensorCodec] = {}
+    #: Sealed deltas only: chunks are ciphertext only the recipients named here can open.
+    seal: Seal | None = None
 
 
 class DeltaChunk(Message, frozen=True, tag="chunk"):

@@ -1,0 +1,162 @@
+"""Sealed deltas: only the participants a delta is meant for can read its tensors.
+
+Scheme :data:`SCHEME`. Per delta the sender draws a fresh 32-byte content key and a fresh
+ephemeral X25519 key pair. For each recipient it derives a wrapping key with HKDF-SHA256
+from the X25519 shared secret (the info binds the scheme, the ephemeral and the recipient's
+public key) and wraps the content key with ChaCha20-Poly1305: an update has one recipient
+(the aggregator that folds it), a broadcast one per member of the federation.
+
+Each chunk is encrypted on its own with ChaCha20-Poly1305 under the content key, so each can
+still be checked on arrival: the nonce is the chunk index (the key serves one delta only, so a
+nonce never repeats), the associated data the BLAKE2b of the manifest without its chunk
+digests and signature, so a chunk cannot move to another index, update or manifest. The
+manifest carries the BLAKE2b-256 of every encrypted chunk; a signature over the manifest
+therefore covers the ciphertext, and a member that knows a broadcast's content key still
+cannot substitute a chunk others accept. The manifest's xxh3 content hash is left empty: it
+would let anyone test a guess of the plaintext.
+
+What stays readable by anyone who can read the topic: the manifest (sender, federation,
+round, versions, sample count, tensor names and shapes, metrics), sizes and timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from schemas.errors import WireError
+from schemas.messages import DeltaManifest, Seal
+from schemas.tensors import Segments
+
+#: The scheme named in sealed manifests.
+SCHEME = "x25519-hkdf-sha256-chacha20poly1305"
+#: Bytes an encrypted chunk is longer than its plaintext (the Poly1305 tag).
+TAG_BYTES = 16
+
+
+class SealError(WireError):
+    """A sealed delta this reader cannot open, or a chunk that fails its check."""
+
+    reason = "unsealable"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _raw(key: X25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _wrapping_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
+    info = SCHEME.encode() + b"|" + ephemeral + recipient
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+
+def _nonce(index: int) -> bytes:
+    return index.to_bytes(12, "big")
+
+
+def _digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=32).digest()
+
+
+def associated_data(manifest: DeltaManifest) -> bytes:
+    """What every chunk's tag binds: the manifest without chunk digests and signature."""
+    assert manifest.seal is not None
+    bare = msgspec.structs.replace(
+        manifest,
+        digest="",
+        signature=b"",
+        seal=msgspec.structs.replace(manifest.seal, chunks=()),
+    )
+    return _digest(msgspec.msgpack.encode(bare))
+
+
+def seal_delta(
+    manifest: DeltaManifest, segments: Segments, recipients: Mapping[str, X25519PublicKey]
+) -> tuple[DeltaManifest, list[bytes]]:
+    """``manifest`` sealed to ``recipients`` (id -> X25519 public key), and its encrypted
+    chunks in order (chunk ``i`` is ``manifest.chunk_size + TAG_BYTES`` bytes at most)."""
+    if not recipients:
+        raise ValueError(f"delta {manifest.update_id}: sealed to nobody")
+    content = ChaCha20Poly1305.generate_key()
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_raw = _raw(ephemeral.public_key())
+    wrapped = {}
+    for rid, public in sorted(recipients.items()):
+        key = _wrapping_key(ephemeral.exchange(public), ephemeral_raw, _raw(public))
+        wrapped[rid] = ChaCha20Poly1305(key).encrypt(
+            _nonce(0), content, f"{manifest.update_id}|{rid}".encode()
+        )
+    seal = Seal(SCHEME, ephemeral_raw, wrapped)
+    sealed = msgspec.structs.replace(manifest, content_hash="", seal=seal)
+    aead, aad, size = ChaCha20Poly1305(content), associated_data(sealed), manifest.chunk_size
+    chunks = [
+        aead.encrypt(_nonce(i), bytes(segments.read(i * size, (i + 1) * size)), aad)
+        for i in range(manifest.chunk_count)
+    ]
+    seal = msgspec.structs.replace(seal, chunks=tuple(_digest(c) for c in chunks))
+    return msgspec.structs.replace(sealed, seal=seal), chunks
+
+
+class Opener:
+    """Opens the chunks of one sealed delta (its content key unwrapped)."""
+
+    def __init__(self, manifest: DeltaManifest, content_key: bytes) -> None:
+        assert manifest.seal is not None
+        self._who = f"update {manifest.update_id} from {manifest.envelope.sender}"
+        self._aead = ChaCha20Poly1305(content_key)
+        self._aad = associated_data(manifest)
+        self._digests = manifest.seal.chunks
+
+    def open(self, index: int, data: bytes | memoryview) -> bytes:
+        """Chunk ``index``'s plaintext; :class:`SealError` (``tampered_chunk``) if its bytes
+        are not the ones the manifest names or do not decrypt."""
+        if _digest(data) != self._digests[index]:
+            raise SealError("tampered_chunk", f"chunk {index} of {self._who}: digest mismatch")
+        try:
+            return self._aead.decrypt(_nonce(index), bytes(data), self._aad)
+        except InvalidTag:
+            raise SealError("tampered_chunk", f"chunk {index} of {self._who}: bad tag") from None
+
+
+class Unsealer:
+    """One participant's X25519 private key: opens what is sealed to it."""
+
+    def __init__(self, owner: str, key: X25519PrivateKey) -> None:
+        self.owner = owner
+        self._key = key
+        self._public = _raw(key.public_key())
+
+    def opener(self, manifest: DeltaManifest) -> Opener:
+        """The chunk opener of ``manifest``, or :class:`SealError` with the reason it cannot
+        be opened here (``unsealed``, ``unknown_seal_scheme``, ``bad_seal``,
+        ``not_a_recipient``, ``unseal_failed``)."""
+        who = f"{manifest.kind} {manifest.update_id} from {manifest.envelope.sender}"
+        seal = manifest.seal
+        if seal is None:
+            raise SealError("unsealed", f"{who}: not sealed, and this run requires it")
+        if seal.scheme != SCHEME:
+            raise SealError("unknown_seal_scheme", f"{who}: scheme {seal.scheme!r}")
+        if len(seal.chunks) != manifest.chunk_count:
+            raise SealError("bad_seal", f"{who}: {len(seal.chunks)} chunk digests")
+        wrapped = seal.keys.get(self.owner)
+        if wrapped is None:
+            raise SealError("not_a_recipient", f"{who}: not sealed to {self.owner}")
+        try:
+            shared = self._key.exchange(X25519PublicKey.from_public_bytes(seal.ephemeral))
+            key = _wrapping_key(shared, seal.ephemeral, self._public)
+            content = ChaCha20Poly1305(key).decrypt(
+                _nonce(0), wrapped, f"{manifest.update_id}|{self.owner}".encode()
+            )
+        except (ValueError, InvalidTag):
+            raise SealError("unseal_failed", f"{who}: content key does not unwrap") from None
+        return Opener(manifest, content)
