@@ -1,17 +1,22 @@
-"""Kafka topic names, per hierarchy level and run-wide, in one place.
+"""Kafka topic names, per federation and run-wide, in one place.
 
-Level k is the depth of the aggregator that owns the topic (the root is level 0):
-``L{k}.up`` carries updates from children to level-k aggregators and ``L{k}.down`` carries
-their broadcasts, both keyed by the aggregator's id so one federation's traffic stays ordered
-in one partition.
+Every federation owns two topics: ``fed.<id>.up`` carries the updates of its members (clients
+and sub-federations) to its aggregator and ``fed.<id>.down`` carries that aggregator's
+broadcasts, both keyed by the federation's id so its traffic stays ordered in one partition.
+No two federations share a data topic, so a per-topic ACL (``worldlm acl``) keeps a
+participant to its own federation's traffic: it writes its parent's ``up`` and reads its
+parent's ``down``, and nothing of a sibling's.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _LEGAL = re.compile(r"^[A-Za-z0-9._-]{1,120}$")
+#: Kafka's limit on a topic name.
+MAX_TOPIC = 249
 
 
 def check_name(kind: str, value: str) -> str:
@@ -38,13 +43,13 @@ class Topics:
     def base(self) -> str:
         return f"{self.prefix}.{self.run}"
 
-    def up(self, level: int) -> str:
-        """Updates from children to the aggregators at ``level``."""
-        return f"{self.base}.L{self._level(level)}.up"
+    def up(self, federation: str) -> str:
+        """Updates from the members of ``federation`` to its aggregator."""
+        return self._topic(f"fed.{check_name('federation', federation)}.up")
 
-    def down(self, level: int) -> str:
-        """Broadcasts from the aggregators at ``level`` to their children."""
-        return f"{self.base}.L{self._level(level)}.down"
+    def down(self, federation: str) -> str:
+        """Broadcasts from the aggregator of ``federation`` to its members."""
+        return self._topic(f"fed.{check_name('federation', federation)}.down")
 
     @property
     def events(self) -> str:
@@ -61,15 +66,15 @@ class Topics:
         """Rejected input, with the reason."""
         return f"{self.base}.dead-letter"
 
-    def levels(self, depth: int) -> list[str]:
-        """Every data-plane topic of a hierarchy whose deepest aggregator is at ``depth``."""
-        return [name for k in range(depth + 1) for name in (self.up(k), self.down(k))]
+    def data_plane(self, federations: Iterable[str]) -> list[str]:
+        """Every update and broadcast topic of ``federations``: each one's up, then down."""
+        return [name for f in federations for name in (self.up(f), self.down(f))]
 
     def run_wide(self) -> list[str]:
         return [self.events, self.metrics, self.dead_letter]
 
-    @staticmethod
-    def _level(level: int) -> int:
-        if level < 0:
-            raise ValueError(f"hierarchy level must be >= 0, got {level}")
-        return level
+    def _topic(self, tail: str) -> str:
+        name = f"{self.base}.{tail}"
+        if len(name) > MAX_TOPIC:
+            raise ValueError(f"topic name {name[:60]!r}... is longer than {MAX_TOPIC} characters")
+        return name

@@ -42,7 +42,7 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
     """Send a ``megabytes``-sized delta from a client to its federation and verify it."""
     run = f"smoke-{uuid.uuid4().hex[:8]}"
     topics, settings = Topics(run), KafkaSettings(bootstrap=kafka)
-    await ensure_topics(settings, [*topics.levels(0), *topics.run_wide()])
+    await ensure_topics(settings, [*topics.data_plane(["root"]), *topics.run_wide()])
     g = torch.Generator().manual_seed(0)
     n = int(megabytes * 1024 * 1024 / 4)
     delta = {
@@ -62,8 +62,8 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
     ):
         await state.heartbeat("root", "client-0", ttl_s=30)
         start = time.perf_counter()
-        published = await publish_delta(producer, topics.up(0), "root", encoded)
-        tp = TopicPartition(topics.up(0), published.partition)
+        published = await publish_delta(producer, topics.up("root"), "root", encoded)
+        tp = TopicPartition(topics.up("root"), published.partition)
         receiver = DeltaReceiver()
         received: Received | None = None
         async with PartitionReader(settings, {tp: published.first_offset}) as reader:
@@ -79,7 +79,7 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
         await state.set_model_version(
             "root",
             1,
-            topic=topics.down(0),
+            topic=topics.down("root"),
             partition=published.partition,
             offset=published.first_offset,
         )

@@ -57,7 +57,7 @@ async def test_fifty_mb_state_dict_round_trips_bit_exact(
 ) -> None:
     state = fifty_mb_state()
     assert sum(t.numel() * t.element_size() for t in state.values()) >= 50 * 1024 * 1024
-    topic = topics.up(1)
+    topic = topics.up("eu")
     await ensure_topics(kafka, [topic])
     env = Envelope(run=topics.run, sender="client-1", federation="eu")
     delta = encode_delta(state, envelope=env, kind="update", base_version=0, sample_count=5)
@@ -81,7 +81,7 @@ async def test_fifty_mb_state_dict_round_trips_bit_exact(
 async def test_corrupt_record_on_topic_is_rejected_while_other_senders_arrive(
     kafka: KafkaSettings, topics: Topics
 ) -> None:
-    topic = topics.up(0)
+    topic = topics.up("root")
     await ensure_topics(kafka, [topic])
     deltas = {}
     for i, sender in enumerate(["a", "b", "c"]):
@@ -115,7 +115,7 @@ async def test_corrupt_record_on_topic_is_rejected_while_other_senders_arrive(
 
 
 async def test_reader_starts_from_explicit_offset(kafka: KafkaSettings, topics: Topics) -> None:
-    topic = topics.down(0)
+    topic = topics.down("root")
     await ensure_topics(kafka, [topic])
     async with Producer(kafka) as producer:
         meta = await producer.send_many(topic, [f"m{i}".encode() for i in range(10)], key="root")
@@ -133,7 +133,7 @@ async def test_reader_reads_a_hole_again_instead_of_skipping_it(
 ) -> None:
     """A fetch that jumps over an offset (a record not yet visible when its successors were)
     must not lose that record: the reader stops before the hole and reads from it again."""
-    topic = topics.up(1)
+    topic = topics.up("a")
     await ensure_topics(kafka, [topic])
     async with Producer(kafka) as producer:
         meta = await producer.send_many(topic, [f"r{i}".encode() for i in range(10)], key="a")
@@ -163,7 +163,7 @@ async def test_reader_accepts_a_hole_that_stays_after_the_wait(
 ) -> None:
     """Compacted topics and transaction markers leave real holes: after ``gap_wait_s`` the
     reader goes on past them (counted) rather than stalling."""
-    topic = topics.up(1)
+    topic = topics.up("a")
     await ensure_topics(kafka, [topic])
     async with Producer(kafka) as producer:
         meta = await producer.send_many(topic, [f"r{i}".encode() for i in range(6)], key="a")
@@ -182,7 +182,7 @@ async def test_reader_accepts_a_hole_that_stays_after_the_wait(
 async def test_group_consumer_resumes_from_last_manual_commit(
     kafka: KafkaSettings, topics: Topics
 ) -> None:
-    topic = topics.up(2)
+    topic = topics.up("agg")
     await ensure_topics(kafka, [topic], partitions=1)
     async with Producer(kafka) as producer:
         await producer.send_many(topic, [f"u{i}".encode() for i in range(6)], partition=0)

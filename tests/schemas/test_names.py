@@ -8,18 +8,27 @@ from schemas.keyspace import Keyspace
 from schemas.topics import Topics
 
 
-def test_topics_are_per_level_and_namespaced_by_run() -> None:
+def test_every_federation_has_its_own_topics_namespaced_by_run() -> None:
     t = Topics("run-1")
-    assert t.up(0) == "worldlm.run-1.L0.up"
-    assert t.down(2) == "worldlm.run-1.L2.down"
-    assert t.levels(1) == [t.up(0), t.down(0), t.up(1), t.down(1)]
+    assert t.up("root") == "worldlm.run-1.fed.root.up"
+    assert t.down("eu-west") == "worldlm.run-1.fed.eu-west.down"
+    assert t.data_plane(["root", "eu"]) == [t.up("root"), t.down("root"), t.up("eu"), t.down("eu")]
+    # Siblings never share a data topic: an ACL per topic isolates them.
+    assert len(set(t.data_plane(["a", "b", "a.b", "a-b"]))) == 8
     assert {t.events, t.metrics, t.dead_letter} == set(t.run_wide())
     assert all(name.startswith("worldlm.run-1.") for name in t.run_wide())
 
 
-def test_negative_level_is_rejected() -> None:
-    with pytest.raises(ValueError, match="level"):
-        Topics("r").up(-1)
+@pytest.mark.parametrize("bad", ["", "has space", "colon:no", "star*"])
+def test_illegal_federation_ids_are_rejected(bad: str) -> None:
+    with pytest.raises(ValueError, match="federation"):
+        Topics("r").up(bad)
+
+
+def test_a_topic_name_past_kafkas_limit_is_rejected() -> None:
+    t = Topics("r" * 120, prefix="p" * 120)
+    with pytest.raises(ValueError, match="249"):
+        t.down("f" * 20)
 
 
 @pytest.mark.parametrize("bad", ["", "has space", "slash/no", "x" * 121])

@@ -111,7 +111,7 @@ async def test_a_live_sync_run_ends_at_the_simulators_weights_bit_for_bit(
     from schemas.messages import DeltaManifest
     from schemas.topics import Topics
 
-    topic = Topics(run_id).up(0)
+    topic = Topics(run_id).up(h.root.id)
     kafka = KafkaSettings(bootstrap=servers.kafka, partitions=h.run.partitions)
     names: dict[str, set[str]] = {}
     start = {TopicPartition(topic, p): 0 for p in range(h.run.partitions)}

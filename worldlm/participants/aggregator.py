@@ -66,7 +66,7 @@ class AggregatorParticipant:
         )
         self.intake = Intake(
             self.node.settings,
-            self.node.topics.up(self.fed.level),
+            self.node.topics.up(federation),
             federation,
             keys=self.node.public_keys,
         )
@@ -269,7 +269,7 @@ class AggregatorParticipant:
         submission = core.submission()
         self._save(model=False)  # the submission id survives a restart
         published = await node.publish(
-            node.topics.up(self.fed.level - 1),
+            node.topics.up(self.fed.parent),
             self.fed.parent,
             submission.delta,
             federation=self.fed.parent,
@@ -304,7 +304,7 @@ class AggregatorParticipant:
         if not await self.lease.fence():  # a replica that lost the lead must not publish
             raise Stopped
         published = await node.publish(
-            node.topics.down(self.fed.level),
+            node.topics.down(self.id),
             self.id,
             self.core.weights,
             federation=self.id,

@@ -2,7 +2,7 @@
 
 A client can join at any time: it starts from the model Redis points at. On each new
 broadcast it evaluates the received model on its fixed validation split, trains H local
-steps, and publishes the chunked delta to its level's update topic, keyed by its federation.
+steps, and publishes the chunked delta to its federation's update topic, keyed by it.
 It leaves cleanly when asked (SIGINT/SIGTERM set ``stop``); if it dies, its heartbeat expires.
 """
 
@@ -103,7 +103,7 @@ class ClientParticipant:
             signer=node.signer,
         )
         published = await publish_delta(
-            node.producer, node.topics.up(self.level), node.federation, encoded
+            node.producer, node.topics.up(node.federation), node.federation, encoded
         )
         self.rounds += 1
         node.counters["updates_sent"] += 1

@@ -56,10 +56,10 @@ class Endpoints:
 
 
 async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
-    """Create the run's topics (idempotent): every level's up/down and the run-wide ones."""
+    """Create the run's topics (idempotent): every federation's up/down and the run-wide ones."""
     topics = Topics(hierarchy.run.id)
     settings = KafkaSettings(bootstrap=endpoints.kafka, partitions=hierarchy.run.partitions)
-    await ensure_topics(settings, [*topics.levels(hierarchy.depth), *topics.run_wide()])
+    await ensure_topics(settings, [*topics.data_plane(hierarchy.federations), *topics.run_wide()])
 
 
 async def bounded(

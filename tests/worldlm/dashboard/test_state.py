@@ -174,7 +174,7 @@ def test_rejected_inputs_counted_by_reason_and_attributed_to_the_rejecting_feder
             envelope=env("latin", "root"),
             reason=reason,
             detail=f"{reason} detail",
-            source_topic="worldlm.t.L1.up",
+            source_topic="worldlm.t.fed.eu.up",
             source_partition=0,
             source_offset=offset,
         )
@@ -185,7 +185,7 @@ def test_rejected_inputs_counted_by_reason_and_attributed_to_the_rejecting_feder
     view = s.snapshot()
     assert view["rejected_by_reason"] == {"nan": 2, "unknown_sender": 1}
     assert ["latin", "nan", 2] in view["rejected_by_federation"]
-    assert view["dead_letters"][-1]["source"] == "worldlm.t.L1.up[0]@3"
+    assert view["dead_letters"][-1]["source"] == "worldlm.t.fed.eu.up[0]@3"
 
 
 def test_dp_epsilon_series_and_latest_from_aggregator_metrics() -> None:

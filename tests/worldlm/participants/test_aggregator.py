@@ -51,7 +51,7 @@ async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
     await prepare_run(h, ep)
     garbage = b"\xc1 not a message \x00\xff" * 8
     async with Producer(kafka) as producer:
-        sent = await producer.send(topics.up(0), garbage, key="root")
+        sent = await producer.send(topics.up("root"), garbage, key="root")
     async with asyncio.timeout(60):
         result = await run_hierarchy(h, ep)
 
@@ -62,7 +62,7 @@ async def test_malformed_update_record_is_dead_lettered_and_round_still_closes(
     letter = letters[0]
     assert letter.reason == "malformed" and letter.envelope.sender == "root"
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (
-        topics.up(0),
+        topics.up("root"),
         sent.partition,
         sent.offset,
     )
@@ -83,7 +83,9 @@ async def test_an_aggregator_behind_its_partition_reports_the_lag_it_had(
     await prepare_run(h, ep)
     async with Producer(kafka) as producer:
         for i in range(40):
-            await producer.send(topics.up(0), bytes([0xC1]) * 256 * 1024 + bytes([i]), key="root")
+            await producer.send(
+                topics.up("root"), bytes([0xC1]) * 256 * 1024 + bytes([i]), key="root"
+            )
     async with asyncio.timeout(90):
         result = await run_hierarchy(h, ep)
     root = {r.round: r.values for r in result.reports if r.node == "root"}
@@ -108,7 +110,7 @@ async def test_update_claiming_no_samples_is_dead_lettered_not_averaged(
         sample_count=0,
     )
     async with Producer(kafka) as producer:
-        await publish_delta(producer, topics.up(0), "root", empty)
+        await publish_delta(producer, topics.up("root"), "root", empty)
     async with asyncio.timeout(60):
         result = await run_hierarchy(h, ep)
     letters = await read_topic(

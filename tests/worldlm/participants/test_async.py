@@ -61,7 +61,7 @@ async def test_async_rounds_close_per_buffer_and_a_stale_update_is_weighed_or_re
             group.create_task(client.run())
             await watch.wait_for(lambda r: r.node == "root" and r.round >= 1)
             async with Producer(kafka) as producer:
-                await publish_delta(producer, topics.up(0), "root", old)
+                await publish_delta(producer, topics.up("root"), "root", old)
         staleness = await state.staleness("root")
 
     root = {r.round: r.values for r in watch.of("root")}

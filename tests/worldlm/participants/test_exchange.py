@@ -67,7 +67,7 @@ async def test_a_child_update_published_while_waiting_for_the_parent_is_admitted
             sample_count=8,
         )
         async with Producer(settings(servers, h)) as producer:
-            await publish_delta(producer, topics.up(1), "latin", late)
+            await publish_delta(producer, topics.up("latin"), "latin", late)
         await poll(admitted)
         assert latin.core.meta.awaiting_parent  # admitted during the wait, not after it
         for p in participants:

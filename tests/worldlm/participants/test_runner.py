@@ -61,14 +61,14 @@ async def test_federation_takes_parents_backbone_exactly_and_keeps_its_own_key_l
     parts = h.run.partitions
     root = {
         b.delta.manifest.version: b.delta.tensors()
-        for b in await broadcasts(kafka, topics.down(0), "root", partitions=parts)
+        for b in await broadcasts(kafka, topics.down("root"), "root", partitions=parts)
     }
     assert sorted(root) == [0, 1, 2]
     async with RedisState(servers.redis, Keyspace(run_id)) as state:
         for fed in ["latin", "germanic"]:
             key = key_names(h.run, h.federations[fed].policy)
             assert key, "the default split has key layers"
-            own = await broadcasts(kafka, topics.down(1), fed, partitions=parts)
+            own = await broadcasts(kafka, topics.down(fed), fed, partitions=parts)
             taken = [b for b in own if b.delta.manifest.metrics["parent_version"] > 0]
             # One parent exchange per root round (internal_rounds = 1).
             assert [int(b.delta.manifest.metrics["parent_version"]) for b in taken] == [1, 2]

@@ -58,7 +58,7 @@ async def test_signed_run_dead_letters_unsigned_and_forged_updates_and_closes_it
     )
     async with Producer(kafka) as producer:
         for delta in (unsigned, forged):
-            await publish_delta(producer, topics.up(0), "root", delta)
+            await publish_delta(producer, topics.up("root"), "root", delta)
     async with asyncio.timeout(90):
         result = await run_hierarchy(h, ep)
 
