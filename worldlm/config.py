@@ -38,6 +38,7 @@ from typing import Any, Literal
 import msgspec
 
 from schemas.topics import check_name
+from worldlm.compression import CompressionConfig, check_compression
 from worldlm.strategies import DPPolicy, StrategyPolicy
 
 
@@ -124,6 +125,8 @@ class Policy(_Strict, frozen=True):
     internal_rounds: int = 1
     local_steps: int = 10
     lr: float | None = None
+    #: The codec of the updates this federation's members send it (worldlm/compression.py).
+    compression: CompressionConfig = CompressionConfig()
 
     def strategy_policy(self, seed: int = 0) -> StrategyPolicy:
         """The aggregation strategy this policy asks for."""
@@ -431,6 +434,8 @@ def _check_policy(p: Policy, source: str, where: str) -> None:
     _check(0 <= p.attention.eps <= 1, source, f"{where}.attention.eps", "must be in [0, 1]")
     if p.residual is not None:
         _check(0 < p.residual.gamma <= 1, source, f"{where}.residual.gamma", "must be in (0, 1]")
+    if (problem := check_compression(p.compression)) is not None:
+        _check(False, source, f"{where}.compression.{problem[0]}", problem[1])
     if p.dp is not None:
         _check(p.dp.clip_norm > 0, source, f"{where}.dp.clip_norm", "must be positive")
         _check(p.dp.noise_multiplier >= 0, source, f"{where}.dp.noise_multiplier", "must be >= 0")

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
-
 from schemas.messages import Envelope, MetricsReport
 from worldlm.config import Hierarchy
 from worldlm.participants.federation import Accepted, FederationCore, Offer, Rejected
@@ -137,10 +135,11 @@ class Simulation:
         for cid, done in zip(clients, rounds, strict=True):
             self._client_report(cid, b, done)
             if done.result is not None:
+                assert done.sent is not None
                 offer = Offer(
                     cid,
                     f"{cid}-{next(self._ids)}",
-                    done.result.delta,
+                    done.sent.decoded,  # what a live aggregator decodes off the wire
                     done.result.num_samples,
                     b.version,
                 )
@@ -181,8 +180,8 @@ class Simulation:
 
     def _client_report(self, cid: str, b: _Broadcast, done: LearnerRound) -> None:
         values = done.values(b.version, b.final)
-        if done.result is not None:
-            values["bytes_out"] = float(_nbytes(done.result.delta))
+        if done.sent is not None:
+            values["bytes_out"] = float(done.sent.nbytes)
         self._report(cid, "client", b.round, values, federation=b.federation)
 
     def _report(
@@ -200,10 +199,6 @@ class Simulation:
         self.reports.append(report)
         if self.on_report is not None:
             self.on_report(report)
-
-
-def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def simulate(

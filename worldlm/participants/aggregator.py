@@ -22,6 +22,7 @@ from typing import Literal
 
 from brokers.deltas import Received
 from schemas.delta import new_update_id
+from schemas.errors import WireError
 from schemas.messages import RoundEvent
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Checkpoint
@@ -181,8 +182,13 @@ class AggregatorParticipant:
     async def _offer(self, received: Received) -> str | None:
         """Offer one update to the core; its sender if admitted (durably), else None."""
         node, m = self.node, received.delta.manifest
-        decision = self.core.offer(self.intake.offer(received))
         source = Source(received.topic, received.partition, received.first_offset)
+        try:
+            offer = self.intake.offer(received)
+        except WireError as exc:  # e.g. a malformed codec map: refused, counted here
+            await node.dead_letter(source, exc.reason, str(exc))
+            return None
+        decision = self.core.offer(offer)
         if isinstance(decision, Refused):
             await node.dead_letter(source, decision.reason, decision.detail, count=False)
             return None
@@ -271,7 +277,8 @@ class AggregatorParticipant:
         published = await node.publish(
             node.topics.up(self.fed.parent),
             self.fed.parent,
-            submission.delta,
+            submission.wire,
+            codecs=submission.codecs,
             federation=self.fed.parent,
             kind="update",
             base_version=submission.base_version,

@@ -117,23 +117,30 @@ class Checkpoint:
         weights: Mapping[str, torch.Tensor],
         base: Mapping[str, torch.Tensor],
         strategy_tensors: Mapping[str, torch.Tensor],
+        feedback: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         tensors = {f"w/{n}": t for n, t in weights.items()}
         tensors |= {f"base/{n}": t for n, t in base.items()}
         tensors |= {f"s/{n}": t for n, t in strategy_tensors.items()}
+        tensors |= {f"ef/{n}": t for n, t in (feedback or {}).items()}
         save_tensors(self.dir / "model.safetensors", tensors)
 
     def load(
         self,
     ) -> tuple[Meta, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(meta, weights, base weights, strategy tensors)."""
+        meta, parts = self._load()
+        return meta, parts["w"], parts["base"], parts["s"]
+
+    def _load(self) -> tuple[Meta, dict[str, dict[str, torch.Tensor]]]:
+        """Meta, and the model file's tensors by prefix (w, base, s, ef: error feedback)."""
         meta = Meta(**json.loads((self.dir / "meta.json").read_text()))
-        tensors = load_file(str(self.dir / "model.safetensors"))
-
-        def pick(prefix: str) -> dict[str, torch.Tensor]:
-            return {n[len(prefix) :]: t for n, t in tensors.items() if n.startswith(prefix)}
-
-        return meta, pick("w/"), pick("base/"), pick("s/")
+        parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in ("w", "base", "s", "ef")}
+        for name, tensor in load_file(str(self.dir / "model.safetensors")).items():
+            prefix, _, rest = name.partition("/")
+            if prefix in parts:
+                parts[prefix][rest] = tensor
+        return meta, parts
 
     def save_snapshot(self, snapshot: Snapshot, *, model: bool = True) -> None:
         """Write a federation core's snapshot: the model and strategy state (``model``), then
@@ -141,7 +148,7 @@ class Checkpoint:
         if model:
             data, tensors = flatten_state(snapshot.strategy)
             snapshot.meta.strategy = data
-            self.save_model(snapshot.weights, snapshot.base, tensors)
+            self.save_model(snapshot.weights, snapshot.base, tensors, snapshot.feedback)
         self.save_meta(snapshot.meta)
 
     def load_snapshot(self) -> Snapshot | None:
@@ -150,10 +157,11 @@ class Checkpoint:
 
         if not self.exists:
             return None
-        meta, weights, base, strategy_tensors = self.load()
+        meta, parts = self._load()
+        weights, base, strategy_tensors = parts["w"], parts["base"], parts["s"]
         pending = [
             Pending(p["id"], p["sender"], p["samples"], p["base"], self.load_pending(p["id"]))
             for p in meta.pending
         ]
         strategy = unflatten_state(meta.strategy, strategy_tensors) if meta.strategy else {}
-        return Snapshot(meta, weights, base, strategy, pending)
+        return Snapshot(meta, weights, base, strategy, pending, parts["ef"])

@@ -91,8 +91,9 @@ class ClientParticipant:
             await node.metrics(broadcast.round, values)
             log.info("client_final", val_ppl=done.evaluation.perplexity)
             return True
+        assert done.sent is not None
         encoded = encode_delta(
-            done.result.delta,
+            done.sent.wire,
             envelope=node.envelope(),
             kind="update",
             base_version=broadcast.version,
@@ -101,6 +102,7 @@ class ClientParticipant:
             metrics={"train_loss": done.result.train_loss},
             chunk_size=node.run.chunk_kib * 1024,
             signer=node.signer,
+            codecs=done.sent.codecs,
         )
         published = await publish_delta(
             node.producer, node.topics.up(node.federation), node.federation, encoded

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from worldlm.compression import Compressed, CompressionConfig, Compressor
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Meta
 from worldlm.participants.rounds import (
@@ -117,6 +118,12 @@ class FederationCore:
         self._seen: set[str] = set()
         self._new_id = new_id
         self._members = frozenset(self.fed.members)
+        parent = self.fed.parent
+        #: Our side of the edge to the parent: the parent's codec, with error feedback.
+        self.compressor = Compressor(
+            hierarchy.federations[parent].policy.compression if parent else CompressionConfig()
+        )
+        self._outgoing: tuple[str, Compressed] | None = None
 
     # -- admission -----------------------------------------------------------------------
 
@@ -272,27 +279,40 @@ class FederationCore:
         """The update for the parent: only the backbone (K never leaves the federation).
 
         Its id is fixed until the parent's broadcast is taken, so a resubmission after a
-        restart is deduplicated by the parent.
+        restart is deduplicated by the parent. It is compressed in the parent's codec, and
+        its residual adopted only when the parent's broadcast is taken, so a resubmission
+        compresses identically.
         """
         assert self.meta.awaiting_parent, "submit only after a round that ends the exchange"
-        if not self.meta.submit_id:
-            self.meta.submit_id = self._new_id()
-        delta = {
-            n: w.float() - self.base[n].float()
-            for n, w in self.weights.items()
-            if w.is_floating_point() and n not in self.key
-        }
+        sent = self._compressed()
         return Submission(
             self.meta.submit_id,
-            delta,
+            sent.decoded,
             max(self.meta.samples, 1),
             self.meta.parent_version,
             self.meta.round,
+            wire=sent.wire,
+            codecs=sent.codecs,
         )
+
+    def _compressed(self) -> Compressed:
+        if not self.meta.submit_id:
+            self.meta.submit_id = self._new_id()
+        if self._outgoing is None or self._outgoing[0] != self.meta.submit_id:
+            delta = {
+                n: w.float() - self.base[n].float()
+                for n, w in self.weights.items()
+                if w.is_floating_point() and n not in self.key
+            }
+            self._outgoing = (self.meta.submit_id, self.compressor.compress(delta))
+        return self._outgoing[1]
 
     def take_parent(self, weights: Mapping[str, torch.Tensor], version: int, final: bool) -> None:
         """The parent's broadcast arrived: take its backbone, keep our key layers."""
         meta = self.meta
+        if meta.awaiting_parent and self.compressor.active:
+            self.compressor.commit(self._compressed())  # the submission counted as sent
+        self._outgoing = None
         self.weights = take_parent(self.weights, weights, self.key)
         self.base = {n: t.clone() for n, t in self.weights.items()}
         meta.parent_version = version
@@ -334,6 +354,7 @@ class FederationCore:
             dict(self.base),
             copy.deepcopy(self.strategy.state_dict()),
             list(self.pending),
+            dict(self.compressor.residual),
         )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -344,5 +365,7 @@ class FederationCore:
         if snapshot.strategy:
             self.strategy.load_state_dict(snapshot.strategy)
         self.pending = list(snapshot.pending)
+        self.compressor.residual = dict(snapshot.feedback)
+        self._outgoing = None
         self.counters = Counter(snapshot.meta.counters)
         self._seen = set(snapshot.meta.seen) | {p.update_id for p in self.pending}

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from brokers.deltas import DeltaReceiver, Received, Rejected
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
+from schemas.compression import decompress
 from schemas.signing import verify_manifest
 from worldlm.participants.federation import Offer
 
@@ -91,7 +92,8 @@ class Intake:
         return self.receiver.safe_offset(self.tp, received.last_offset + 1)
 
     def offer(self, received: Received) -> Offer:
-        """The update as the round core sees it (signature checked lazily, by the core)."""
+        """The update as the round core sees it: decoded (a malformed codec map raises
+        :class:`~schemas.errors.CodecError`); the signature is checked lazily, by the core."""
         delta = received.delta
         m = delta.manifest
         keys = self.keys
@@ -103,7 +105,7 @@ class Intake:
         return Offer(
             m.envelope.sender,
             m.update_id,
-            delta.tensors(),
+            decompress(delta.tensors(), m.codecs),
             m.sample_count,
             m.base_version,
             kind=m.kind,

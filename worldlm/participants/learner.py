@@ -1,7 +1,8 @@
 """A client's side of a round, synchronous and transport-free: what every shell's client runs.
 
 On each model its federation broadcasts, a client evaluates it on its fixed validation split
-and, unless the broadcast is final, trains H local steps from it and returns the delta.
+and, unless the broadcast is final, trains H local steps from it and returns the delta as
+its federation's codec sends it (with error feedback: ``worldlm/compression.py``).
 A client with ``keep_key_layers`` (FedPer) trains on its own key layers, never the
 federation's. The live client (``client.py``) and the simulator drive this same object, so
 they train identically.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from worldlm.compression import Compressed, Compressor
 from worldlm.config import Hierarchy
 from worldlm.training.evaluate import EvalResult
 from worldlm.training.trainer import LocalResult
@@ -30,6 +32,8 @@ class LearnerRound:
     result: LocalResult | None
     train_s: float = 0.0
     test: EvalResult | None = None
+    #: The update as sent (compressed under the federation's codec); None when final.
+    sent: Compressed | None = None
 
     def values(self, version: int, final: bool) -> dict[str, float]:
         """The client's metrics for this round (the fields dashboards and reports read)."""
@@ -61,6 +65,7 @@ class Learner:
         self.bench = Workbench(hierarchy.run, self.client, policy)
         self._key = key_names(hierarchy.run, policy)
         self._own_key: dict[str, torch.Tensor] = {}
+        self.compressor = Compressor(policy.compression)
 
     def model(self, received: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The weights this client uses: the received model (with its own K under FedPer)."""
@@ -80,4 +85,5 @@ class Learner:
         result = self.bench.train(weights)
         if self.client.keep_key_layers:
             self._own_key = {n: weights[n] + result.delta[n] for n in self._key}
-        return LearnerRound(evaluation, result, time.perf_counter() - started, test)
+        sent = self.compressor.send(result.delta)
+        return LearnerRound(evaluation, result, time.perf_counter() - started, test, sent)

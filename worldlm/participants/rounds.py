@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from schemas.messages import TensorCodec
 from worldlm.strategies import Rejection
 
 if TYPE_CHECKING:
@@ -95,21 +96,29 @@ class Closed:
 
 @dataclass(frozen=True, eq=False)
 class Submission:
-    """This federation's update to its parent: the backbone delta since the parent's model."""
+    """This federation's update to its parent: the backbone delta since the parent's model.
+
+    ``delta`` is what the parent folds (decoded, when the parent's edge compresses); ``wire``
+    and ``codecs`` are what is published (``wire`` is ``delta`` itself without a codec).
+    """
 
     update_id: str
     delta: dict[str, torch.Tensor]
     samples: int
     base_version: int
     round: int
+    wire: dict[str, torch.Tensor] = field(default_factory=dict)
+    codecs: dict[str, TensorCodec] = field(default_factory=dict)
 
 
 @dataclass
 class Snapshot:
-    """Everything a restart needs: the JSON part, the tensors, and the pending deltas."""
+    """Everything a restart needs: the JSON part, the tensors, and the pending deltas;
+    ``feedback`` is the residual the compression of the next submission carries."""
 
     meta: Meta
     weights: Weights
     base: Weights
     strategy: dict[str, object]
     pending: list[Pending] = field(default_factory=list)
+    feedback: Weights = field(default_factory=dict)
