@@ -2,6 +2,9 @@
 
 Every key written under these names gets a TTL from the writer (see :mod:`brokers.state`),
 so an abandoned run cleans itself up.
+The glob patterns at the end name key families for Redis ACLs (:mod:`worldlm.acl`): ids
+cannot hold glob characters or ':' (``check_name``), so one federation's pattern never
+matches another's keys.
 """
 
 from __future__ import annotations
@@ -67,3 +70,17 @@ class Keyspace:
     def residual_part(self, federation: str, generation: str, index: int) -> str:
         """String: one part of a residual embedding's payload."""
         return f"{self.ns}:residual:{federation}:{generation}:{index}"
+
+    # -- glob patterns of key families, for Redis ACLs (ids hold no glob characters) ------
+
+    def everything(self) -> str:
+        """Every key of the run."""
+        return f"{self.ns}:*"
+
+    def barriers(self, federation: str) -> str:
+        """Every round barrier (arrivals and state) of ``federation``."""
+        return f"{self.ns}:barrier:{federation}:*"
+
+    def residual_parts(self, federation: str) -> str:
+        """Every part of every generation of ``federation``'s residual embedding."""
+        return f"{self.residual(federation)}:*"

@@ -16,7 +16,18 @@ DEMO = str(Path(__file__).parents[2] / "worldlm" / "configs" / "demo.toml")
 runner = CliRunner()
 
 
-COMMANDS = ["infra", "data", "demo", "keys", "run", "simulate", "client", "aggregator", "dashboard"]
+COMMANDS = [
+    "infra",
+    "data",
+    "demo",
+    "keys",
+    "run",
+    "simulate",
+    "client",
+    "aggregator",
+    "dashboard",
+    "acl",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

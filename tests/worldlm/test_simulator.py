@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -16,14 +17,23 @@ from worldlm.participants.runner import run_hierarchy
 from worldlm.simulator import simulate
 
 
-def three_levels(run_id: str, **defaults: object) -> Hierarchy:
-    """root -> two federations (one with internal rounds 2) -> clients, plus a root client."""
+def three_levels(
+    run_id: str, *, tables: Mapping[str, Mapping[str, object]] | None = None, **defaults: object
+) -> Hierarchy:
+    """root -> two federations (one with internal rounds 2) -> clients, plus a root client
+    (``tables``: more fields for some federations)."""
+    more = tables or {}
     return hierarchy(
         run_id,
         federations={
-            "root": {},
-            "latin": {"parent": "root", "internal_rounds": 2},
-            "slavic": {"parent": "root", "backbone": "fedavgm", "momentum": 0.5},
+            "root": {**more.get("root", {})},
+            "latin": {"parent": "root", "internal_rounds": 2, **more.get("latin", {})},
+            "slavic": {
+                "parent": "root",
+                "backbone": "fedavgm",
+                "momentum": 0.5,
+                **more.get("slavic", {}),
+            },
         },
         clients={
             "fr-0": ("latin", "lang-fr"),
@@ -129,3 +139,66 @@ async def test_a_live_sync_run_ends_at_the_simulators_weights_bit_for_bit(
     assert key and names["latin"] and names["slavic"]
     assert not (names["latin"] | names["slavic"]) & key
     assert names["en-0"] >= key  # a client's update carries every tensor
+
+
+#: Every codec on some edge: latin's clients send int8, slavic's topk, the root's bf16 (the
+#: root client's updates and both federations' submissions).
+COMPRESSED: dict[str, dict[str, object]] = {
+    "latin": {"compression": {"codec": "int8", "block": 128}},
+    "slavic": {"compression": {"codec": "topk", "fraction": 0.2}},
+    "root": {"compression": {"codec": "bf16"}},
+}
+
+
+def test_compression_changes_the_weights_and_stays_deterministic(run_id: str) -> None:
+    h = three_levels(run_id, tables=COMPRESSED)
+    _, sim1 = simulate(h)
+    _, sim2 = simulate(h)
+    _, plain = simulate(three_levels(run_id))
+    root1, root2, root0 = sim1.weights("root"), sim2.weights("root"), plain.weights("root")
+    assert all(torch.equal(root1[n], root2[n]) for n in root1)
+    assert any(not torch.equal(root1[n], root0[n]) for n in root1)
+
+
+async def test_a_compressed_live_run_ends_at_the_simulators_weights_bit_for_bit(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    """The receiver folds exactly what the sender decoded, and both shells carry the same
+    error feedback, so compression does not break sim == live."""
+    from schemas.codec import delta_decoder
+    from schemas.messages import DeltaManifest
+    from schemas.topics import Topics
+    from tests.worldlm.participants.helpers import read_topic, settings
+
+    h = three_levels(run_id, tables=COMPRESSED)
+    async with asyncio.timeout(180):
+        live = await run_hierarchy(h, endpoints(servers), checkpoint_dir=tmp_path)
+    simulated, sim = await asyncio.to_thread(simulate, h)
+    for fid in h.federations:
+        _, weights, _, _ = Checkpoint(tmp_path / run_id / fid).load()
+        expected = sim.weights(fid)
+        for name in expected:
+            assert torch.equal(weights[name], expected[name]), (fid, name)
+    assert live.final_ppl() == simulated.final_ppl()
+
+    # What travelled was compressed, each edge in its receiver's codec.
+    codecs: dict[str, set[str]] = {}
+    for fid in h.federations:
+        for message in await read_topic(
+            settings(servers, h),
+            Topics(run_id).up(fid),
+            delta_decoder.decode,
+            partitions=h.run.partitions,
+        ):
+            if isinstance(message, DeltaManifest):
+                used = {c.codec for c in message.codecs.values()}
+                codecs.setdefault(message.envelope.sender, set()).update(used)
+    assert codecs == {
+        "fr-0": {"int8"},
+        "es-0": {"int8"},
+        "ru-0": {"topk"},
+        "pl-0": {"topk"},
+        "en-0": {"bf16"},
+        "latin": {"bf16"},
+        "slavic": {"bf16"},
+    }

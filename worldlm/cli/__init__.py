@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from worldlm.cli.acl import acl
 from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.demo import demo
@@ -29,6 +30,7 @@ app.command()(aggregator)
 app.command(name="dashboard")(dashboard_command)
 app.command()(demo)
 app.command()(experiment)
+app.command()(acl)
 
 
 def main() -> None:

@@ -20,8 +20,11 @@ def generate(
 ) -> None:
     """Write a key pair for every federation and client of CONFIG: OUT/<id>.key (private,
     0600) and OUT/<id>.pub. Existing pairs are kept unless --overwrite. Give each machine
-    its own .key and everyone's .pub."""
+    its own .key and everyone's .pub. A run with isolation = "acl" also gets a Redis
+    password per participant and the observer: OUT/<id>.redis (0600)."""
+    from worldlm.acl import principals
     from worldlm.cli.participants import load_config
+    from worldlm.credentials import generate_passwords
     from worldlm.keys import generate_keys
 
     hierarchy = load_config(config, None)
@@ -29,3 +32,7 @@ def generate(
     created = generate_keys(out, owners, overwrite=overwrite)
     kept = len(owners) - len(created)
     typer.echo(f"{out}: {len(created)} key pairs written, {kept} kept")
+    if hierarchy.run.isolation == "acl":
+        names = principals(hierarchy)
+        made = generate_passwords(out, names, overwrite=overwrite)
+        typer.echo(f"{out}: {len(made)} Redis passwords written, {len(names) - len(made)} kept")

@@ -252,7 +252,8 @@ def _serve_one(
 
     async def main(stop: asyncio.Event) -> None:
         participant = make(hierarchy, endpoints)  # a missing key fails here, before any I/O
-        await prepare_run(hierarchy, endpoints)
+        if hierarchy.run.isolation != "acl":  # else topics and users are the operator's
+            await prepare_run(hierarchy, endpoints)
         participant.stop = stop
         await participant.run()
 

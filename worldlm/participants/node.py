@@ -17,6 +17,7 @@ import structlog
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from brokers.access import server_version, set_users
 from brokers.deltas import Published, publish_delta
 from brokers.kafka import KafkaSettings, Producer, ensure_topics
 from brokers.state import RedisState
@@ -25,7 +26,9 @@ from schemas.delta import encode_delta
 from schemas.keyspace import Keyspace
 from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
 from schemas.topics import Topics
+from worldlm.acl import grants, principal, principals, redis_rules
 from worldlm.config import Hierarchy
+from worldlm.credentials import load_password, read_password, with_credentials
 from worldlm.keys import KeyFileError, Keyring, load_keyring
 
 Role = Literal["client", "aggregator"]
@@ -47,8 +50,8 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class Endpoints:
-    """Where a participant finds Kafka and Redis, and its signing-key directory when the run
-    signs deltas (``worldlm keys generate``)."""
+    """Where a participant finds Kafka and Redis, and its key directory when the run signs
+    deltas or isolates federations (``worldlm keys generate``)."""
 
     kafka: str
     redis: str
@@ -56,10 +59,33 @@ class Endpoints:
 
 
 async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
-    """Create the run's topics (idempotent): every federation's up/down and the run-wide ones."""
+    """Create the run's topics (idempotent): every federation's up/down and the run-wide ones.
+
+    A run with ``isolation = "acl"`` also gets its Redis users, set through ``endpoints``'
+    Redis connection, which must be an admin's (the operator's, or the one-process runner's).
+    """
     topics = Topics(hierarchy.run.id)
     settings = KafkaSettings(bootstrap=endpoints.kafka, partitions=hierarchy.run.partitions)
     await ensure_topics(settings, [*topics.data_plane(hierarchy.federations), *topics.run_wide()])
+    if hierarchy.run.isolation == "acl":
+        await apply_redis_users(hierarchy, endpoints.redis, endpoints.key_dir)
+
+
+async def apply_redis_users(hierarchy: Hierarchy, admin_url: str, key_dir: str | None) -> int:
+    """Give every principal of the run its Redis user, password from ``key_dir``; how many."""
+    if key_dir is None:
+        raise KeyFileError(
+            f"run {hierarchy.run.id!r} isolates federations: give the key directory holding "
+            "the participants' Redis passwords (--keys DIR; worldlm keys generate)"
+        )
+    passwords = {p: read_password(key_dir, p) for p in principals(hierarchy)}
+    read_only = await server_version(admin_url) >= (7,)
+    users = {
+        g.principal: redis_rules(g, passwords[g.node], read_only=read_only)
+        for g in grants(hierarchy)
+    }
+    await set_users(admin_url, users)
+    return len(users)
 
 
 async def bounded(
@@ -102,6 +128,10 @@ class Node:
                     "directory (--keys DIR; worldlm keys generate)"
                 )
             self.keyring = load_keyring(endpoints.key_dir, node_id)
+        redis = endpoints.redis
+        if self.run.isolation == "acl" and sends_deltas:  # a participant logs in as itself
+            password = load_password(endpoints.key_dir, node_id)
+            redis = with_credentials(redis, principal(self.run.id, node_id), password)
         self.topics = Topics(self.run.id)
         self.keyspace = Keyspace(self.run.id)
         self.settings = KafkaSettings(
@@ -111,7 +141,7 @@ class Node:
             max_request_size=self.run.chunk_kib * 1024 + 64 * 1024,
         )
         self.producer = Producer(self.settings)
-        self.state = RedisState(endpoints.redis, self.keyspace)
+        self.state = RedisState(redis, self.keyspace)
         self.counters: Counter[str] = Counter()
         # member_of: the federation this node is a member of (its parent for an aggregator,
         # "" for the root); an aggregator's own federation is its node id.

@@ -20,7 +20,9 @@ from brokers.kafka import PartitionReader
 from schemas.codec import metrics_decoder
 from schemas.errors import WireError
 from schemas.messages import MetricsReport
+from worldlm.acl import principals
 from worldlm.config import Hierarchy
+from worldlm.credentials import generate_passwords
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import Endpoints, Node, prepare_run
@@ -91,12 +93,16 @@ async def run_hierarchy(
 ) -> RunResult:
     """Run every participant of ``hierarchy`` until the root's final broadcast."""
     started = time.perf_counter()
+    if hierarchy.run.isolation == "acl" and endpoints.key_dir is not None:
+        # The runner is the operator here: it makes the passwords it is about to set.
+        generate_passwords(endpoints.key_dir, principals(hierarchy))
     await prepare_run(hierarchy, endpoints)
     with contextlib.ExitStack() as stack:
         if checkpoint_dir is None:
             checkpoint_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="worldlm-ckpt-"))
             )
+        # The watcher keeps the runner's (admin) Redis connection: it sends no deltas.
         watcher = Node(
             hierarchy, endpoints, f"{hierarchy.run.id}-runner", "client", "", sends_deltas=False
         )
