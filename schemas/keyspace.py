@@ -71,6 +71,10 @@ class Keyspace:
         """String: one part of a residual embedding's payload."""
         return f"{self.ns}:residual:{federation}:{generation}:{index}"
 
+    def revoked_keys(self) -> str:
+        """Hash: fingerprint of a revoked signing key -> its owner (``brokers.revocations``)."""
+        return f"{self.ns}:keys:revoked"
+
     # -- glob patterns of key families, for Redis ACLs (ids hold no glob characters) ------
 
     def everything(self) -> str:

@@ -74,6 +74,10 @@ class RunConfig(_Strict, frozen=True):
     #: "required": every delta is signed by its sender (Ed25519) and verified by its readers;
     #: participants then need a key directory (``--keys``; ``worldlm keys generate``).
     signing: Literal["off", "required"] = "off"
+    #: "required": every update is sealed to the aggregator that folds it, every broadcast to
+    #: its federation's members (X25519 + ChaCha20-Poly1305, ``schemas.sealing``); needs the
+    #: same key directory (``<id>.xkey``/``<id>.xpub``).
+    sealing: Literal["off", "required"] = "off"
     #: "acl": every participant authenticates to Redis as its own user (``<run>.<id>``), limited
     #: to its federation's keys; passwords come from the key directory, never from here
     #: (``worldlm acl`` prints the Redis and Kafka ACLs of a deployment).

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from brokers.deltas import Received
+from brokers.revocations import Revocations
 from schemas.delta import new_update_id
 from schemas.errors import WireError
 from schemas.messages import RoundEvent
@@ -70,7 +71,10 @@ class AggregatorParticipant:
             self.node.topics.up(federation),
             federation,
             keys=self.node.public_keys,
+            unsealer=self.node.unsealer,
+            reload_keys=self.node.keys.reload if self.node.keys is not None else None,
         )
+        self.revocations = Revocations(self.node.state)
         self._parent: BroadcastFollower | None = None
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
         self._bytes_in = 0
@@ -100,7 +104,11 @@ class AggregatorParticipant:
         try:
             if self.fed.parent is not None:
                 self._parent = BroadcastFollower(
-                    node.settings, node.state, self.fed.parent, keys=node.public_keys
+                    node.settings,
+                    node.state,
+                    self.fed.parent,
+                    keys=node.public_keys,
+                    unsealer=node.unsealer,
                 )
                 await self._parent.start(self.stop)
             await node.join()
@@ -170,21 +178,24 @@ class AggregatorParticipant:
         offsets = self.core.meta.offsets
         found, offsets[self.intake.name] = await self.intake.read(offsets.get(self.intake.name, 0))
         arrived = []
+        revoked: set[str] = set()
+        if self.node.public_keys is not None and any(isinstance(i, Received) for i in found):
+            revoked = set(await self.revocations.revoked())  # the list as of this batch
         for item in found:
             if isinstance(item, Received):
-                if (sender := await self._offer(item)) is not None:
+                if (sender := await self._offer(item, revoked)) is not None:
                     arrived.append(sender)
             else:
                 record, rejected = item
                 await self.node.dead_letter(record, rejected.reason, rejected.detail)
         return arrived
 
-    async def _offer(self, received: Received) -> str | None:
+    async def _offer(self, received: Received, revoked: set[str]) -> str | None:
         """Offer one update to the core; its sender if admitted (durably), else None."""
         node, m = self.node, received.delta.manifest
         source = Source(received.topic, received.partition, received.first_offset)
         try:
-            offer = self.intake.offer(received)
+            offer = self.intake.offer(received, revoked)
         except WireError as exc:  # e.g. a malformed codec map: refused, counted here
             await node.dead_letter(source, exc.reason, str(exc))
             return None
@@ -279,6 +290,7 @@ class AggregatorParticipant:
             self.fed.parent,
             submission.wire,
             codecs=submission.codecs,
+            to=[self.fed.parent],
             federation=self.fed.parent,
             kind="update",
             base_version=submission.base_version,
@@ -314,6 +326,7 @@ class AggregatorParticipant:
             node.topics.down(self.id),
             self.id,
             self.core.weights,
+            to=self.fed.members,
             federation=self.id,
             kind="broadcast",
             base_version=meta.version,

@@ -43,7 +43,11 @@ class ClientParticipant:
         self.learner = await asyncio.to_thread(Learner, self._hierarchy, self.client.id)
         await node.start()
         follower = BroadcastFollower(
-            node.settings, node.state, node.federation, keys=node.public_keys
+            node.settings,
+            node.state,
+            node.federation,
+            keys=node.public_keys,
+            unsealer=node.unsealer,
         )
         pending: set[asyncio.Future[Any]] = set()
         try:
@@ -101,6 +105,7 @@ class ClientParticipant:
             round=broadcast.round,
             metrics={"train_loss": done.result.train_loss},
             chunk_size=node.run.chunk_kib * 1024,
+            seal_to=node.seal_to(node.federation),
             signer=node.signer,
             codecs=done.sent.codecs,
         )

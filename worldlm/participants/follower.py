@@ -3,7 +3,8 @@
 A newcomer asks Redis for the federation's model pointer (version, topic, partition, offset),
 reads that partition from that offset with an explicitly assigned reader (no consumer group,
 no rebalance), and hands back the newest complete broadcast. Other federations' records that
-share the partition are skipped by key before they are decoded.
+share the partition are skipped by key before they are decoded. In a sealing run it opens
+broadcasts sealed to its owner; in a signing run it refuses one signed with a revoked key.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from brokers.deltas import DeltaReceiver, Received, Rejected
 from brokers.kafka import KafkaSettings, PartitionReader
+from brokers.revocations import Revocations
 from brokers.state import RedisState
+from schemas.delta import Reassembler
 from schemas.messages import DeltaManifest
+from schemas.sealing import Unsealer
 from schemas.signing import SignatureError, verify_manifest
 
 log = structlog.get_logger(__name__)
@@ -62,6 +66,7 @@ class BroadcastFollower:
         federation: str,
         *,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
+        unsealer: Unsealer | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -69,7 +74,7 @@ class BroadcastFollower:
         self.keys = keys  # verify each broadcast's signature with these (None: unsigned run)
         self._key = federation.encode()
         self._reader: PartitionReader | None = None
-        self._receiver = DeltaReceiver()
+        self._receiver = DeltaReceiver(Reassembler(unsealer=unsealer))
         self.rejected = self._receiver.rejected
 
     async def start(self, stop: asyncio.Event | None = None, poll_s: float = 0.1) -> int:
@@ -104,7 +109,8 @@ class BroadcastFollower:
                 result = self._receiver.feed(record)
                 if isinstance(result, Rejected) or result is None:
                     continue
-                b = self._broadcast(result)
+                revoked = await self._revoked()
+                b = self._broadcast(result, revoked)
                 if (
                     b is not None
                     and b.version > after_version
@@ -117,13 +123,17 @@ class BroadcastFollower:
             if deadline is not None and time.monotonic() > deadline:
                 return newest
 
-    def _broadcast(self, received: Received) -> Broadcast | None:
+    async def _revoked(self) -> set[str]:
+        """The revocation list, in a signing run (one read per complete broadcast)."""
+        return set(await Revocations(self.state).revoked()) if self.keys is not None else set()
+
+    def _broadcast(self, received: Received, revoked: set[str]) -> Broadcast | None:
         m = received.delta.manifest
         if m.kind != "broadcast" or m.envelope.sender != self.federation:
             return None
         if self.keys is not None:
             try:
-                verify_manifest(m, self.keys, received.delta.payload.data)
+                verify_manifest(m, self.keys, received.delta.payload.data, revoked)
             except SignatureError as exc:
                 self.rejected[exc.reason] += 1
                 log.warning("broadcast_rejected", reason=exc.reason, detail=str(exc))

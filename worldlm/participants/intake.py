@@ -4,12 +4,14 @@ Records are reassembled into updates (chunks, hashes, duplicates and interleavin
 ``DeltaReceiver``'s business) and handed out as :class:`Offer`s for the round core, or as
 rejections to dead-letter. The intake tracks the offset below which every record has been
 folded or refused (what a checkpoint may record), how far behind the partition's end it was
-(the high watermark, the consumer lag), and holes it had to read again.
+(the high watermark, the consumer lag), and holes it had to read again. In a sealing run it
+opens only updates sealed to its aggregator; in a signing run an update whose signature
+fails makes it re-read the key directory once (the sender's key may have been rotated).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from aiokafka import ConsumerRecord, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -17,7 +19,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from brokers.deltas import DeltaReceiver, Received, Rejected
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
 from schemas.compression import decompress
-from schemas.signing import verify_manifest
+from schemas.delta import Reassembler
+from schemas.sealing import Unsealer
+from schemas.signing import SignatureError, verify_manifest
 from worldlm.participants.federation import Offer
 
 
@@ -39,12 +43,15 @@ class Intake:
         federation: str,
         *,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
+        unsealer: Unsealer | None = None,
+        reload_keys: Callable[[], bool] | None = None,
     ) -> None:
         self.tp = TopicPartition(topic, partition_for(federation, settings.partitions))
         self.name = f"{self.tp.topic}:{self.tp.partition}"
         self.settings = settings
         self.keys = keys
-        self.receiver = DeltaReceiver()
+        self.reload_keys = reload_keys
+        self.receiver = DeltaReceiver(Reassembler(unsealer=unsealer))
         self.lag = 0  # the most records behind the partition's end since the last reset
         self._key = federation.encode()
         self._reader: PartitionReader | None = None
@@ -91,16 +98,23 @@ class Intake:
         """The offset a checkpoint may record once ``received`` is durable."""
         return self.receiver.safe_offset(self.tp, received.last_offset + 1)
 
-    def offer(self, received: Received) -> Offer:
+    def offer(self, received: Received, revoked: Collection[str] = ()) -> Offer:
         """The update as the round core sees it: decoded (a malformed codec map raises
-        :class:`~schemas.errors.CodecError`); the signature is checked lazily, by the core."""
+        :class:`~schemas.errors.CodecError`); the signature is checked lazily, by the core,
+        and refused if its key's fingerprint is in ``revoked``."""
         delta = received.delta
         m = delta.manifest
-        keys = self.keys
+        keys, reload = self.keys, self.reload_keys
 
         def verify() -> None:
             assert keys is not None
-            verify_manifest(m, keys, delta.payload.data)
+            try:
+                verify_manifest(m, keys, delta.payload.data, revoked)
+            except SignatureError as exc:
+                retry = exc.reason in ("bad_signature", "unknown_signer")
+                if not (retry and reload is not None and reload()):
+                    raise
+                verify_manifest(m, keys, delta.payload.data, revoked)
 
         return Offer(
             m.envelope.sender,

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import structlog
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from brokers.access import server_version, set_users
 from brokers.deltas import Published, publish_delta
@@ -25,11 +26,13 @@ from schemas.codec import encode
 from schemas.delta import encode_delta
 from schemas.keyspace import Keyspace
 from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
+from schemas.sealing import Unsealer
 from schemas.topics import Topics
 from worldlm.acl import grants, principal, principals, redis_rules
 from worldlm.config import Hierarchy
 from worldlm.credentials import load_password, read_password, with_credentials
-from worldlm.keys import KeyFileError, Keyring, load_keyring
+from worldlm.keys import KeyFileError
+from worldlm.participants.keychain import Keychain
 
 Role = Literal["client", "aggregator"]
 
@@ -120,14 +123,16 @@ class Node:
         self.id = node_id
         self.role: Role = role
         self.federation = federation  # the federation this node is a member of ("" for root)
-        self.keyring: Keyring | None = None
-        if self.run.signing == "required" and sends_deltas:
+        self.keys: Keychain | None = None
+        modes = {"signed": self.run.signing, "sealed": self.run.sealing}
+        needs = [what for what, mode in modes.items() if mode == "required"]
+        if needs and sends_deltas:
             if endpoints.key_dir is None:
                 raise KeyFileError(
-                    f"run {self.run.id!r} requires signed deltas: give {node_id} its key "
-                    "directory (--keys DIR; worldlm keys generate)"
+                    f"run {self.run.id!r} requires {' and '.join(needs)} deltas: give "
+                    f"{node_id} its key directory (--keys DIR; worldlm keys generate)"
                 )
-            self.keyring = load_keyring(endpoints.key_dir, node_id)
+            self.keys = Keychain(self.run, endpoints.key_dir, node_id, self.recipients())
         redis = endpoints.redis
         if self.run.isolation == "acl" and sends_deltas:  # a participant logs in as itself
             password = load_password(endpoints.key_dir, node_id)
@@ -153,12 +158,31 @@ class Node:
     @property
     def signer(self) -> Ed25519PrivateKey | None:
         """The key this node signs its deltas with (None when the run does not sign)."""
-        return self.keyring.signer if self.keyring is not None else None
+        return self.keys.signer if self.keys is not None else None
 
     @property
     def public_keys(self) -> dict[str, Ed25519PublicKey] | None:
         """Keys to verify others' deltas with (None when the run does not sign)."""
-        return self.keyring.public if self.keyring is not None else None
+        return self.keys.public if self.keys is not None else None
+
+    @property
+    def unsealer(self) -> Unsealer | None:
+        """Opens deltas sealed to this node (None when the run does not seal)."""
+        return self.keys.unsealer if self.keys is not None else None
+
+    def recipients(self) -> tuple[str, ...]:
+        """Whom this node seals to: its federation's aggregator (updates) and, for an
+        aggregator, its own federation's members (broadcasts)."""
+        own = self.hierarchy.federations.get(self.id) if self.role == "aggregator" else None
+        return (*([self.federation] if self.federation else []), *(own.members if own else ()))
+
+    def seal_to(self, *recipients: str) -> dict[str, X25519PublicKey] | None:
+        """Sealing keys of ``recipients`` (None when the run does not seal); a rotated key
+        directory is re-read first."""
+        if self.keys is None:
+            return None
+        self.keys.reload()
+        return self.keys.seal_to(recipients)
 
     def envelope(self, federation: str | None = None) -> Envelope:
         return Envelope(run=self.run.id, sender=self.id, federation=federation or self.federation)
@@ -226,14 +250,23 @@ class Node:
     # -- deltas and models ---------------------------------------------------------------
 
     async def publish(
-        self, topic: str, key: str, tensors: Mapping[str, torch.Tensor], **manifest: Any
+        self,
+        topic: str,
+        key: str,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        to: Sequence[str],
+        **manifest: Any,
     ) -> Published:
-        """Chunk, sign (in a signing run) and publish ``tensors`` keyed by ``key``."""
+        """Chunk, seal to ``to`` and sign (in a run that does) and publish ``tensors`` keyed
+        by ``key``."""
+        seal_to = self.seal_to(*to)
         encoded = encode_delta(
             tensors,
             envelope=self.envelope(manifest.pop("federation", None)),
             chunk_size=self.run.chunk_kib * 1024,
             signer=self.signer,
+            seal_to=seal_to,
             **manifest,
         )
         return await publish_delta(self.producer, topic, key, encoded)
