@@ -23,7 +23,7 @@ from worldlm.config import ConfigError, Hierarchy, parse
 Raw = dict[str, Any]
 
 #: Policy fields a method sets itself; a federation's own value would undo the method.
-_METHOD_FIELDS = ("key", "residual", "backbone", "server_lr", "momentum")
+_METHOD_FIELDS = ("key", "residual", "backbone", "server_lr", "momentum", "compression")
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,15 @@ def _mean_key(raw: Raw, rounds: int) -> list[Raw]:
     return [_suffix(_policy(raw, key="mean", residual=_NONE), "meankey")]
 
 
+def _compressed(codec: str, **params: Any) -> Callable[[Raw, int], list[Raw]]:
+    """WorldLM with every edge's updates in ``codec`` (error feedback on)."""
+
+    def build(raw: Raw, rounds: int) -> list[Raw]:
+        return [_suffix(_policy(raw, compression={"codec": codec, **params}), codec)]
+
+    return build
+
+
 def _hierarchical(raw: Raw, rounds: int) -> list[Raw]:
     return [_suffix(_policy(raw, key="fedavg", backbone="fedavg", residual=_NONE), "hfedavg")]
 
@@ -190,6 +199,26 @@ METHODS: dict[str, Method] = {
             "WorldLM, misplaced tree",
             "the config's policy with each federation's clients regrouped to dissimilar data",
             _misplaced,
+        ),
+        Method(
+            "worldlm_bf16",
+            "WorldLM, bf16 updates",
+            "every update sent in bfloat16 (half the bytes), with error feedback",
+            _compressed("bf16"),
+        ),
+        Method(
+            "worldlm_int8",
+            "WorldLM, int8 updates",
+            "every update sent in int8 with a float32 scale per 256 values (0.26x the bytes), "
+            "with error feedback",
+            _compressed("int8", block=256),
+        ),
+        Method(
+            "worldlm_topk",
+            "WorldLM, top-10% updates",
+            "every update sent as its largest 10% of values and their indices (0.2x the bytes), "
+            "with error feedback",
+            _compressed("topk", fraction=0.1),
         ),
         Method(
             "hierarchical_fedavg",

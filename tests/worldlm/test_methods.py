@@ -78,6 +78,10 @@ def test_methods_set_their_policy_in_every_federation() -> None:
     (fedper,) = method_configs(raw, "fedper")
     assert list(fedper.federations) == ["root"] and fedper.root.policy.key == "local"
     assert all(c.keep_key_layers for c in fedper.clients.values())
+    for codec in ("bf16", "int8", "topk"):
+        (compressed,) = method_configs(raw, f"worldlm_{codec}")
+        assert {f.policy.compression.codec for f in compressed.federations.values()} == {codec}
+        assert compressed.run.id.endswith(codec)
     local = method_configs(raw, "local")
     assert sorted(next(iter(h.clients)) for h in local) == ["es-0", "fr-0", "ru-0"]
     with pytest.raises(ConfigError, match="unknown method"):
