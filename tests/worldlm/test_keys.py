@@ -41,3 +41,20 @@ def test_missing_directory_and_unreadable_key_are_named(tmp_path: Path) -> None:
     (tmp_path / "root.key").write_text("not a key")
     with pytest.raises(KeyFileError, match="cannot read private key"):
         load_keyring(tmp_path, "root")
+
+
+def test_generate_writes_a_sealing_pair_and_rotation_changes_only_the_signing_key(
+    tmp_path: Path,
+) -> None:
+    from worldlm.keys import key_stamp, public_fingerprint, rotate_signing_key
+
+    generate_keys(tmp_path, ["root", "en-0"])
+    assert stat.S_IMODE((tmp_path / "en-0.xkey").stat().st_mode) == 0o600
+    ring = load_keyring(tmp_path, "en-0")
+    assert ring.sealer is not None and sorted(ring.seal_public) == ["en-0", "root"]
+    sealing, stamp = (tmp_path / "en-0.xpub").read_bytes(), key_stamp(tmp_path)
+    before = public_fingerprint(tmp_path, "en-0")
+    old, new = rotate_signing_key(tmp_path, "en-0")
+    assert old == before != new == public_fingerprint(tmp_path, "en-0")
+    assert (tmp_path / "en-0.xpub").read_bytes() == sealing and key_stamp(tmp_path) != stamp
+    assert stat.S_IMODE((tmp_path / "en-0.key").stat().st_mode) == 0o600
