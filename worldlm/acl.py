@@ -2,14 +2,15 @@
 
 Pure: a :class:`Grant` per principal from the config alone, and renderers that turn grants
 into ``kafka-acls.sh`` commands or ``ACL SETUSER`` arguments. Nothing here connects to
-anything; ``worldlm acl`` prints what these return and :func:`worldlm.participants.node.prepare_run`
-applies the Redis side of a run with ``isolation = "acl"``.
+anything; ``worldlm acl`` prints what these return, and ``prepare_run``
+(:mod:`worldlm.participants.node`) applies the Redis side of a run with ``isolation = "acl"``.
 
 A client writes its federation's ``up`` topic and reads its ``down`` topic; an aggregator
 reads its own ``up``, writes its own ``down``, and, one level up, writes its parent's ``up`` and
 reads its parent's ``down``. In Redis a client touches its federation's membership and reads
 its model pointer; an aggregator owns every key of its federation, joins its parent's
-membership, reads its parent's model pointer and the residual caches its policy links to.
+membership, reads its parent's model pointer and the residual caches its policy links to;
+both read the run's list of revoked signing keys (the operator writes it).
 Nobody reads a sibling's traffic or keys. The run-wide topics are written by participants and
 read by the observer (the dashboard, the runner's metrics collector) only, because dead
 letters carry the first bytes of rejected updates of every federation.
@@ -97,15 +98,18 @@ def grants(hierarchy: Hierarchy) -> list[Grant]:
             k.residual_parts(fed.id),
         ]
         read_keys = [
-            pattern
-            for other in hierarchy.residual_links(fed.id)
-            for pattern in (k.residual(other), k.residual_parts(other))
+            k.revoked_keys(),
+            *(
+                pattern
+                for other in hierarchy.residual_links(fed.id)
+                for pattern in (k.residual(other), k.residual_parts(other))
+            ),
         ]
         if fed.parent is not None:
             writes.insert(1, t.up(fed.parent))
             reads.append(t.down(fed.parent))
             keys += [k.members(fed.parent), k.member_info(fed.parent)]
-            read_keys.insert(0, k.model_version(fed.parent))
+            read_keys.insert(1, k.model_version(fed.parent))
         out.append(
             Grant(
                 fed.id,
@@ -128,7 +132,7 @@ def grants(hierarchy: Hierarchy) -> list[Grant]:
                 (t.up(f), t.events, t.metrics),
                 (t.down(f),),
                 (k.members(f), k.member_info(f)),
-                (k.model_version(f),),
+                (k.model_version(f), k.revoked_keys()),
                 _CLIENT,
             )
         )

@@ -95,6 +95,9 @@ def test_no_participant_is_granted_a_siblings_topics_or_keys() -> None:
         k.member_info("latin"),
     ]
     assert [key for key in own if matches(key, fr.read_keys)] == [k.model_version("latin")]
+    # Both read the revocation list; only the operator (an admin) writes it.
+    assert matches(k.revoked_keys(), fr.read_keys) and matches(k.revoked_keys(), latin.read_keys)
+    assert not matches(k.revoked_keys(), fr.keys + latin.keys)
 
 
 def test_residual_links_grant_read_access_to_the_linked_caches_only() -> None:

@@ -20,6 +20,7 @@ from worldlm.acl import principal, principals
 from worldlm.cli import app
 from worldlm.config import Hierarchy, parse
 from worldlm.credentials import generate_passwords, read_password, with_credentials
+from worldlm.keys import generate_keys
 from worldlm.participants.node import Endpoints, apply_redis_users
 from worldlm.participants.runner import run_hierarchy
 
@@ -92,7 +93,8 @@ async def test_a_client_is_refused_another_federations_keys(
 async def test_a_run_that_isolates_federations_completes_without_a_refusal(
     servers: Servers, run_id: str, tmp_path: Path
 ) -> None:
-    h = isolated(run_id)
+    h = isolated(run_id, signing="required")  # signed: the revocation list is read too
+    generate_keys(tmp_path, [*h.federations, *h.clients])
     ep = Endpoints(servers.kafka, servers.redis, key_dir=str(tmp_path))
     async with asyncio.timeout(120):
         result = await run_hierarchy(h, ep)
