@@ -5,11 +5,15 @@
 (b) ours: encode a 100 MB state dict (layout, hashes, chunking), publish manifest and chunks,
     consume them with a PartitionReader, decode, verify every hash, reassemble, view tensors.
 
+(c) codecs: compress and decompress the same state dict in memory (bf16, int8, topk;
+    ``schemas/compression.py``), MB/s of float32 input, next to the broker figures.
+
 Both run producer and consumer concurrently and are timed from the first byte encoded to the
 last record consumed. Trials are paired and alternate their order ((b) first in even trials,
 (a) first in odd ones); every pair is printed, and the median of the paired ratios reported.
 
     python benchmarks/transport.py [--megabytes 100] [--trials 7] [--chunk-kib 768]
+    python benchmarks/transport.py --codecs-only [--megabytes 100] [--trials 3]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from typing import Any
 
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -26,6 +31,7 @@ from brokers.deltas import DeltaReceiver, Received, publish_delta
 from brokers.embedded import embedded_servers
 from brokers.kafka import KafkaSettings, PartitionReader, Producer, ensure_topics
 from schemas.codec import encode
+from schemas.compression import compress, decompress
 from schemas.delta import encode_delta
 from schemas.messages import Envelope
 
@@ -110,6 +116,37 @@ async def pipeline_trial(
     return elapsed, record_size, delta.manifest.chunk_count
 
 
+#: (label, codec, parameters) of the codecs timed.
+CODECS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("bf16", "bf16", {}),
+    ("int8, block 256", "int8", {"block": 256}),
+    ("topk 10%", "topk", {"fraction": 0.1}),
+)
+
+
+def codec_throughput(state: dict[str, torch.Tensor], trials: int) -> None:
+    """(c): best-of-``trials`` encode + decode MB/s of float32 input for each codec, on one
+    torch thread (a per-core figure)."""
+    torch.set_num_threads(1)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    print(f"(c) codecs on {total / 1e6:.1f} MB of float32, best of {trials}:")
+    for label, codec, params in CODECS:
+        encode_s, decode_s = [], []
+        for _ in range(trials):
+            started = time.perf_counter()
+            wire, codecs = compress(state, codec, **params)
+            encoded = time.perf_counter()
+            decompress(wire, codecs)
+            encode_s.append(encoded - started)
+            decode_s.append(time.perf_counter() - encoded)
+        e, d = min(encode_s), min(decode_s)
+        print(
+            f"    {label:>16}: encode {total / e / 1e6:7.1f} MB/s   decode "
+            f"{total / d / 1e6:7.1f} MB/s   both {total / (e + d) / 1e6:7.1f} MB/s",
+            flush=True,
+        )
+
+
 async def main(megabytes: int, trials: int, chunk_size: int) -> None:
     state = state_dict(megabytes)
     total = sum(t.numel() * t.element_size() for t in state.values())
@@ -154,6 +191,7 @@ async def main(megabytes: int, trials: int, chunk_size: int) -> None:
     print(f"(a) raw aiokafka produce->consume: {total / raw / 1e6:7.1f} MB/s")
     print(f"(b) WorldLM delta pipeline:        {total / ours / 1e6:7.1f} MB/s")
     print(f"ratio (b)/(a): median of the paired ratios {statistics.median(ratios):.3f}")
+    codec_throughput(state, trials)
 
 
 if __name__ == "__main__":
@@ -163,5 +201,9 @@ if __name__ == "__main__":
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--chunk-kib", type=int, default=768)
+    parser.add_argument("--codecs-only", action="store_true", help="only (c), no broker")
     args = parser.parse_args()
-    asyncio.run(main(args.megabytes, args.trials, args.chunk_kib * 1024))
+    if args.codecs_only:
+        codec_throughput(state_dict(args.megabytes), args.trials)
+    else:
+        asyncio.run(main(args.megabytes, args.trials, args.chunk_kib * 1024))
