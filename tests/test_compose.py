@@ -219,7 +219,8 @@ def test_config_paths_point_into_the_image_at_a_shipped_config_file() -> None:
         if line.strip() and not line.startswith("#")
     ]
     for name, args in worldlm_services().items():
-        config = option_value(args, "--config")
+        # `worldlm acl CONFIG` takes its config as an argument, the others as --config.
+        config = args[2] if args[1:2] == ["acl"] else option_value(args, "--config")
         assert config is not None and config.startswith(IMAGE_ROOT), f"{name}: --config {config}"
         relative = config.removeprefix(IMAGE_ROOT)
         assert (REPO / relative).is_file(), f"{name}: {config} is not a file of the repository"

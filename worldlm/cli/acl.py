@@ -22,8 +22,8 @@ def acl(
     format: Annotated[
         Format, typer.Option("--format", help="kafka: kafka-acls.sh lines; redis: ACL SETUSER.")
     ] = Format.kafka,
-    bootstrap: Annotated[
-        str, typer.Option("--bootstrap", help="Kafka bootstrap the printed commands use.")
+    kafka: Annotated[
+        str, typer.Option("--kafka", help="Kafka bootstrap the printed commands use.")
     ] = "localhost:9092",
     command_config: Annotated[
         str | None,
@@ -36,10 +36,12 @@ def acl(
     redis_version: Annotated[
         int, typer.Option("--redis-version", help="Major version: 7+ has read-only patterns.")
     ] = 7,
-    apply: Annotated[
-        str | None,
-        typer.Option("--apply", help="Set the Redis users on this Redis URL (an admin's)."),
+    redis: Annotated[
+        str | None, typer.Option("--redis", help="Redis URL of an admin, for --apply.")
     ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Set the Redis users on --redis instead of printing.")
+    ] = False,
     run_id: Annotated[str | None, typer.Option("--run-id", help="Override run.id.")] = None,
 ) -> None:
     """Print the ACLs of CONFIG's deployment: each participant principal (<run>.<id>) may
@@ -48,23 +50,25 @@ def acl(
     (<run>.observer: dashboard, metrics) reads the run-wide topics and keys. Kafka: topic
     creation, then one kafka-acls.sh line per grant. Redis: one ACL SETUSER line per
     principal, with the SHA-256 of its password from --keys (else a placeholder).
-    --apply URL sets the Redis users instead of printing them."""
+    --apply sets the Redis users on --redis (an admin connection) instead of printing them."""
     from worldlm.acl import kafka_commands, principals, redis_commands
     from worldlm.cli.participants import _usage_errors, load_config
     from worldlm.credentials import read_password
 
     hierarchy = load_config(config, run_id)
     with _usage_errors(), _refusals():
-        if apply is not None:
+        if apply:
             from worldlm.participants.node import apply_redis_users
 
+            if redis is None:
+                raise typer.BadParameter("--apply sets users on a Redis: give --redis URL")
             count = asyncio.run(
-                apply_redis_users(hierarchy, apply, str(keys) if keys is not None else None)
+                apply_redis_users(hierarchy, redis, str(keys) if keys is not None else None)
             )
             typer.echo(f"{count} Redis users set for run {hierarchy.run.id}")
             return
         if format is Format.kafka:
-            lines = kafka_commands(hierarchy, bootstrap, command_config=command_config)
+            lines = kafka_commands(hierarchy, kafka, command_config=command_config)
         else:
             passwords = (
                 {p: read_password(keys, p) for p in principals(hierarchy)}

@@ -150,10 +150,10 @@ def test_acl_command_prints_hashes_and_applies_the_users(
     assert read_password(keys, "fr-0") not in printed.output
 
     applied = runner.invoke(
-        app, ["acl", str(config), "--keys", str(keys), "--apply", servers.redis]
+        app, ["acl", str(config), "--keys", str(keys), "--redis", servers.redis, "--apply"]
     )
     assert applied.exit_code == 0, applied.output
     assert f"6 Redis users set for run {run_id}" in applied.output
 
-    kafka = runner.invoke(app, ["acl", str(config), "--bootstrap", "b:9092"])
+    kafka = runner.invoke(app, ["acl", str(config), "--kafka", "b:9092"])
     assert kafka.exit_code == 0 and f"User:{run_id}.fr-0" in kafka.output
