@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from worldlm.training import corpus_build as cb
+from worldlm.training import corpus_sources
 from worldlm.training import corpus_text as ct
 
 MAN_PAGE = r""".\" Copyright (C) 2023 comment that must vanish
@@ -192,7 +193,7 @@ def test_sword_ztext_reader_decodes_books_into_chapter_documents(tmp_path: Path)
         blob += packed
     (module / "ot.bzs").write_bytes(index)
     (module / "ot.bzz").write_bytes(blob)
-    assert list(cb._sword_ztext(tmp_path)) == [
+    assert list(corpus_sources._sword_ztext(tmp_path)) == [
         ("Gen 1", "Gen 1\n\nIn the beginning."),
         ("Exod 1", "Exod 1\n\nNames."),
     ]
