@@ -8,7 +8,7 @@ commits only past what it has fully folded in.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,6 +18,10 @@ from brokers.kafka import Producer
 from schemas.codec import delta_decoder, encode
 from schemas.delta import CompletedDelta, EncodedDelta, Reassembler
 from schemas.errors import WireError
+from schemas.messages import DeltaManifest
+
+#: How many completed updates a receiver remembers, to recognise one delivered again.
+REMEMBER_COMPLETED = 65536
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,17 @@ class Rejected:
     record: ConsumerRecord
 
 
+@dataclass(frozen=True)
+class Repeat:
+    """The manifest of an update this receiver completed before (at-least-once re-delivery,
+    or a republished record): nothing to fold, but a consumer that accounts for every update
+    counts it as a duplicate."""
+
+    sender: str
+    update_id: str
+    record: ConsumerRecord
+
+
 class DeltaReceiver:
     """Feeds Kafka records through the codec and a :class:`Reassembler`."""
 
@@ -86,9 +101,11 @@ class DeltaReceiver:
         self.records = 0
         self.bytes = 0
         self._first_offset: dict[tuple[str, str], tuple[TopicPartition, int]] = {}
+        self._done: OrderedDict[tuple[str, str], None] = OrderedDict()
 
-    def feed(self, record: ConsumerRecord) -> Received | Rejected | None:
-        """Fold one record in; a :class:`Received` when it completes a delta."""
+    def feed(self, record: ConsumerRecord) -> Received | Rejected | Repeat | None:
+        """Fold one record in; a :class:`Received` when it completes a delta, a
+        :class:`Repeat` for the manifest of one completed before."""
         self.records += 1
         value: bytes = record.value or b""
         self.bytes += len(value)
@@ -96,6 +113,8 @@ class DeltaReceiver:
         try:
             message = delta_decoder.decode(value)
             key = (message.envelope.sender, message.update_id)
+            if key in self._done and isinstance(message, DeltaManifest):
+                return Repeat(key[0], key[1], record)
             self._first_offset.setdefault(key, (tp, record.offset))
             done = self.reassembler.add(message)
         except WireError as exc:
@@ -104,6 +123,9 @@ class DeltaReceiver:
         if done is None:
             return None
         _, first = self._first_offset.pop(key, (tp, record.offset))
+        self._done[key] = None
+        if len(self._done) > REMEMBER_COMPLETED:
+            self._done.popitem(last=False)
         return Received(done, record.topic, record.partition, first, record.offset)
 
     def expire(self) -> int:

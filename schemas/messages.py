@@ -136,13 +136,39 @@ class RoundEvent(Message, frozen=True, tag="round"):
     version: int = 0
 
 
+class RoundLedger(msgspec.Struct, frozen=True):
+    """What an aggregator decided about its update topic in one round, by update id: the
+    exactly-once accounting ``worldlm audit`` checks against what the children published.
+
+    ``folded`` were aggregated (``declined`` is the part the strategy then left out, e.g. a
+    non-finite delta); ``duplicates`` were dropped as already folded or pending (at-least-once
+    re-delivery); ``superseded`` were replaced by a newer update of the same member before the
+    close; ``refused`` maps the updates the round core refused (dead-lettered) to the reason.
+    ``dead_lettered`` counts every record dead-lettered from the topic in the round, undecodable
+    ones included. ``offsets`` maps ``topic:partition`` to the ``[start, end)`` the round's
+    decisions cover: every record below ``end`` has been decided.
+    """
+
+    folded: tuple[str, ...] = ()
+    declined: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+    superseded: tuple[str, ...] = ()
+    refused: dict[str, str] = {}
+    dead_lettered: int = 0
+    offsets: dict[str, tuple[int, int]] = {}
+
+
 class MetricsReport(Message, frozen=True, tag="metrics"):
-    """Per-round figures a participant publishes for dashboards (loss, perplexity, bytes, ...)."""
+    """Per-round figures a participant publishes for dashboards (loss, perplexity, bytes, ...).
+
+    An aggregator's report also carries the round's :class:`RoundLedger`.
+    """
 
     round: int
     node: str
     role: Literal["client", "aggregator"]
     values: dict[str, float] = {}
+    ledger: RoundLedger | None = None
 
 
 class DeadLetter(Message, frozen=True, tag="dead_letter"):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from schemas.messages import Envelope, MetricsReport
+from schemas.messages import Envelope, MetricsReport, RoundLedger
 from worldlm.config import Hierarchy
 from worldlm.participants.federation import Accepted, FederationCore, Offer, Rejected
 from worldlm.participants.learner import Learner, LearnerRound
@@ -164,7 +164,9 @@ class Simulation:
         closed = core.close(reason, core.residual_entries(cached), live)
         if closed.residual is not None:
             self.residuals[fid] = (core.meta.round, closed.residual)
-        self._report(fid, "aggregator", closed.round, closed.values, federation=fid)
+        self._report(
+            fid, "aggregator", closed.round, closed.values, federation=fid, ledger=closed.ledger
+        )
         if closed.exchange:
             parent = self.hierarchy.federations[fid].parent
             assert parent is not None
@@ -185,7 +187,14 @@ class Simulation:
         self._report(cid, "client", b.round, values, federation=b.federation)
 
     def _report(
-        self, node: str, role: str, round: int, values: dict[str, float], *, federation: str
+        self,
+        node: str,
+        role: str,
+        round: int,
+        values: dict[str, float],
+        *,
+        federation: str,
+        ledger: RoundLedger | None = None,
     ) -> None:
         report = MetricsReport(
             envelope=Envelope(
@@ -195,6 +204,7 @@ class Simulation:
             node=node,
             role=role,  # type: ignore[arg-type]
             values=values,
+            ledger=ledger,
         )
         self.reports.append(report)
         if self.on_report is not None:

@@ -27,6 +27,8 @@ COMMANDS = [
     "aggregator",
     "dashboard",
     "acl",
+    "audit",
+    "replay",
 ]
 
 

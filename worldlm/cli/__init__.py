@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from worldlm.cli.acl import acl
+from worldlm.cli.audit import audit
 from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.demo import demo
@@ -12,6 +13,7 @@ from worldlm.cli.experiment import experiment
 from worldlm.cli.infra import app as infra_app
 from worldlm.cli.keys import app as keys_app
 from worldlm.cli.participants import aggregator, client, run
+from worldlm.cli.replay import replay
 from worldlm.cli.simulate import simulate
 
 app = typer.Typer(
@@ -31,6 +33,8 @@ app.command(name="dashboard")(dashboard_command)
 app.command()(demo)
 app.command()(experiment)
 app.command()(acl)
+app.command()(audit)
+app.command()(replay)
 
 
 def main() -> None:

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+
 from brokers.deltas import Received
 from brokers.revocations import Revocations
 from schemas.delta import new_update_id
@@ -78,6 +80,10 @@ class AggregatorParticipant:
         self._parent: BroadcastFollower | None = None
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
         self._bytes_in = 0
+        # The round's own accounting: records this shell dead-lettered (the core counts its
+        # refusals) and the offset its decisions started from.
+        self._dead_letters = 0
+        self._covered_from = 0
 
     @property
     def token(self) -> str:
@@ -100,7 +106,8 @@ class AggregatorParticipant:
     async def _lead(self) -> None:
         node, core = self.node, self.core
         self._restore()
-        await self.intake.start(core.meta.offsets.get(self.intake.name, 0))
+        self._covered_from = core.meta.offsets.get(self.intake.name, 0)
+        await self.intake.start(self._covered_from)
         try:
             if self.fed.parent is not None:
                 self._parent = BroadcastFollower(
@@ -187,7 +194,10 @@ class AggregatorParticipant:
                     arrived.append(sender)
             else:
                 record, rejected = item
+                self._dead_letters += 1
                 await self.node.dead_letter(record, rejected.reason, rejected.detail)
+        for update_id in self.intake.take_repeats():
+            self.core.repeated(update_id)
         return arrived
 
     async def _offer(self, received: Received, revoked: set[str]) -> str | None:
@@ -197,6 +207,7 @@ class AggregatorParticipant:
         try:
             offer = self.intake.offer(received, revoked)
         except WireError as exc:  # e.g. a malformed codec map: refused, counted here
+            self._dead_letters += 1
             await node.dead_letter(source, exc.reason, str(exc))
             return None
         decision = self.core.offer(offer)
@@ -262,9 +273,17 @@ class AggregatorParticipant:
             # undecodable records (ours) and refused updates (the core's)
             "rejected": float(core.counters["rejected"] + node.counters["rejected"]),
             "read_gaps": float(self.intake.gaps[0]),
+            "round_dead_lettered": closed.values["round_dead_lettered"] + self._dead_letters,
         }
-        await node.metrics(closed.round, values, federation=self.id)
+        end = core.meta.offsets.get(self.intake.name, 0)
+        ledger = msgspec.structs.replace(
+            closed.ledger,
+            dead_lettered=closed.ledger.dead_lettered + self._dead_letters,
+            offsets={self.intake.name: (self._covered_from, end)},
+        )
+        await node.metrics(closed.round, values, federation=self.id, ledger=ledger)
         self.intake.lag = 0
+        self._dead_letters, self._covered_from = 0, end
         node.log.info(
             "round_closed",
             round=closed.round,

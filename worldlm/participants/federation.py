@@ -29,6 +29,7 @@ from worldlm.participants.rounds import (
     Closed,
     Decision,
     Duplicate,
+    Ledger,
     Offer,
     Pending,
     Rejected,
@@ -115,6 +116,8 @@ class FederationCore:
         self.base: Weights = {n: t.clone() for n, t in weights.items()}
         self.pending: list[Pending] = []
         self.counters: Counter[str] = Counter()
+        #: the open round's decisions by update id, published with its metrics
+        self.ledger = Ledger()
         self._seen: set[str] = set()
         self._new_id = new_id
         self._members = frozenset(self.fed.members)
@@ -133,12 +136,16 @@ class FederationCore:
         match decision:
             case Duplicate():
                 self.counters["updates_duplicate"] += 1
+                self.ledger.duplicates.append(offer.update_id)
             case Rejected(reason=reason):
                 self.counters["rejected"] += 1
                 self.counters[f"rejected_{reason}"] += 1
+                self.ledger.refused[offer.update_id] = reason
             case Accepted():
                 self.counters["updates_accepted"] += 1
                 # One update per member per round: a newer one from the same member replaces it.
+                replaced = [p.update_id for p in self.pending if p.sender == offer.sender]
+                self.ledger.superseded.extend(replaced)
                 self.pending = [p for p in self.pending if p.sender != offer.sender]
                 self.pending.append(
                     Pending(
@@ -151,6 +158,13 @@ class FederationCore:
                 )
                 self._seen.add(offer.update_id)
         return decision
+
+    def repeated(self, update_id: str) -> Duplicate:
+        """An update the shell's reassembler recognised as delivered before (a republished
+        manifest): counted and recorded like a duplicate the core caught itself."""
+        self.counters["updates_duplicate"] += 1
+        self.ledger.duplicates.append(update_id)
+        return Duplicate(update_id)
 
     def _admit(self, offer: Offer) -> Decision:
         sender = offer.sender
@@ -245,6 +259,10 @@ class FederationCore:
         meta.awaiting_parent = exchange
         meta.final = self.fed.parent is None and meta.round >= self.hierarchy.run.rounds
         stale = [u.staleness for u in updates]
+        folded = tuple(p.update_id for p in ordered)
+        by_sender = {p.sender: p.update_id for p in ordered}
+        declined = tuple(by_sender[r.sender] for r in result.rejected if r.sender in by_sender)
+        ledger, self.ledger = self.ledger.seal(folded, declined), Ledger()
         values = {
             "members": float(live),
             "arrived": float(len(updates)),
@@ -255,6 +273,10 @@ class FederationCore:
             "staleness_max": float(max(stale, default=0)),
             "residuals": float(len(residuals)),
             "version": float(meta.version),
+            # this round's own accounting (the ledger names the ids)
+            "round_accepted": float(len(folded) - len(declined)),
+            "round_duplicates": float(len(ledger.duplicates)),
+            "round_dead_lettered": float(ledger.dead_lettered),
         }
         values |= {
             k: float(v)
@@ -265,12 +287,13 @@ class FederationCore:
             round=closed_round,
             reason=reason,
             version=meta.version,
-            folded=tuple(p.update_id for p in ordered),
+            folded=folded,
             rejected=result.rejected,
             residual={n: self.weights[n] for n in sorted(self.key)} if self.key else None,
             exchange=exchange,
             final=meta.final,
             values=values,
+            ledger=ledger,
         )
 
     # -- the parent ----------------------------------------------------------------------
@@ -368,4 +391,5 @@ class FederationCore:
         self.compressor.residual = dict(snapshot.feedback)
         self._outgoing = None
         self.counters = Counter(snapshot.meta.counters)
+        self.ledger = Ledger()  # decisions since the last checkpoint are re-made on re-reading
         self._seen = set(snapshot.meta.seen) | {p.update_id for p in self.pending}

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from aiokafka import ConsumerRecord, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from brokers.deltas import DeltaReceiver, Received, Rejected
+from brokers.deltas import DeltaReceiver, Received, Rejected, Repeat
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
 from schemas.compression import decompress
 from schemas.delta import Reassembler
@@ -53,6 +53,8 @@ class Intake:
         self.reload_keys = reload_keys
         self.receiver = DeltaReceiver(Reassembler(unsealer=unsealer))
         self.lag = 0  # the most records behind the partition's end since the last reset
+        #: ids of updates delivered again since the last take_repeats() (republished)
+        self.repeats: list[str] = []
         self._key = federation.encode()
         self._reader: PartitionReader | None = None
 
@@ -86,6 +88,8 @@ class Intake:
                     found.append((record, result))
                 elif isinstance(result, Received):
                     found.append(result)
+                elif isinstance(result, Repeat):
+                    self.repeats.append(result.update_id)
             next_offset = record.offset + 1
         if next_offset is not None:
             position = self.receiver.safe_offset(self.tp, next_offset)
@@ -93,6 +97,11 @@ class Intake:
         if highwater is not None:
             self.lag = max(self.lag, highwater - (next_offset or position))
         return found, position
+
+    def take_repeats(self) -> list[str]:
+        """The ids delivered again since the last call (each one a duplicate to count)."""
+        repeats, self.repeats = self.repeats, []
+        return repeats
 
     def safe_after(self, received: Received) -> int:
         """The offset a checkpoint may record once ``received`` is durable."""

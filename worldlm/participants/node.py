@@ -25,7 +25,14 @@ from brokers.state import RedisState
 from schemas.codec import encode
 from schemas.delta import encode_delta
 from schemas.keyspace import Keyspace
-from schemas.messages import DeadLetter, Envelope, MembershipEvent, MetricsReport, RoundEvent
+from schemas.messages import (
+    DeadLetter,
+    Envelope,
+    MembershipEvent,
+    MetricsReport,
+    RoundEvent,
+    RoundLedger,
+)
 from schemas.sealing import Unsealer
 from schemas.topics import Topics
 from worldlm.acl import grants, principal, principals, redis_rules
@@ -288,7 +295,11 @@ class Node:
         )
 
     async def metrics(
-        self, round: int, values: dict[str, float], federation: str | None = None
+        self,
+        round: int,
+        values: dict[str, float],
+        federation: str | None = None,
+        ledger: RoundLedger | None = None,
     ) -> None:
         report = MetricsReport(
             envelope=self.envelope(federation),
@@ -296,6 +307,7 @@ class Node:
             node=self.id,
             role=self.role,
             values=values,
+            ledger=ledger,
         )
         await self.producer.send(self.topics.metrics, encode(report), key=self.id)
 

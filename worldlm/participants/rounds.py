@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from schemas.messages import TensorCodec
+from schemas.messages import RoundLedger, TensorCodec
 from worldlm.strategies import Rejection
 
 if TYPE_CHECKING:
@@ -92,6 +92,27 @@ class Closed:
     exchange: bool
     final: bool
     values: dict[str, float]
+    ledger: RoundLedger = field(default_factory=RoundLedger)
+
+
+@dataclass
+class Ledger:
+    """What the open round decided so far, by update id (the core's part of a
+    :class:`~schemas.messages.RoundLedger`; pending updates are folded at the close)."""
+
+    duplicates: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def seal(self, folded: tuple[str, ...], declined: tuple[str, ...]) -> RoundLedger:
+        return RoundLedger(
+            folded=folded,
+            declined=declined,
+            duplicates=tuple(self.duplicates),
+            superseded=tuple(self.superseded),
+            refused=dict(self.refused),
+            dead_lettered=len(self.refused),
+        )
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,272 @@
+"""What-if replay: a finished run's recorded updates re-aggregated through the round core.
+
+A third shell around :class:`~worldlm.participants.federation.FederationCore` (after the live
+aggregator and the simulator), with no training and no I/O: each federation's rounds are
+replayed in the order its aggregator closed them, from the round ledgers its metrics
+recorded (``worldlm audit``). A round is offered exactly the updates its ledger names
+(folded, superseded, refused, in the order they lay on the topic) and then closed with the
+recorded number of live members; a sub-federation's submission is the one its replayed core
+makes, and a parent's broadcast is taken by the replayed children, as in the simulator.
+
+With the run's own config every decision is the same, so the replayed models are the
+recorded ones bit for bit (:attr:`ReplayedRound.model_hash` is the content hash a broadcast
+manifest carries). With another aggregation setting (strategy, staleness bound, DP) the same
+updates give other models. The limit: the clients' later updates were trained from the
+*recorded* broadcasts, so a replay answers "what would this round's aggregate have been from
+the same updates", not what a whole run under the other setting would have done. An update
+refused here but folded live can leave a round with nothing to fold: it is skipped (the
+model stays), and a federation waiting for a submission that never comes stalls the replay
+there (:attr:`Replay.stalled`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import msgspec
+import torch
+import xxhash
+
+from schemas.messages import RoundLedger
+from schemas.tensors import layout
+from worldlm.config import DPConfig, Hierarchy
+from worldlm.participants.federation import FederationCore, Offer
+from worldlm.training.workbench import Weights, initial_weights
+
+
+class ReplayError(ValueError):
+    """The recording or the other config cannot be replayed (the message says why)."""
+
+
+@dataclass(frozen=True, eq=False)
+class RecordedUpdate:
+    """One update as its manifest and payload recorded it (decoded, opened when sealed)."""
+
+    federation: str
+    update_id: str
+    sender: str
+    samples: int
+    base_version: int
+    round: int
+    offset: int  # of its first record on the up topic
+    delta: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RecordedRound:
+    """One round as its aggregator reported it: the ledger and the live members it saw."""
+
+    federation: str
+    round: int
+    ledger: RoundLedger
+    live: int
+    values: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class ReplayedRound:
+    """One replayed round: who was folded, and the model it produced (by content hash)."""
+
+    federation: str
+    round: int
+    version: int
+    folded: tuple[str, ...]  # senders, in fold order
+    recorded: tuple[str, ...]  # senders the live round folded
+    skipped: bool
+    model_hash: str
+    values: Mapping[str, float]
+
+
+#: Called with (federation, version, round, model) for every model a federation broadcasts.
+OnBroadcast = Callable[[str, int, int, Weights], None]
+
+
+def model_hash(weights: Mapping[str, torch.Tensor]) -> str:
+    """The xxh3-128 a broadcast manifest carries for these weights (``content_hash``)."""
+    _, segments = layout(weights)
+    hasher = xxhash.xxh3_128()
+    for part in segments.iter_parts():
+        hasher.update(part)
+    return hasher.hexdigest()
+
+
+def what_if(
+    hierarchy: Hierarchy,
+    *,
+    backbone: str | None = None,
+    staleness_bound: int | None = None,
+    dp: DPConfig | bool | None = False,
+) -> Hierarchy:
+    """``hierarchy`` with every federation's backbone, staleness bound or DP replaced
+    (``dp=False`` keeps it, ``None`` removes it)."""
+    feds = {}
+    for fid, fed in hierarchy.federations.items():
+        p = fed.policy
+        if backbone is not None:
+            p = msgspec.structs.replace(p, backbone=backbone)
+        if staleness_bound is not None:
+            schedule = msgspec.structs.replace(p.schedule, staleness_bound=staleness_bound)
+            p = msgspec.structs.replace(p, schedule=schedule)
+        if dp is not False:
+            p = msgspec.structs.replace(p, dp=dp if isinstance(dp, DPConfig) else None)
+        feds[fid] = replace(fed, policy=p)
+    return replace(hierarchy, federations=feds)
+
+
+def check_replayable(recorded: Hierarchy, other: Hierarchy) -> None:
+    """Refuse ``other`` unless it has the recorded tree, clients, rounds and model: only how
+    updates are admitted and aggregated may differ."""
+    problems = []
+    if msgspec.structs.replace(other.run, id=recorded.run.id) != recorded.run:
+        problems.append("the [run] table differs (model, seed, rounds...)")
+    if set(other.federations) != set(recorded.federations):
+        problems.append("other federations")
+    else:
+        for fid, fed in recorded.federations.items():
+            o = other.federations[fid]
+            same = (o.parent, o.children, o.clients) == (fed.parent, fed.children, fed.clients)
+            if not same or o.policy.internal_rounds != fed.policy.internal_rounds:
+                problems.append(f"federation {fid!r}: other members or internal rounds")
+    if {c: (x.federation, x.partition) for c, x in other.clients.items()} != {
+        c: (x.federation, x.partition) for c, x in recorded.clients.items()
+    }:
+        problems.append("other clients")
+    if problems:
+        raise ReplayError("the other config cannot replay this run: " + "; ".join(problems))
+
+
+class Replay:
+    """Replays ``rounds`` of a run recorded under ``recorded`` with the policies of ``hierarchy``.
+
+    Args:
+        hierarchy: the config to aggregate with (the run's own, or a :func:`what_if`).
+        rounds: every aggregator round the run reported, any order.
+        updates: the recorded updates by id (client updates and submissions).
+        on_broadcast: sees every model a federation broadcasts (evaluation, hashing).
+    """
+
+    def __init__(
+        self,
+        hierarchy: Hierarchy,
+        rounds: Sequence[RecordedRound],
+        updates: Mapping[str, RecordedUpdate],
+        *,
+        on_broadcast: OnBroadcast | None = None,
+    ) -> None:
+        self.hierarchy = hierarchy
+        ids = itertools.count()
+        start = initial_weights(hierarchy.run)
+        self.cores = {
+            f.id: FederationCore(hierarchy, f.id, start, new_id=lambda: f"replay-{next(ids)}")
+            for f in hierarchy.walk()
+        }
+        self.rounds: dict[str, deque[RecordedRound]] = {f: deque() for f in self.cores}
+        for r in sorted(rounds, key=lambda r: (r.federation, r.round)):
+            if r.federation not in self.cores:
+                raise ReplayError(f"a round of {r.federation!r}, not a federation of the config")
+            self.rounds[r.federation].append(r)
+        self.updates = dict(updates)
+        self.on_broadcast = on_broadcast or (lambda *_: None)
+        self.replayed: list[ReplayedRound] = []
+        self.submissions: dict[tuple[str, int], Offer] = {}
+        self.residuals: dict[str, tuple[int, Weights]] = {}
+        #: where the replay stopped early: (federation, recorded round, why)
+        self.stalled: list[tuple[str, int, str]] = []
+
+    def run(self) -> list[ReplayedRound]:
+        for fid, core in self.cores.items():
+            self.on_broadcast(fid, core.meta.version, core.meta.round, core.weights)
+        progress = True
+        while progress:
+            progress = False
+            for fid in self.cores:
+                while self._step(fid):
+                    progress = True
+        for fid, left in self.rounds.items():
+            if left:
+                self.stalled.append((fid, left[0].round, self._waiting(fid, left[0])))
+        return self.replayed
+
+    def _waiting(self, fid: str, r: RecordedRound) -> str:
+        if not self.cores[fid].open:
+            return "waits for its parent's broadcast"
+        missing = [i for i in self._candidates(r) if self._offer(fid, i) is None]
+        return f"waits for {', '.join(sorted(missing))}"
+
+    def _candidates(self, r: RecordedRound) -> list[str]:
+        ledger = r.ledger
+        ids = dict.fromkeys([*ledger.folded, *ledger.superseded, *ledger.refused])
+        known = [i for i in ids if i in self.updates]
+        unknown = [i for i in ids if i not in self.updates]
+        if unknown:
+            raise ReplayError(
+                f"{r.federation} round {r.round} names updates not on its topic: {unknown[:3]}"
+            )
+        # In the order they lay on the topic (a newer update of a member replaces an older).
+        return sorted(known, key=lambda i: self.updates[i].offset)
+
+    def _offer(self, fid: str, update_id: str) -> Offer | None:
+        u = self.updates[update_id]
+        if u.sender in self.hierarchy.federations:  # a sub-federation's submission: ours
+            return self.submissions.get((u.sender, u.round))
+        return Offer(u.sender, u.update_id, u.delta, u.samples, u.base_version)
+
+    def _step(self, fid: str) -> bool:
+        core, left = self.cores[fid], self.rounds[fid]
+        if not left or not core.open:
+            return False
+        r = left[0]
+        offers = [self._offer(fid, i) for i in self._candidates(r)]
+        if any(o is None for o in offers):
+            return False
+        left.popleft()
+        for offer in offers:
+            assert offer is not None
+            core.offer(offer)
+        recorded = tuple(sorted(self.updates[i].sender for i in r.ledger.folded))
+        if not core.pending:
+            self.replayed.append(
+                ReplayedRound(
+                    fid, r.round, core.meta.version, (), recorded, True, "", {"skipped": 1.0}
+                )
+            )
+            return True
+        cached = {
+            o: self.residuals[o] for o in self.hierarchy.residual_links(fid) if o in self.residuals
+        }
+        closed = core.close("replay", core.residual_entries(cached), r.live)
+        if closed.residual is not None:
+            self.residuals[fid] = (core.meta.round, closed.residual)
+        by_id = {o.update_id: o.sender for o in offers if o is not None}
+        folded = tuple(sorted(by_id[i] for i in closed.folded))
+        self.replayed.append(
+            ReplayedRound(
+                fid,
+                r.round,
+                closed.version,
+                folded,
+                recorded,
+                False,
+                model_hash(core.weights),
+                closed.values,
+            )
+        )
+        if closed.exchange:
+            s = core.submission()
+            offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
+            self.submissions[(fid, s.round)] = offer
+        else:
+            self._broadcast(fid)
+        return True
+
+    def _broadcast(self, fid: str) -> None:
+        core = self.cores[fid]
+        self.on_broadcast(fid, core.meta.version, core.meta.round, core.weights)
+        for child in self.hierarchy.federations[fid].children:
+            sub = self.cores[child]
+            if sub.meta.awaiting_parent and core.meta.version > sub.meta.parent_version:
+                sub.take_parent(core.weights, core.meta.version, core.meta.final)
+                self._broadcast(child)
