@@ -35,7 +35,8 @@ OBSERVER = "observer"
 
 # Redis commands per role, inside Lua scripts included (Redis checks those too); the scripts
 # are in brokers/scripts.py and the plain calls in brokers/state.py.
-_CONNECT = ("ping", "evalsha", "script|load")
+# redis-py runs a script with EVALSHA, loading it on NOSCRIPT; a pipeline asks SCRIPT EXISTS.
+_CONNECT = ("ping", "evalsha", "script|load", "script|exists")
 _CLIENT = (
     *_CONNECT,
     *("time", "zscore", "zadd", "hset", "expire"),  # the heartbeat script
