@@ -206,6 +206,14 @@ class Experiment:
             command=self.command,
         )
         data["lr"] = {"chosen": {m: chosen[m] for m in self.methods}, "validation": selection}
+        sent = {
+            m: [
+                self._load(Cell(setting, m, s, chosen[m])).bytes_per_update
+                for s in range(self.seeds)
+            ]
+            for m in self.methods
+        }
+        data["bytes_per_update"] = {m: sum(v) / len(v) for m, v in sent.items() if all(v)}
         (self.out / setting / "report.json").write_text(json.dumps(data, indent=2))
         return data
 

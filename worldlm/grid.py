@@ -54,6 +54,8 @@ class CellResult:
     test: MethodResult
     budget: dict[str, int] = field(default_factory=dict)
     epsilon: float = 0.0  # the largest (epsilon at delta) any federation of the cell spent
+    #: mean bytes a client put on the wire per update (after its edge's codec); 0: unknown
+    bytes_per_update: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def run_cell(
     budgets: dict[str, int] = {}
     train_s = 0.0
     epsilon = 0.0
+    sent: list[float] = []
     method = cell.method.removesuffix("+dp")
     for h in method_configs(raw, method, known_partitions=known, then=job.then):
         budgets |= client_budget(h)
@@ -124,6 +127,8 @@ def run_cell(
         result = simulation.run()
         train_s += simulation.train_s
         for r in result.reports:
+            if r.role == "client" and "bytes_out" in r.values:
+                sent.append(r.values["bytes_out"])
             if r.role == "aggregator":
                 spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
                 epsilon = max([epsilon, *spent])
@@ -131,7 +136,11 @@ def run_cell(
         test |= curves_from_reports(result.reports, "test_ppl")
     wall = time.perf_counter() - started
     return CellResult(
-        MethodResult(val, wall, train_s), MethodResult(test, wall, train_s), budgets, epsilon
+        MethodResult(val, wall, train_s),
+        MethodResult(test, wall, train_s),
+        budgets,
+        epsilon,
+        sum(sent) / len(sent) if sent else 0.0,
     )
 
 
@@ -145,6 +154,7 @@ def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
         "train_s": result.val.train_s,
         "budget": result.budget,
         "epsilon": result.epsilon,
+        "bytes_per_update": result.bytes_per_update,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -163,6 +173,7 @@ def load_cell(path: Path) -> CellResult:
         MethodResult(curves(data["test"]), wall, train),
         data.get("budget", {}),
         data.get("epsilon", 0.0),
+        data.get("bytes_per_update", 0.0),
     )
 
 

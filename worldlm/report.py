@@ -324,6 +324,14 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
             spread = f" ± {r['ci95']:.2f}" if r["ci95"] is not None else ""
             cells.append(f"{r['mean']:.2f}{spread}")
         lines.append(f"| {_label(m)} / WorldLM | " + " | ".join(cells) + " |")
+    sent = {s: d.get("bytes_per_update", {}) for s, d in settings.items()}
+    if any(sent.values()):
+        lines += ["", "Bytes a client sends per update (mean over rounds and seeds, MB):", ""]
+        lines.append("| method | " + " | ".join(settings) + " |")
+        lines.append("|---|" + "---|" * len(settings))
+        for m in methods:
+            cells = [f"{sent[s][m] / 1e6:.3f}" if m in sent[s] else "" for s in settings]
+            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
     dp = summary.get("dp")
     if dp:
         st = dp["settings"]

@@ -42,6 +42,8 @@ def test_a_tiny_grid_runs_end_to_end_and_a_rerun_reuses_every_cell(tmp_path: Pat
         assert data["lr"]["chosen"][method] == float(min(validation, key=validation.__getitem__))
     assert data["lr"]["chosen"]["worldlm_misplaced"] == data["lr"]["chosen"]["worldlm"]
     assert "worldlm_misplaced/worldlm" in data["ratios"]
+    assert set(data["bytes_per_update"]) == {"worldlm", "fedavg", "worldlm_misplaced"}
+    assert all(b > 0 for b in data["bytes_per_update"].values())
     on_disk = json.loads((tmp_path / "languages" / "report.json").read_text())
     assert on_disk["lr"] == data["lr"]
     assert (tmp_path / "languages" / "perplexity.png").is_file()
@@ -96,3 +98,14 @@ def test_centralized_trains_one_model_on_the_union_for_the_same_total_budget() -
         assert [r for r, _ in curve] == list(range(budget + 1))
         steps.append(curve[-1][1] < curve[0][1])
     assert all(steps)  # every client's text got better: the model saw all of it
+
+
+def test_a_compressed_method_reports_the_bytes_its_clients_sent(tmp_path: Path) -> None:
+    from worldlm.grid import Job, run_cell
+
+    config = shipped_configs()["languages"]
+    plain = run_cell(Job(Cell("languages", "worldlm", 0, 0.01), config), TINY)
+    int8 = run_cell(Job(Cell("languages", "worldlm_int8", 0, 0.01), config), TINY)
+    # int8 with a float32 scale per block of 256: a quarter of float32, plus the scales
+    assert 0 < int8.bytes_per_update < 0.27 * plain.bytes_per_update
+    assert all(math.isfinite(p) for pts in int8.test.curve.values() for _, p in pts)
