@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import structlog
@@ -24,6 +24,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
 from brokers.lifecycle import Service
+from brokers.shared import Shared
 
 log = structlog.get_logger(__name__)
 
@@ -174,29 +175,64 @@ class _Lifecycle(Service):
             await self._stop()
 
 
-class Producer(_Lifecycle):
-    """A producer that sends to explicit partitions and waits for acknowledgements."""
+def _aiokafka_producer(settings: KafkaSettings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap,
+        client_id=settings.client_id,
+        acks="all",
+        enable_idempotence=False,
+        max_request_size=settings.max_request_size,
+        request_timeout_ms=settings.request_timeout_ms,
+        linger_ms=0,
+        **settings.security.client_kwargs(),
+    )
 
-    def __init__(self, settings: KafkaSettings) -> None:
+
+async def _open_producer(settings: Hashable) -> AIOKafkaProducer:
+    assert isinstance(settings, KafkaSettings)
+    producer = _aiokafka_producer(settings)
+    await producer.start()
+    return producer
+
+
+#: The process's shared aiokafka producers, one per server and request size.
+producers: Shared[AIOKafkaProducer] = Shared(_open_producer, lambda p: p.stop())
+
+
+class Producer(_Lifecycle):
+    """A producer that sends to explicit partitions and waits for acknowledgements.
+
+    ``shared``: the aiokafka producer (and its connections) is the process's one for these
+    settings (:data:`producers`), so many participants in one process open one; the counters
+    stay this object's own.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, shared: bool = False) -> None:
         self.settings = settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            client_id=settings.client_id,
-            acks="all",
-            enable_idempotence=False,
-            max_request_size=settings.max_request_size,
-            request_timeout_ms=settings.request_timeout_ms,
-            linger_ms=0,
-            **settings.security.client_kwargs(),
-        )
+        self._key = replace(settings, client_id="worldlm", partitions=0) if shared else None
+        self._own = None if shared else _aiokafka_producer(settings)
+        self._producer = self._own
         self.records_sent = 0
         self.bytes_sent = 0
 
     async def _start(self) -> None:
-        await self._producer.start()
+        if self._own is not None:
+            await self._own.start()
+        else:
+            self._producer = await producers.acquire(self._key)
 
     async def _stop(self) -> None:
-        await self._producer.stop()
+        if self._own is not None:
+            await self._own.stop()
+        else:
+            self._producer = None
+            await producers.release(self._key)
+
+    @property
+    def _client(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise RuntimeError("Producer is not started")
+        return self._producer
 
     async def send(
         self, topic: str, value: bytes, *, key: str | None = None, partition: int | None = None
@@ -222,16 +258,14 @@ class Producer(_Lifecycle):
             partition = partition_for(raw_key, await self.partitions(topic))
         futures = []
         for value in values:
-            futures.append(
-                await self._producer.send(topic, value, key=raw_key, partition=partition)
-            )
+            futures.append(await self._client.send(topic, value, key=raw_key, partition=partition))
             self.records_sent += 1
             self.bytes_sent += len(value)
         return list(await asyncio.gather(*futures))
 
     async def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has."""
-        found = await self._producer.partitions_for(topic)
+        found = await self._client.partitions_for(topic)
         if not found:
             raise RuntimeError(f"topic {topic} has no partitions (was it created?)")
         return len(found)

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
 from brokers.lifecycle import Service
 from brokers.scripts import (
@@ -33,6 +30,7 @@ from brokers.scripts import (
     SET_RESIDUAL,
     SET_VERSION,
 )
+from brokers.shared import open_redis, redis_pools
 from schemas.delta import content_hash
 from schemas.keyspace import Keyspace
 from schemas.messages import TensorSpec
@@ -116,8 +114,10 @@ class RedisState(Service):
         ttl_s: int = 7 * 24 * 3600,
         max_value_bytes: int = 8 * 1024 * 1024,
         retries: int = 8,
+        shared: bool = False,
     ) -> None:
         self.url = url
+        self.shared = shared  # use the process's pool for ``url`` instead of an own one
         self.retries = retries
         self.keyspace = keyspace
         self.ttl_s = ttl_s
@@ -128,17 +128,10 @@ class RedisState(Service):
     async def start(self) -> None:
         if self._redis is not None:
             return
-        # A transient failure (a restarted server, a dropped connection) is retried with
-        # jittered exponential backoff, bounded: ~8 tries within ~5 s, then the error
-        # surfaces. Scripts are re-loaded by redis-py when a restarted server lost them.
-        self._redis = aioredis.Redis.from_url(
-            self.url,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), self.retries),
-            retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
-            socket_connect_timeout=2.0,
-            health_check_interval=10,
-        )
-        await self._redis.ping()
+        if self.shared:  # the process's pool for this URL (brokers.shared)
+            self._redis = await redis_pools.acquire((self.url, self.retries))
+        else:
+            self._redis = await open_redis(self.url, self.retries)
         for name, body in {
             "arrive": ARRIVE,
             "close": CLOSE,
@@ -154,7 +147,9 @@ class RedisState(Service):
 
     async def stop(self) -> None:
         redis, self._redis = self._redis, None
-        if redis is not None:
+        if redis is not None and self.shared:
+            await redis_pools.release((self.url, self.retries))
+        elif redis is not None:
             await redis.aclose()
 
     @property
@@ -227,13 +222,18 @@ class RedisState(Service):
         self, federation: str, member: str, *, ttl_s: float, role: str = "client"
     ) -> bool:
         """Renew ``member``'s heartbeat for ``ttl_s``; True if it (re)joined just now."""
-        info = json.dumps({"role": role})
-        joined = await self._run(
-            "heartbeat",
-            [self.keyspace.members(federation), self.keyspace.member_info(federation)],
-            [member, int(ttl_s * 1000), info, self.ttl_s],
-        )
-        return bool(joined)
+        return (await self.heartbeats([(federation, member, ttl_s, role)]))[0]
+
+    async def heartbeats(self, beats: Sequence[tuple[str, str, float, str]]) -> list[bool]:
+        """Renew many heartbeats (federation, member, ttl_s, role) in one round trip; for
+        each, True if that member (re)joined just now."""
+        k, script = self.keyspace, self._scripts["heartbeat"]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for federation, member, ttl_s, role in beats:
+                keys = [k.members(federation), k.member_info(federation)]
+                info = json.dumps({"role": role})
+                await script(keys, [member, int(ttl_s * 1000), info, self.ttl_s], pipe)
+            return [bool(joined) for joined in await pipe.execute()]
 
     async def leave(self, federation: str, member: str) -> None:
         """Remove ``member`` at once (a clean leave)."""

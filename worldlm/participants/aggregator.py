@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -114,6 +114,7 @@ class AggregatorParticipant:
                     node.settings,
                     node.state,
                     self.fed.parent,
+                    topic=node.topics.down(self.fed.parent),
                     keys=node.public_keys,
                     unsealer=node.unsealer,
                 )
@@ -153,37 +154,62 @@ class AggregatorParticipant:
             )
 
     async def _loop(self) -> None:
-        """Intake, parent and close, until the final broadcast."""
+        """Intake, parent and close, until the final broadcast.
+
+        Event-driven: the loop wakes when updates arrive (the intake's read returns as soon as
+        records come), when the parent's broadcast is complete, on ``stop``, or every
+        ``TICK_S`` for what only time changes (membership, deadlines, partial updates).
+        """
         core, last_tick = self.core, 0.0
-        while not core.meta.final:
-            if self.stop.is_set():
-                raise Stopped
-            arrived = await self._intake()
-            if self._parent_wait is not None and self._parent_wait.done():
-                broadcast, self._parent_wait = self._parent_wait.result(), None
-                assert broadcast is not None  # next() without a timeout waits for one
-                await self._take_parent(broadcast)
-                continue
-            now = time.monotonic()
-            if not arrived and now - last_tick < TICK_S:
-                continue
-            if now - last_tick >= TICK_S:
-                last_tick = now
-                self.intake.receiver.expire()
-                await self.node.expire_members(self.id)
-            if arrived or (core.open and core.pending):
-                live = len((await self.node.state.roster(self.id)).live)
-                await self._show_arrivals(arrived, live)
-                reason = core.close_reason(time.time(), live)
-                if reason is not None:
-                    await self._close(reason, live)
+        offsets, name = core.meta.offsets, self.intake.name
+        stopping = asyncio.ensure_future(self.stop.wait())
+        reading: asyncio.Task[tuple[list[Any], int]] | None = None
+        try:
+            while not core.meta.final:
+                if self.stop.is_set():
+                    raise Stopped
+                if reading is None:
+                    wait_ms = int(TICK_S * 1000)
+                    reading = asyncio.create_task(self.intake.read(offsets.get(name, 0), wait_ms))
+                wakers: set[asyncio.Future[Any]] = {reading, stopping}
+                if self._parent_wait is not None:
+                    wakers.add(self._parent_wait)
+                tick_in = max(0.0, last_tick + TICK_S - time.monotonic())
+                await asyncio.wait(wakers, timeout=tick_in, return_when=asyncio.FIRST_COMPLETED)
+                arrived: list[str] = []
+                if reading.done():
+                    found, offsets[name] = reading.result()
+                    reading = None
+                    arrived = await self._admit(found)
+                if self._parent_wait is not None and self._parent_wait.done():
+                    broadcast, self._parent_wait = self._parent_wait.result(), None
+                    assert broadcast is not None  # next() without a timeout waits for one
+                    await self._take_parent(broadcast)
+                    continue
+                now = time.monotonic()
+                if now - last_tick >= TICK_S:
+                    last_tick = now
+                    self.intake.receiver.expire()
+                    await self.node.expire_members(self.id)
+                elif not arrived:
+                    continue
+                if arrived or (core.open and core.pending):
+                    live = len((await self.node.state.roster(self.id)).live)
+                    await self._show_arrivals(arrived, live)
+                    reason = core.close_reason(time.time(), live)
+                    if reason is not None:
+                        await self._close(reason, live)
+        finally:
+            for task in (reading, stopping):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
 
     # -- intake --------------------------------------------------------------------------
 
-    async def _intake(self) -> list[str]:
-        """Offer what the partition has to the core; the senders of the admitted updates."""
-        offsets = self.core.meta.offsets
-        found, offsets[self.intake.name] = await self.intake.read(offsets.get(self.intake.name, 0))
+    async def _admit(self, found: list[Any]) -> list[str]:
+        """Offer what the intake read to the core; the senders of the admitted updates."""
         arrived = []
         revoked: set[str] = set()
         if self.node.public_keys is not None and any(isinstance(i, Received) for i in found):

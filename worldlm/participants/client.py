@@ -46,6 +46,7 @@ class ClientParticipant:
             node.settings,
             node.state,
             node.federation,
+            topic=node.topics.down(node.federation),
             keys=node.public_keys,
             unsealer=node.unsealer,
         )
@@ -64,10 +65,14 @@ class ClientParticipant:
                     with contextlib.suppress(asyncio.CancelledError):
                         await waiter
                     break
-                broadcast = waiter.result()
+                broadcast, pending = waiter.result(), set()
                 if broadcast is None:
                     continue
-                if await self._round(broadcast):
+                final = await self._round(broadcast)
+                # Hold no model while waiting for the next one: with a hundred clients in a
+                # process, a kept broadcast is a model's worth of memory per client.
+                del broadcast, waiter
+                if final:
                     break
         except FollowerStopped:
             pass

@@ -1,8 +1,9 @@
 """Following a federation's broadcasts: start where Redis says the current model lies.
 
 A newcomer asks Redis for the federation's model pointer (version, topic, partition, offset),
-reads that partition from that offset with an explicitly assigned reader (no consumer group,
-no rebalance), and hands back the newest complete broadcast. Other federations' records that
+reads that partition from that offset (explicit assignment: no consumer group, no rebalance;
+through the process's one shared reader of the partition, ``brokers/fanout.py``), and hands
+back the newest complete broadcast. Other federations' records that
 share the partition are skipped by key before they are decoded. In a sealing run it opens
 broadcasts sealed to its owner; in a signing run it refuses one signed with a revoked key.
 """
@@ -19,8 +20,9 @@ import torch
 from aiokafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from brokers.deltas import DeltaReceiver, Received, Rejected
-from brokers.kafka import KafkaSettings, PartitionReader
+from brokers.deltas import DeltaReceiver, Received
+from brokers.fanout import Subscription, fanouts
+from brokers.kafka import KafkaSettings, partition_for
 from brokers.revocations import Revocations
 from brokers.state import RedisState
 from schemas.delta import Reassembler
@@ -65,49 +67,60 @@ class BroadcastFollower:
         state: RedisState,
         federation: str,
         *,
+        topic: str,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
         unsealer: Unsealer | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.federation = federation
+        self.topic = topic  # the federation's broadcast topic
         self.keys = keys  # verify each broadcast's signature with these (None: unsigned run)
         self._key = federation.encode()
-        self._reader: PartitionReader | None = None
+        self._records: Subscription | None = None
         self._receiver = DeltaReceiver(Reassembler(unsealer=unsealer))
         self.rejected = self._receiver.rejected
 
-    async def start(self, stop: asyncio.Event | None = None, poll_s: float = 0.1) -> int:
-        """Wait for the federation's first pointer, then read from it; returns its version."""
-        while True:
-            pointer = await self.state.model_version(self.federation)
-            if pointer is not None:
-                break
-            if stop is not None and stop.is_set():
-                raise FollowerStopped(f"stopped before {self.federation} published a model")
-            await asyncio.sleep(poll_s)
-        tp = TopicPartition(pointer.topic, pointer.partition)
-        self._reader = PartitionReader(self.settings, {tp: pointer.offset})
-        await self._reader.start()
-        return pointer.version
+    async def start(self, stop: asyncio.Event | None = None) -> int:
+        """Follow the federation's broadcasts from the current model (Redis's pointer), or
+        from the partition's start when there is none yet: the first broadcast then wakes
+        :meth:`next` itself, with no polling. Returns the pointer's version (-1: none)."""
+        if stop is not None and stop.is_set():
+            raise FollowerStopped(f"stopped before following {self.federation}")
+        pointer = await self.state.model_version(self.federation)
+        if pointer is None:
+            tp = TopicPartition(
+                self.topic, partition_for(self.federation, self.settings.partitions)
+            )
+            offset, version = 0, -1
+        else:
+            tp = TopicPartition(pointer.topic, pointer.partition)
+            offset, version = pointer.offset, pointer.version
+        self._records = await fanouts.subscribe(self.settings, tp, offset)
+        return version
 
     async def stop(self) -> None:
-        if self._reader is not None:
-            await self._reader.stop()
-            self._reader = None
+        records, self._records = self._records, None
+        if records is not None:
+            await records.close()
 
     async def next(self, after_version: int, timeout_s: float | None = None) -> Broadcast | None:
-        """The newest broadcast with a version above ``after_version`` (None on timeout)."""
-        assert self._reader is not None, "start() first"
+        """The newest broadcast with a version above ``after_version`` (None on timeout).
+
+        Wakes when records arrive (the process's shared reader of the partition hands them
+        over); a late joiner drains what the partition already holds and skips old versions.
+        """
+        assert self._records is not None, "start() first"
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         newest: Broadcast | None = None
         while True:
-            records = await self._reader.fetch(timeout_ms=100)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            records = await self._records.fetch(left, idle=newest is not None)
             for record in records:
                 if record.key != self._key:
                     continue
                 result = self._receiver.feed(record)
-                if isinstance(result, Rejected) or result is None:
+                if not isinstance(result, Received):  # a chunk, a refusal, a repeat
                     continue
                 revoked = await self._revoked()
                 b = self._broadcast(result, revoked)
@@ -117,10 +130,10 @@ class BroadcastFollower:
                     and (newest is None or b.version > newest.version)
                 ):
                     newest = b
-            # Drain what is already here before answering: a late joiner skips old versions.
-            if newest is not None and not records:
+            # Answer once nothing more is waiting: a late joiner skips old versions.
+            if newest is not None and (self._records.caught_up or not records):
                 return newest
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return newest
 
     async def _revoked(self) -> set[str]:

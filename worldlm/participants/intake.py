@@ -74,14 +74,15 @@ class Intake:
         return (r.gaps, r.gaps_skipped) if r is not None else (0, 0)
 
     async def read(
-        self, position: int
+        self, position: int, wait_ms: int = 100
     ) -> tuple[list[Received | tuple[ConsumerRecord, Rejected]], int]:
-        """What the partition has now: updates and refused records, and the new safe offset
-        (``position`` if nothing was read)."""
+        """What the partition has (waiting up to ``wait_ms`` for records, returning as soon as
+        some come): updates and refused records, and the new safe offset (``position`` if
+        nothing was read)."""
         assert self._reader is not None, "start() first"
         found: list[Received | tuple[ConsumerRecord, Rejected]] = []
         next_offset = None
-        for record in await self._reader.fetch(timeout_ms=100):
+        for record in await self._reader.fetch(timeout_ms=wait_ms):
             if record.key == self._key:
                 result = self.receiver.feed(record)
                 if isinstance(result, Rejected):

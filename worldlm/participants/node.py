@@ -7,7 +7,6 @@ heartbeat in its federation's membership, and counts what it did. Participants c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from worldlm.acl import grants, principal, principals, redis_rules
 from worldlm.config import Hierarchy
 from worldlm.credentials import load_password, read_password, with_credentials
 from worldlm.keys import KeyFileError
+from worldlm.participants.heartbeats import Beat, heartbeats
 from worldlm.participants.keychain import Keychain
 
 Role = Literal["client", "aggregator"]
@@ -152,15 +152,16 @@ class Node:
             partitions=self.run.partitions,
             max_request_size=self.run.chunk_kib * 1024 + 64 * 1024,
         )
-        self.producer = Producer(self.settings)
-        self.state = RedisState(redis, self.keyspace)
+        # The process's producer and Redis pool, shared by every participant in it.
+        self.producer = Producer(self.settings, shared=True)
+        self.state = RedisState(redis, self.keyspace, shared=True)
         self.counters: Counter[str] = Counter()
         # member_of: the federation this node is a member of (its parent for an aggregator,
         # "" for the root); an aggregator's own federation is its node id.
         self.log = structlog.get_logger("worldlm.node").bind(
             node=node_id, role=role, member_of=federation
         )
-        self._heartbeat: asyncio.Task[None] | None = None
+        self._heartbeat: Beat | None = None
 
     @property
     def signer(self) -> Ed25519PrivateKey | None:
@@ -210,7 +211,8 @@ class Node:
         return self.run.heartbeat_s * 3
 
     async def join(self) -> None:
-        """Heartbeat into the federation and keep doing so in the background."""
+        """Heartbeat into the federation and keep doing so in the background (with the
+        process's other members: ``heartbeats.py``)."""
         if not self.federation:
             return
         if await self.state.heartbeat(
@@ -221,27 +223,20 @@ class Node:
                     envelope=self.envelope(), member=self.id, action="joined", role=self.role
                 )
             )
-        self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat-{self.id}")
-        self._heartbeat.add_done_callback(self._heartbeat_done)
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(self.run.heartbeat_s)
-            if await self.state.heartbeat(
-                self.federation, self.id, ttl_s=self.heartbeat_ttl_s, role=self.role
-            ):
-                self.log.warning("member_rejoined")  # we had expired: a long stall
-
-    def _heartbeat_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("heartbeat_failed", error=repr(task.exception()))
+        self._heartbeat = Beat(
+            self.state,
+            self.federation,
+            self.id,
+            self.heartbeat_ttl_s,
+            self.role,
+            lambda: self.log.warning("member_rejoined"),  # we had expired: a long stall
+        )
+        heartbeats.add(self._heartbeat, self.run.heartbeat_s)
 
     async def stop_heartbeat(self) -> None:
-        task, self._heartbeat = self._heartbeat, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            await heartbeats.remove(beat, self.run.heartbeat_s)
 
     async def leave(self) -> None:
         """Leave cleanly: stop heartbeating, remove membership, say so."""

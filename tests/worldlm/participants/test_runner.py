@@ -1,7 +1,8 @@
 """Whole hierarchies in one process on the real embedded Kafka and Redis.
 
 A two-level run lowers every client's validation perplexity; in a three-level tree a
-federation takes its parent's backbone exactly and keeps its own key layers.
+federation takes its parent's backbone exactly and keeps its own key layers; the participants
+of one process share one producer, one Redis pool and one reader per followed partition.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import asyncio
 import torch
 
 from brokers.embedded import Servers
+from brokers.fanout import fanouts
+from brokers.kafka import producers
+from brokers.shared import redis_pools
 from brokers.state import RedisState
 from schemas.keyspace import Keyspace
 from schemas.topics import Topics
@@ -88,3 +92,33 @@ async def test_federation_takes_parents_backbone_exactly_and_keeps_its_own_key_l
             assert cached is not None and set(cached.tensors) == key
             for name in key:
                 assert torch.equal(final.delta.tensors()[name], cached.tensors[name]), name
+
+
+async def test_participants_of_one_process_share_a_producer_a_redis_pool_and_readers(
+    servers: Servers, run_id: str
+) -> None:
+    clients = {
+        f"c{i}": ("a" if i % 2 else "b", "lang-en" if i % 2 else "lang-de") for i in range(6)
+    }
+    h = hierarchy(
+        run_id,
+        federations={"root": {}, "a": {"parent": "root"}, "b": {"parent": "root"}},
+        clients=clients,
+        rounds=2,
+        defaults={"internal_rounds": 1, "local_steps": 1, "schedule": {"deadline_s": 60.0}},
+    )
+    opened = (producers.opened, redis_pools.opened)
+    readers: list[int] = []
+    async with asyncio.timeout(120):
+        result = await run_hierarchy(
+            h, endpoints(servers), on_report=lambda _: readers.append(fanouts.readers())
+        )
+    assert len(result.final_ppl()) == 6
+    # Ten participants and the runner: one producer and one Redis pool between them, and one
+    # reader per followed broadcast partition (root's, a's, b's), not one per follower.
+    assert producers.opened - opened[0] == 1 and redis_pools.opened - opened[1] == 1
+    assert 1 <= max(readers) <= 3
+    # Every heartbeat kept up (no member expired) and every round closed at its full quorum.
+    expected = {"root": 2.0, "a": 3.0, "b": 3.0}
+    for report in (r for r in result.reports if r.role == "aggregator"):
+        assert report.values["members"] == report.values["arrived"] == expected[report.node]
