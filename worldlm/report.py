@@ -141,9 +141,12 @@ class Comparison:
 
 
 def _cell(mean: float, ci95: float | None, digits: int = 1) -> str:
+    def fmt(x: float) -> str:  # a diverged run's astronomical figure in a few digits
+        return f"{x:.{digits}f}" if abs(x) < 1e6 else f"{x:.2e}"
+
     if ci95 is None or math.isnan(ci95):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {ci95:.{digits}f}"
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(ci95)}"
 
 
 def markdown(c: Comparison, title: str, command: str) -> str:
@@ -305,9 +308,9 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
             mean = data["methods"][m]["mean"]
             half = mean["ci95"]
             lr = data["lr"]["chosen"][m]
-            spread = f" ± {half:.1f}" if half is not None else ""
+            spread = f" ± {_ppl(half)}" if half is not None else ""
             flag = " (diverged)" if data["methods"][m]["diverged_seeds"] else ""
-            cells.append(f"{mean['mean']:.1f}{spread}{flag} (lr {lr:g})")
+            cells.append(f"{_ppl(mean['mean'])}{spread}{flag} (lr {lr:g})")
         lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
     lines += ["", "Ratios to WorldLM (paired by seed; > 1: WorldLM is better):", ""]
     lines.append("| ratio | " + " | ".join(settings) + " |")
@@ -349,11 +352,16 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
         ]
         for figures in dp["methods"].values():
             mean = figures["mean"]
-            spread = f" ± {mean['ci95']:.1f}" if mean["ci95"] is not None else ""
+            spread = f" ± {_ppl(mean['ci95'])}" if mean["ci95"] is not None else ""
             flag = " (diverged)" if figures["diverged_seeds"] else ""
-            lines.append(f"| {figures['label']} | {mean['mean']:.1f}{spread}{flag} |")
+            lines.append(f"| {figures['label']} | {_ppl(mean['mean'])}{spread}{flag} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _ppl(x: float) -> str:
+    """A perplexity for a table: a diverged run's astronomical figure in a few digits."""
+    return f"{x:.1f}" if abs(x) < 1e6 else f"{x:.2e}"
 
 
 def _label(method: str) -> str:
