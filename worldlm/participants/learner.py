@@ -34,6 +34,11 @@ class LearnerRound:
     test: EvalResult | None = None
     #: The update as sent (compressed under the federation's codec); None when final.
     sent: Compressed | None = None
+    #: CPU seconds of this thread spent evaluating and training (torch runs one intra-op
+    #: thread per process here, so this is the work itself, not time spent waiting for a
+    #: core): what benchmarks/scale.py separates from the round's overhead.
+    eval_cpu_s: float = 0.0
+    train_cpu_s: float = 0.0
 
     def values(self, version: int, final: bool) -> dict[str, float]:
         """The client's metrics for this round (the fields dashboards and reports read)."""
@@ -42,6 +47,7 @@ class LearnerRound:
             "val_ppl": self.evaluation.perplexity,
             "version": float(version),
             "final": float(final),
+            "eval_cpu_s": self.eval_cpu_s,
         }
         if self.test is not None:
             values |= {"test_loss": self.test.loss, "test_ppl": self.test.perplexity}
@@ -49,6 +55,7 @@ class LearnerRound:
             values |= {
                 "train_loss": self.result.train_loss,
                 "train_s": self.train_s,
+                "train_cpu_s": self.train_cpu_s,
                 "samples": float(self.result.num_samples),
             }
         return values
@@ -77,13 +84,16 @@ class Learner:
     def round(self, received: Mapping[str, torch.Tensor], *, final: bool) -> LearnerRound:
         """Evaluate the received model and, unless ``final``, train from it."""
         weights = self.model(received)
+        cpu = time.thread_time()
         evaluation = self.bench.evaluate(weights)
         test = self.bench.evaluate(weights, test=True) if self.bench.data.test is not None else None
+        eval_cpu_s, cpu = time.thread_time() - cpu, time.thread_time()
         if final:
-            return LearnerRound(evaluation, None, test=test)
+            return LearnerRound(evaluation, None, test=test, eval_cpu_s=eval_cpu_s)
         started = time.perf_counter()
         result = self.bench.train(weights)
         if self.client.keep_key_layers:
             self._own_key = {n: weights[n] + result.delta[n] for n in self._key}
         sent = self.compressor.send(result.delta)
-        return LearnerRound(evaluation, result, time.perf_counter() - started, test, sent)
+        train_s, train_cpu_s = time.perf_counter() - started, time.thread_time() - cpu
+        return LearnerRound(evaluation, result, train_s, test, sent, eval_cpu_s, train_cpu_s)
