@@ -153,6 +153,22 @@ async def ensure_topics(
         await admin.close()
 
 
+async def topic_partitions(settings: KafkaSettings) -> dict[str, int]:
+    """Every topic of the cluster and its partition count (a metadata read; creates nothing)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap,
+        client_id=f"{settings.client_id}-metadata",
+        request_timeout_ms=settings.request_timeout_ms,
+        **settings.security.client_kwargs(),
+    )
+    await consumer.start()
+    try:
+        names = await consumer.topics()
+        return {t: len(consumer.partitions_for_topic(t) or ()) for t in names}
+    finally:
+        await consumer.stop()
+
+
 class _Lifecycle(Service):
     """Explicit ``start()``, idempotent ``stop()``, ``async with``."""
 

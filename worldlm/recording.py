@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
 from brokers.deltas import DeltaReceiver, Received
-from brokers.kafka import KafkaSettings, PartitionReader
+from brokers.kafka import KafkaSettings, PartitionReader, topic_partitions
 from brokers.state import RedisState
-from schemas.codec import dead_letter_decoder, delta_decoder, metrics_decoder
+from schemas.codec import Decoder, dead_letter_decoder, delta_decoder, metrics_decoder
 from schemas.compression import decompress
 from schemas.delta import Reassembler
 from schemas.errors import WireError
@@ -33,6 +34,8 @@ from worldlm.replay import RecordedRound, RecordedUpdate, ReplayError
 #: Empty fetches in a row after which a read ends although no end offset was reported.
 QUIET_FETCHES = 50
 
+T = TypeVar("T")
+
 
 def settings_for(kafka: str, run: str) -> KafkaSettings:
     return KafkaSettings(bootstrap=kafka, client_id=f"worldlm-reader-{run}")
@@ -40,37 +43,12 @@ def settings_for(kafka: str, run: str) -> KafkaSettings:
 
 async def _partitions(settings: KafkaSettings, topics: Sequence[str]) -> list[TopicPartition]:
     """Every partition of those of ``topics`` that exist (a metadata read)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.client_id}-metadata",
-        request_timeout_ms=settings.request_timeout_ms,
-        **settings.security.client_kwargs(),
-    )
-    await consumer.start()
-    try:
-        existing = await consumer.topics()
-        return [
-            TopicPartition(t, p)
-            for t in topics
-            if t in existing
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
-    finally:
-        await consumer.stop()
+    existing = await topic_partitions(settings)
+    return [TopicPartition(t, p) for t in topics if t in existing for p in range(existing[t])]
 
 
 async def topic_names(settings: KafkaSettings) -> set[str]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.client_id}-metadata",
-        request_timeout_ms=settings.request_timeout_ms,
-        **settings.security.client_kwargs(),
-    )
-    await consumer.start()
-    try:
-        return set(await consumer.topics())
-    finally:
-        await consumer.stop()
+    return set(await topic_partitions(settings))
 
 
 def federations_from(topics: Topics, names: set[str]) -> list[str]:
@@ -111,25 +89,24 @@ async def records(settings: KafkaSettings, topics: Sequence[str]) -> AsyncIterat
                     pending.discard(tp)
 
 
-async def metrics(settings: KafkaSettings, topics: Topics) -> list[MetricsReport]:
-    """Every decodable metrics report of the run, in partition order."""
+async def _decoded(settings: KafkaSettings, topic: str, decoder: Decoder[T]) -> list[T]:
+    """Every decodable record of ``topic``, in partition order (the others are skipped)."""
     found = []
-    async for record in records(settings, [topics.metrics]):
+    async for record in records(settings, [topic]):
         try:
-            found.append(metrics_decoder.decode(record.value or b""))
+            found.append(decoder.decode(record.value or b""))
         except WireError:
             continue
     return found
+
+
+async def metrics(settings: KafkaSettings, topics: Topics) -> list[MetricsReport]:
+    """Every decodable metrics report of the run, in partition order."""
+    return await _decoded(settings, topics.metrics, metrics_decoder)
 
 
 async def dead_letters(settings: KafkaSettings, topics: Topics) -> list[DeadLetter]:
-    found = []
-    async for record in records(settings, [topics.dead_letter]):
-        try:
-            found.append(dead_letter_decoder.decode(record.value or b""))
-        except WireError:
-            continue
-    return found
+    return await _decoded(settings, topics.dead_letter, dead_letter_decoder)
 
 
 async def audit_run(

@@ -16,6 +16,7 @@ from typing import Any
 from worldlm.config import Hierarchy
 from worldlm.recording import Recorded
 from worldlm.replay import Replay, ReplayedRound, model_hash
+from worldlm.report import json_safe
 from worldlm.training.workbench import Weights, Workbench
 
 LIMIT = (
@@ -66,7 +67,7 @@ class ReplayOutcome:
         return bool(checked) and all(checked) and not self.stalled
 
     def as_dict(self) -> dict[str, Any]:
-        return _clean(
+        return json_safe(
             {
                 "run": self.run,
                 "setting": self.setting,
@@ -211,13 +212,3 @@ def write_report(out: Path, outcome: ReplayOutcome, command: str) -> dict[str, A
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value

@@ -255,21 +255,21 @@ def plot(path: Path, c: Comparison, title: str) -> None:
 def write_report(out: Path, c: Comparison, *, title: str, command: str) -> dict[str, Any]:
     """Write report.json, report.md and perplexity.png into ``out``; return the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    data = _clean(c.to_json())
+    data = json_safe(c.to_json())
     (out / "report.json").write_text(json.dumps(data, indent=2, allow_nan=False))
     (out / "report.md").write_text(markdown(c, title, command))
     plot(out / "perplexity.png", c, title)
     return data
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN (an interval of one seed) as null, so report.json is strict JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 
-from brokers.kafka import KafkaSettings, PartitionReader
+from brokers.kafka import KafkaSettings, PartitionReader, topic_partitions
 from brokers.lifecycle import Service
 from brokers.state import RedisState
 from schemas.codec import Decoder, dead_letter_decoder, event_decoder, metrics_decoder
@@ -32,22 +32,6 @@ log = structlog.get_logger("worldlm.dashboard")
 
 #: A "closed" round event younger than this is live: Redis still holds that round's figures.
 LIVE_EVENT_S = 10.0
-
-
-async def topic_partitions(settings: KafkaSettings) -> dict[str, int]:
-    """Every topic of the cluster and its partition count (a metadata read; creates nothing)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.client_id}-metadata",
-        request_timeout_ms=settings.request_timeout_ms,
-        **settings.security.client_kwargs(),
-    )
-    await consumer.start()
-    try:
-        names = await consumer.topics()
-        return {t: len(consumer.partitions_for_topic(t) or ()) for t in names}
-    finally:
-        await consumer.stop()
 
 
 async def discover_runs(settings: KafkaSettings, prefix: str = "worldlm") -> list[str]:
