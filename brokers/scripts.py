@@ -141,7 +141,8 @@ return 1
 """
 )
 
-# KEYS[1] residual manifest hash; ARGV round, generation, parts, hash, specs, total, TTL
+# KEYS[1] residual manifest hash; ARGV round, generation, parts, hash, specs, total, TTL,
+# seal (msgpack of the entry's Seal; empty when not sealed)
 # -> the previous {generation, parts} if replaced, or {} if a newer round is already there
 SET_RESIDUAL = (
     _PRELUDE
@@ -152,7 +153,8 @@ if tonumber(ARGV[1]) < current then return {} end
 local old_gen = redis.call('HGET', KEYS[1], 'generation') or ''
 local old_parts = redis.call('HGET', KEYS[1], 'parts') or '0'
 redis.call('HSET', KEYS[1], 'round', ARGV[1], 'generation', ARGV[2], 'parts', ARGV[3],
-           'hash', ARGV[4], 'specs', ARGV[5], 'total', ARGV[6], 'written_ms', now_ms)
+           'hash', ARGV[4], 'specs', ARGV[5], 'total', ARGV[6], 'written_ms', now_ms,
+           'seal', ARGV[8] or '')
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 return {old_gen, old_parts}
 """

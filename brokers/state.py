@@ -33,11 +33,13 @@ from brokers.scripts import (
 from brokers.shared import open_redis, redis_pools
 from schemas.delta import content_hash
 from schemas.keyspace import Keyspace
-from schemas.messages import TensorSpec
+from schemas.messages import Seal, TensorSpec
+from schemas.sealing import SealError, Unsealer, seal_blob
 from schemas.tensors import check_specs, pack, unpack
 
 if TYPE_CHECKING:
     import torch
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,13 @@ def _bytes(value: bytes | str | None) -> bytes:
 
 _specs_encoder = msgspec.msgpack.Encoder()
 _specs_decoder = msgspec.msgpack.Decoder(tuple[TensorSpec, ...])
+_seal_decoder = msgspec.msgpack.Decoder(Seal)
+
+
+def residual_label(federation: str, round: int, specs: bytes) -> str:
+    """What a sealed residual entry is bound to: its federation, round and tensor specs (an
+    entry moved to another federation or round, or given other shapes, does not open)."""
+    return f"residual|{federation}|{round}|{content_hash(specs)}"
 
 
 class RedisState(Service):
@@ -325,15 +334,31 @@ class RedisState(Service):
     # -- residual embeddings --------------------------------------------------------------
 
     async def put_residual(
-        self, federation: str, round: int, tensors: Mapping[str, torch.Tensor]
+        self,
+        federation: str,
+        round: int,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        seal_to: Mapping[str, X25519PublicKey] | None = None,
     ) -> bool:
         """Store ``federation``'s key layers for ``round``; False if a newer round is cached.
 
         Payloads larger than ``max_value_bytes`` are stored in parts under a fresh generation;
         the manifest switches to it atomically, and the old generation's parts expire after a
         grace period, so a reader that raced the switch still finds what it started reading.
+
+        With ``seal_to`` (id -> X25519 public key) the payload is sealed to those readers
+        (:func:`schemas.sealing.seal_blob`): the parts hold ciphertext, the manifest its seal
+        and the hash of the ciphertext (a plaintext hash would confirm a guess).
         """
-        specs, payload = pack(tensors)
+        specs, plain = pack(tensors)
+        encoded_specs = _specs_encoder.encode(specs)
+        seal, payload = b"", memoryview(plain)
+        if seal_to is not None:
+            sealed, ciphertext = seal_blob(
+                residual_label(federation, round, encoded_specs), plain, seal_to
+            )
+            seal, payload = msgspec.msgpack.encode(sealed), memoryview(ciphertext)
         size = self.max_value_bytes
         view = memoryview(payload)
         parts = max(1, -(-len(payload) // size))
@@ -355,9 +380,10 @@ class RedisState(Service):
                 generation,
                 parts,
                 content_hash(payload),
-                _specs_encoder.encode(specs),
+                encoded_specs,
                 len(payload),
                 self.ttl_s,
+                seal,
             ],
         )
         if not previous:
@@ -373,8 +399,15 @@ class RedisState(Service):
                 await pipe.execute()
         return True
 
-    async def get_residual(self, federation: str) -> Residual | None:
-        """The latest cached key layers of ``federation``, or None; never waits for a writer."""
+    async def get_residual(
+        self, federation: str, *, unsealer: Unsealer | None = None
+    ) -> Residual | None:
+        """The latest cached key layers of ``federation``, or None; never waits for a writer.
+
+        With ``unsealer`` (a sealing run) the entry must be sealed to its owner; an entry that
+        is not, or that it cannot open, raises :class:`schemas.sealing.SealError` (``unsealed``,
+        ``not_a_recipient``, ...); without one a sealed entry raises it too (``sealed``).
+        """
         for _ in range(3):
             raw = await self.redis.hgetall(self.keyspace.residual(federation))
             if not raw:
@@ -388,7 +421,21 @@ class RedisState(Service):
             payload = bytearray(b"".join(_bytes(v) for v in values))
             if content_hash(payload) != _str(raw[b"hash"]):
                 raise ValueError(f"residual of {federation}: content hash mismatch")
-            specs = _specs_decoder.decode(_bytes(raw[b"specs"]))
+            encoded_specs = _bytes(raw[b"specs"])
+            specs = _specs_decoder.decode(encoded_specs)
+            seal = raw.get(b"seal") or b""
+            who = f"residual of {federation}"
+            if seal and unsealer is None:
+                raise SealError("sealed", f"{who}: sealed, and this reader has no key")
+            if unsealer is not None:
+                if not seal:
+                    raise SealError("unsealed", f"{who}: not sealed, and this run requires it")
+                label = residual_label(federation, int(raw[b"round"]), encoded_specs)
+                try:
+                    sealed = _seal_decoder.decode(_bytes(seal))
+                except msgspec.DecodeError:
+                    raise SealError("bad_seal", f"{who}: undecodable seal") from None
+                payload = bytearray(unsealer.open_blob(label, sealed, payload))
             check_specs(specs, len(payload))
             return Residual(
                 federation=federation,

@@ -15,6 +15,10 @@ therefore covers the ciphertext, and a member that knows a broadcast's content k
 cannot substitute a chunk others accept. The manifest's xxh3 content hash is left empty: it
 would let anyone test a guess of the plaintext.
 
+A residual-cache entry is sealed as one piece (:func:`seal_blob`): the same key wrapping,
+one content key per entry, the payload encrypted under nonce 0 with its label (federation,
+round, tensor specs) as associated data.
+
 What stays readable by anyone who can read the topic: the manifest (sender, federation,
 round, versions, sample count, tensor names and shapes, metrics), sizes and timing.
 """
@@ -80,6 +84,18 @@ def associated_data(manifest: DeltaManifest) -> bytes:
     return _digest(msgspec.msgpack.encode(bare))
 
 
+def _wrap(content: bytes, label: str, recipients: Mapping[str, X25519PublicKey]) -> Seal:
+    """``content`` (a content key) wrapped to each recipient under a fresh ephemeral key; the
+    wrapping binds ``label`` (what is sealed) and the recipient's id."""
+    ephemeral = X25519PrivateKey.generate()
+    ephemeral_raw = _raw(ephemeral.public_key())
+    wrapped = {}
+    for rid, public in sorted(recipients.items()):
+        key = _wrapping_key(ephemeral.exchange(public), ephemeral_raw, _raw(public))
+        wrapped[rid] = ChaCha20Poly1305(key).encrypt(_nonce(0), content, f"{label}|{rid}".encode())
+    return Seal(SCHEME, ephemeral_raw, wrapped)
+
+
 def seal_delta(
     manifest: DeltaManifest, segments: Segments, recipients: Mapping[str, X25519PublicKey]
 ) -> tuple[DeltaManifest, list[bytes]]:
@@ -88,15 +104,7 @@ def seal_delta(
     if not recipients:
         raise ValueError(f"delta {manifest.update_id}: sealed to nobody")
     content = ChaCha20Poly1305.generate_key()
-    ephemeral = X25519PrivateKey.generate()
-    ephemeral_raw = _raw(ephemeral.public_key())
-    wrapped = {}
-    for rid, public in sorted(recipients.items()):
-        key = _wrapping_key(ephemeral.exchange(public), ephemeral_raw, _raw(public))
-        wrapped[rid] = ChaCha20Poly1305(key).encrypt(
-            _nonce(0), content, f"{manifest.update_id}|{rid}".encode()
-        )
-    seal = Seal(SCHEME, ephemeral_raw, wrapped)
+    seal = _wrap(content, manifest.update_id, recipients)
     sealed = msgspec.structs.replace(manifest, content_hash="", seal=seal)
     aead, aad, size = ChaCha20Poly1305(content), associated_data(sealed), manifest.chunk_size
     chunks = [
@@ -148,15 +156,45 @@ class Unsealer:
             raise SealError("unknown_seal_scheme", f"{who}: scheme {seal.scheme!r}")
         if len(seal.chunks) != manifest.chunk_count:
             raise SealError("bad_seal", f"{who}: {len(seal.chunks)} chunk digests")
+        return Opener(manifest, self._content_key(seal, manifest.update_id, who))
+
+    def _content_key(self, seal: Seal, label: str, who: str) -> bytes:
+        if seal.scheme != SCHEME:
+            raise SealError("unknown_seal_scheme", f"{who}: scheme {seal.scheme!r}")
         wrapped = seal.keys.get(self.owner)
         if wrapped is None:
             raise SealError("not_a_recipient", f"{who}: not sealed to {self.owner}")
         try:
             shared = self._key.exchange(X25519PublicKey.from_public_bytes(seal.ephemeral))
             key = _wrapping_key(shared, seal.ephemeral, self._public)
-            content = ChaCha20Poly1305(key).decrypt(
-                _nonce(0), wrapped, f"{manifest.update_id}|{self.owner}".encode()
+            return ChaCha20Poly1305(key).decrypt(
+                _nonce(0), wrapped, f"{label}|{self.owner}".encode()
             )
         except (ValueError, InvalidTag):
             raise SealError("unseal_failed", f"{who}: content key does not unwrap") from None
-        return Opener(manifest, content)
+
+    def open_blob(self, label: str, seal: Seal, data: bytes | bytearray | memoryview) -> bytes:
+        """The plaintext of a blob :func:`seal_blob` sealed under ``label``, or
+        :class:`SealError` (``unknown_seal_scheme``, ``not_a_recipient``, ``unseal_failed``,
+        ``tampered_chunk`` when its bytes or label are not the sealed ones)."""
+        content = self._content_key(seal, label, label)
+        try:
+            return ChaCha20Poly1305(content).decrypt(_nonce(0), bytes(data), label.encode())
+        except InvalidTag:
+            raise SealError("tampered_chunk", f"{label}: bad tag") from None
+
+
+def seal_blob(
+    label: str,
+    payload: bytes | bytearray | memoryview,
+    recipients: Mapping[str, X25519PublicKey],
+) -> tuple[Seal, bytes]:
+    """``payload`` sealed to ``recipients`` as one piece (a cache entry rather than a chunked
+    delta): its :class:`Seal` (no chunk digests; the tag authenticates it) and ciphertext
+    (``TAG_BYTES`` longer). ``label`` names what is sealed and is bound into both the key
+    wrapping and the tag, so the entry opens only under the same label."""
+    if not recipients:
+        raise ValueError(f"{label}: sealed to nobody")
+    content = ChaCha20Poly1305.generate_key()
+    seal = _wrap(content, label, recipients)
+    return seal, ChaCha20Poly1305(content).encrypt(_nonce(0), bytes(payload), label.encode())

@@ -239,6 +239,11 @@ class Hierarchy:
             return self.siblings(federation)
         return tuple(residual.links)
 
+    def residual_readers(self, federation: str) -> tuple[str, ...]:
+        """Federations that read ``federation``'s residual embedding (whose links name it):
+        whom its residual-cache entries are sealed to in a sealing run."""
+        return tuple(f for f in self.federations if federation in self.residual_links(f))
+
     def client_policy(self, client: str) -> Policy:
         return self.federations[self.clients[client].federation].policy
 

@@ -27,6 +27,7 @@ from brokers.revocations import Revocations
 from schemas.delta import new_update_id
 from schemas.errors import WireError
 from schemas.messages import RoundEvent
+from schemas.sealing import SealError
 from worldlm.config import Hierarchy
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.federation import (
@@ -278,14 +279,24 @@ class AggregatorParticipant:
         started = time.perf_counter()
         residuals = {}
         for other in self.hierarchy.residual_links(self.id) if core.key else ():
-            cached = await node.state.get_residual(other)
+            try:
+                cached = await node.state.get_residual(other, unsealer=node.unsealer)
+            except SealError as exc:  # not sealed to us, tampered, or unsealed in a sealed run
+                node.counters["residual_unreadable"] += 1
+                node.log.warning(
+                    "residual_unreadable", federation=other, reason=exc.reason, error=str(exc)
+                )
+                continue
             if cached is not None:
                 residuals[other] = (cached.round, cached.tensors)
         closed = await asyncio.to_thread(core.close, reason, core.residual_entries(residuals), live)
         for rejection in closed.rejected:
             node.log.warning("update_declined", sender=rejection.sender, reason=rejection.reason)
         if closed.residual is not None:
-            await node.state.put_residual(self.id, core.meta.round, closed.residual)
+            readers = node.seal_to(self.id, *self.hierarchy.residual_readers(self.id))
+            await node.state.put_residual(
+                self.id, core.meta.round, closed.residual, seal_to=readers
+            )
         self._save()
         self.checkpoint.drop_pending(keep=set())
         await node.state.close_round(self.id, closed.round, reason, self.id)
@@ -300,6 +311,8 @@ class AggregatorParticipant:
             "rejected": float(core.counters["rejected"] + node.counters["rejected"]),
             "read_gaps": float(self.intake.gaps[0]),
             "round_dead_lettered": closed.values["round_dead_lettered"] + self._dead_letters,
+            # linked residual-cache entries skipped because they did not open (run total)
+            "residual_unreadable": float(node.counters["residual_unreadable"]),
         }
         end = core.meta.offsets.get(self.intake.name, 0)
         ledger = msgspec.structs.replace(

@@ -180,9 +180,15 @@ class Node:
 
     def recipients(self) -> tuple[str, ...]:
         """Whom this node seals to: its federation's aggregator (updates) and, for an
-        aggregator, its own federation's members (broadcasts)."""
+        aggregator, its own federation's members (broadcasts) and the federations that read
+        its residual-cache entries (and itself)."""
         own = self.hierarchy.federations.get(self.id) if self.role == "aggregator" else None
-        return (*([self.federation] if self.federation else []), *(own.members if own else ()))
+        readers = (self.id, *self.hierarchy.residual_readers(self.id)) if own else ()
+        return (
+            *([self.federation] if self.federation else []),
+            *(own.members if own else ()),
+            *readers,
+        )
 
     def seal_to(self, *recipients: str) -> dict[str, X25519PublicKey] | None:
         """Sealing keys of ``recipients`` (None when the run does not seal); a rotated key

@@ -1,23 +1,30 @@
 """Runs with ``sealing = "required"`` on the real broker: the weights equal an unsealed
 run's (the simulator's), an outsider reading every topic finds no tensor and cannot open a
-delta, and a tampered chunk is dead-lettered with its reason."""
+delta, a tampered chunk is dead-lettered with its reason, and the residual cache in Redis
+holds ciphertext that only the linked federations open."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 import msgspec
+import pytest
+import redis.asyncio as aioredis
 import torch
 from aiokafka import ConsumerRecord, TopicPartition
 
 from brokers.deltas import DeltaReceiver, Received, Rejected
 from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, Producer
+from brokers.state import RedisState
 from schemas.codec import dead_letter_decoder, encode
 from schemas.delta import Reassembler, chunk_hash, encode_delta
+from schemas.keyspace import Keyspace
 from schemas.messages import Envelope
-from schemas.sealing import Unsealer
+from schemas.sealing import TAG_BYTES, SealError, Unsealer
+from schemas.tensors import pack
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import raw_config, read_topic, settings
 from worldlm.config import Hierarchy, parse
@@ -25,15 +32,18 @@ from worldlm.keys import generate_keys, load_keyring
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
+from worldlm.recording import metrics
 from worldlm.simulator import simulate
 
 
 def sealed_tree(run_id: str) -> Hierarchy:
     """root -> eu -> en-0, de-0: client updates, broadcasts at two levels and a submission
-    are all sealed (and signed)."""
+    are all sealed (and signed). eu reads root's residual embedding (a link whose reads are
+    ordered: root writes before it broadcasts, eu reads after training on that broadcast, so
+    the live run reads what the simulator does), sealed to root and eu."""
     raw = raw_config(
         run_id,
-        federations={"root": {}, "eu": {"parent": "root"}},
+        federations={"root": {}, "eu": {"parent": "root", "residual": {"links": ["root"]}}},
         clients={"en-0": ("eu", "lang-en"), "de-0": ("eu", "lang-de")},
         defaults={"schedule": {"deadline_s": 30.0}},
     )
@@ -122,3 +132,43 @@ async def test_a_sealed_run_equals_the_unsealed_one_and_an_outsider_reads_no_ten
         assert not any(isinstance(x, Received) for x in results)
         reasons = {x.reason for x in results if isinstance(x, Rejected)}
         assert reasons == ({"sealed"} if reader is None else {"not_a_recipient"})
+
+    # eu read root's residual (sealed) and nothing went unread.
+    reports = [m for m in await metrics(kafka, topics) if m.role == "aggregator"]
+    eu = [m.values for m in reports if m.node == "eu"]
+    assert max(v["residuals"] for v in eu) == 1.0
+    assert all(v["residual_unreadable"] == 0.0 for v in eu)
+    assert h.residual_readers("root") == ("eu",)
+
+    # The residual cache as a plain Redis client sees it: no window of root's key layers ...
+    residual_round, residual = sim.residuals["root"]
+    _, packed = pack(residual)
+    windows = [t.float().numpy().tobytes()[:32] for t in residual.values() if t.numel() >= 8]
+    assert windows and all(w in packed for w in windows)
+    ks = Keyspace(run_id)
+    client = aioredis.from_url(servers.redis)
+    try:
+        manifest = cast(dict[bytes, bytes], await client.hgetall(ks.residual("root")))
+        assert int(manifest[b"round"]) == residual_round and manifest[b"seal"]
+        parts = [
+            ks.residual_part("root", manifest[b"generation"].decode(), i)
+            for i in range(int(manifest[b"parts"]))
+        ]
+        stored = b"".join(cast(list[bytes], await client.mget(parts)))
+    finally:
+        await client.aclose()
+    assert len(stored) == len(packed) + TAG_BYTES
+    everything = b"".join([stored, *manifest.values()])
+    assert not any(w in everything for w in windows)
+    # ... and only a linked federation's key opens it, to the simulator's tensors.
+    async with RedisState(servers.redis, Keyspace(run_id)) as state:
+        eu_key = load_keyring(keys, "eu").sealer
+        assert eu_key is not None
+        opened = await state.get_residual("root", unsealer=Unsealer("eu", eu_key))
+        assert opened is not None and opened.round == residual_round
+        assert opened.tensors.keys() == residual.keys()
+        assert all(torch.equal(opened.tensors[n], residual[n]) for n in residual)
+        for reader, reason in ((None, "sealed"), (Unsealer("de-0", stranger), "not_a_recipient")):
+            with pytest.raises(SealError) as refused:
+                await state.get_residual("root", unsealer=reader)
+            assert refused.value.reason == reason
