@@ -30,7 +30,7 @@ from worldlm.replay import (
 )
 from worldlm.replay_report import replay_run, write_report
 from worldlm.simulator import Simulation, _Update
-from worldlm.training.workbench import Weights
+from worldlm.training.workbench import Weights, initial_weights
 
 
 def two_levels_raw(run_id: str) -> dict[str, Any]:
@@ -159,7 +159,9 @@ async def test_replay_reproduces_a_live_run_and_a_what_if_differs(
     ]
     # The last broadcast of each federation is its live checkpoint, bit for bit.
     for fid in h.federations:
-        _, weights, _, _ = Checkpoint(tmp_path / "ckpt" / run_id / fid).load()
+        _, saved, _, _ = Checkpoint(tmp_path / "ckpt" / run_id / fid).load()
+        # safetensors files list tensors by name; a broadcast lays them out in model order
+        weights = {n: saved[n] for n in initial_weights(h.run)}
         last = max((b for b in own.broadcasts if b.federation == fid), key=lambda b: b.version)
         assert last.replay_hash == model_hash(weights), fid
     # Evaluation is deterministic: every recorded perplexity is the replayed one.
