@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from brokers.admin import ensure_topics
 from brokers.deltas import DeltaReceiver, Received, publish_delta
 from brokers.embedded import embedded_servers
-from brokers.kafka import KafkaSettings, PartitionReader, Producer, ensure_topics
+from brokers.kafka import KafkaSettings, PartitionReader, Producer
 from schemas.codec import encode
 from schemas.compression import compress, decompress
 from schemas.delta import encode_delta

@@ -17,8 +17,6 @@ from typing import Any, Literal
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
@@ -29,7 +27,6 @@ from brokers.shared import Shared
 log = structlog.get_logger(__name__)
 
 #: Kafka's error code for "topic already exists" in a CreateTopics response.
-_TOPIC_ALREADY_EXISTS = 36
 
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -123,50 +120,6 @@ def partition_for(key: str | bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key`` (murmur2, positive)."""
     raw = key.encode() if isinstance(key, str) else key
     return (murmur2(raw) & 0x7FFFFFFF) % partitions
-
-
-async def ensure_topics(
-    settings: KafkaSettings, names: Iterable[str], partitions: int | None = None
-) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are."""
-    names = list(dict.fromkeys(names))
-    if not names:
-        return
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.client_id}-admin",
-        request_timeout_ms=settings.request_timeout_ms,
-        **settings.security.client_kwargs(),
-    )
-    await admin.start()
-    try:
-        new = [NewTopic(n, partitions or settings.partitions, 1) for n in names]
-        try:
-            response = await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            return
-        for topic, code, message in getattr(response, "topic_errors", []):
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
-                raise RuntimeError(f"cannot create topic {topic}: error {code} {message}")
-        log.debug("topics_ensured", topics=names)
-    finally:
-        await admin.close()
-
-
-async def topic_partitions(settings: KafkaSettings) -> dict[str, int]:
-    """Every topic of the cluster and its partition count (a metadata read; creates nothing)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        client_id=f"{settings.client_id}-metadata",
-        request_timeout_ms=settings.request_timeout_ms,
-        **settings.security.client_kwargs(),
-    )
-    await consumer.start()
-    try:
-        names = await consumer.topics()
-        return {t: len(consumer.partitions_for_topic(t) or ()) for t in names}
-    finally:
-        await consumer.stop()
 
 
 class _Lifecycle(Service):

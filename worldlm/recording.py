@@ -15,8 +15,9 @@ from typing import TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
 
+from brokers.admin import topic_partitions
 from brokers.deltas import DeltaReceiver, Received
-from brokers.kafka import KafkaSettings, PartitionReader, topic_partitions
+from brokers.kafka import KafkaSettings, PartitionReader
 from brokers.state import RedisState
 from schemas.codec import Decoder, dead_letter_decoder, delta_decoder, metrics_decoder
 from schemas.compression import decompress

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from aiokafka import TopicPartition
 
+from brokers.admin import ensure_topics
 from brokers.deltas import DeltaReceiver, Received, publish_delta
-from brokers.kafka import KafkaSettings, PartitionReader, Producer, ensure_topics
+from brokers.kafka import KafkaSettings, PartitionReader, Producer
 from brokers.state import RedisState
 from schemas.delta import encode_delta
 from schemas.keyspace import Keyspace

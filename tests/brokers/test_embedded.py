@@ -7,8 +7,9 @@ import socket
 import pytest
 import redis.asyncio as aioredis
 
+from brokers.admin import ensure_topics
 from brokers.embedded import EmbeddedKafka, EmbeddedRedis, ServerError
-from brokers.kafka import KafkaSecurityError, KafkaSettings, ensure_topics
+from brokers.kafka import KafkaSecurityError, KafkaSettings
 
 
 async def test_embedded_redis_answers_and_stops() -> None:

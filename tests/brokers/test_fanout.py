@@ -6,8 +6,9 @@ import asyncio
 
 from aiokafka import TopicPartition
 
+from brokers.admin import ensure_topics
 from brokers.fanout import Subscription, fanouts
-from brokers.kafka import KafkaSettings, Producer, ensure_topics
+from brokers.kafka import KafkaSettings, Producer
 from schemas.topics import Topics
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from aiokafka import ConsumerRecord, TopicPartition
 
+from brokers.admin import ensure_topics
 from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
 from brokers.kafka import (
     GroupConsumer,
@@ -19,7 +20,6 @@ from brokers.kafka import (
     KafkaSettings,
     PartitionReader,
     Producer,
-    ensure_topics,
 )
 from schemas.codec import encode
 from schemas.delta import encode_delta

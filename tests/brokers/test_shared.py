@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from brokers.admin import ensure_topics
 from brokers.embedded import Servers
-from brokers.kafka import KafkaSettings, Producer, ensure_topics, producers
+from brokers.kafka import KafkaSettings, Producer, producers
 from brokers.shared import REDIS_POOL_SIZE, Shared, redis_pools
 from brokers.state import RedisState
 from schemas.keyspace import Keyspace

@@ -18,7 +18,8 @@ from typing import Any
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from brokers.kafka import KafkaSettings, PartitionReader, topic_partitions
+from brokers.admin import topic_partitions
+from brokers.kafka import KafkaSettings, PartitionReader
 from brokers.lifecycle import Service
 from brokers.state import RedisState
 from schemas.codec import Decoder, dead_letter_decoder, event_decoder, metrics_decoder

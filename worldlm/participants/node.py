@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from brokers.access import server_version, set_users
+from brokers.admin import ensure_topics
 from brokers.deltas import Published, publish_delta
-from brokers.kafka import KafkaSettings, Producer, ensure_topics
+from brokers.kafka import KafkaSettings, Producer
 from brokers.state import RedisState
 from schemas.codec import encode
 from schemas.delta import encode_delta
