@@ -10,7 +10,7 @@ from brokers.state import RedisState
 from schemas.keyspace import Keyspace
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import MetricsWatch, flat, poll, settings
-from worldlm.participants.node import Endpoints
+from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
 
 
@@ -21,10 +21,16 @@ async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
     redis = EmbeddedRedis()
     await redis.start()
     port = redis.port
+    run: asyncio.Task[object] | None = None
     try:
         ep = Endpoints(servers.kafka, redis.url)
+        # The topics exist before the watch is assigned their partitions: a reader assigned
+        # to a topic that is created under it can miss its first records.
+        await prepare_run(h, ep)
         run = asyncio.create_task(run_hierarchy(h, ep))
-        async with MetricsWatch(settings(servers, h), Topics(run_id).metrics, 2) as watch:
+        async with MetricsWatch(
+            settings(servers, h), Topics(run_id).metrics, h.run.partitions
+        ) as watch:
             async with asyncio.timeout(60):
                 await watch.wait_for(lambda r: r.node == "root" and r.round == 0)
             await redis.stop()  # every key is gone with it: no persistence
@@ -45,6 +51,6 @@ async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
         assert root_rounds == [0, 1, 2, 3]
         assert set(result.final_ppl()) == {"en-0", "de-0"}
     finally:
-        if not run.done():
+        if run is not None and not run.done():
             run.cancel()
         await redis.stop()
