@@ -1,7 +1,8 @@
 """The Lua scripts of the Redis control state, one per multi-key transition.
 
 Each script's header documents its KEYS and ARGV. Time inside scripts is the Redis server's
-clock. :class:`brokers.state.RedisState` registers them and is their only caller.
+clock. :class:`brokers.state.RedisState` registers and calls them, and nothing else does
+(``SET_RESIDUAL`` is :class:`brokers.residuals.ResidualCache`'s).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Redis adapter on redis.asyncio: barriers, membership, model pointers, staleness, residuals.
+"""Redis adapter on redis.asyncio: barriers, membership, model pointers, staleness.
+
+The residual-embedding cache is :class:`brokers.residuals.ResidualCache`, reached as
+:attr:`RedisState.residuals` on the same connection.
 
 Key names come from :class:`schemas.keyspace.Keyspace`; every key gets a TTL. Transitions that
 touch several keys or must be decided once (a barrier closing, a member joining, a version
@@ -10,15 +13,14 @@ participants' clocks agreeing.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import msgspec
 import redis.asyncio as aioredis
 
 from brokers.lifecycle import Service
+from brokers.residuals import ResidualCache
 from brokers.scripts import (
     ARRIVE,
     CLOSE,
@@ -27,19 +29,10 @@ from brokers.scripts import (
     PURGE,
     RELEASE,
     ROSTER,
-    SET_RESIDUAL,
     SET_VERSION,
 )
 from brokers.shared import open_redis, redis_pools
-from schemas.delta import content_hash
 from schemas.keyspace import Keyspace
-from schemas.messages import Seal, TensorSpec
-from schemas.sealing import SealError, Unsealer, seal_blob
-from schemas.tensors import check_specs, pack, unpack
-
-if TYPE_CHECKING:
-    import torch
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 
 @dataclass(frozen=True)
@@ -81,35 +74,8 @@ class ModelPointer:
     updated_ms: int
 
 
-@dataclass(frozen=True)
-class Residual:
-    """A federation's latest key layers (its residual embedding) from the cache."""
-
-    federation: str
-    round: int
-    tensors: dict[str, torch.Tensor]
-    written_ms: int
-
-
 def _str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes(value: bytes | str | None) -> bytes:
-    if value is None:
-        raise KeyError("missing value")
-    return value.encode() if isinstance(value, str) else value
-
-
-_specs_encoder = msgspec.msgpack.Encoder()
-_specs_decoder = msgspec.msgpack.Decoder(tuple[TensorSpec, ...])
-_seal_decoder = msgspec.msgpack.Decoder(Seal)
-
-
-def residual_label(federation: str, round: int, specs: bytes) -> str:
-    """What a sealed residual entry is bound to: its federation, round and tensor specs (an
-    entry moved to another federation or round, or given other shapes, does not open)."""
-    return f"residual|{federation}|{round}|{content_hash(specs)}"
 
 
 class RedisState(Service):
@@ -133,6 +99,7 @@ class RedisState(Service):
         self.max_value_bytes = max_value_bytes
         self._redis: aioredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._residuals: ResidualCache | None = None
 
     async def start(self) -> None:
         if self._redis is not None:
@@ -150,12 +117,14 @@ class RedisState(Service):
             "purge": PURGE,
             "roster": ROSTER,
             "set_version": SET_VERSION,
-            "set_residual": SET_RESIDUAL,
         }.items():
             self._scripts[name] = self._redis.register_script(body)
+        self._residuals = ResidualCache(
+            self._redis, self.keyspace, ttl_s=self.ttl_s, max_value_bytes=self.max_value_bytes
+        )
 
     async def stop(self) -> None:
-        redis, self._redis = self._redis, None
+        redis, self._redis, self._residuals = self._redis, None, None
         if redis is not None and self.shared:
             await redis_pools.release((self.url, self.retries))
         elif redis is not None:
@@ -166,6 +135,13 @@ class RedisState(Service):
         if self._redis is None:
             raise RuntimeError("RedisState is not started")
         return self._redis
+
+    @property
+    def residuals(self) -> ResidualCache:
+        """The run's residual-embedding cache (:mod:`brokers.residuals`)."""
+        if self._residuals is None:
+            raise RuntimeError("RedisState is not started")
+        return self._residuals
 
     async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         if self._redis is None:
@@ -330,117 +306,3 @@ class RedisState(Service):
             pipe.hgetall(self.keyspace.stale_updates(federation))
             latest, counts = await pipe.execute()
         return {_str(m): (int(s), int(counts.get(m, 0))) for m, s in latest.items()}
-
-    # -- residual embeddings --------------------------------------------------------------
-
-    async def put_residual(
-        self,
-        federation: str,
-        round: int,
-        tensors: Mapping[str, torch.Tensor],
-        *,
-        seal_to: Mapping[str, X25519PublicKey] | None = None,
-    ) -> bool:
-        """Store ``federation``'s key layers for ``round``; False if a newer round is cached.
-
-        Payloads larger than ``max_value_bytes`` are stored in parts under a fresh generation;
-        the manifest switches to it atomically, and the old generation's parts expire after a
-        grace period, so a reader that raced the switch still finds what it started reading.
-
-        With ``seal_to`` (id -> X25519 public key) the payload is sealed to those readers
-        (:func:`schemas.sealing.seal_blob`): the parts hold ciphertext, the manifest its seal
-        and the hash of the ciphertext (a plaintext hash would confirm a guess).
-        """
-        specs, plain = pack(tensors)
-        encoded_specs = _specs_encoder.encode(specs)
-        seal, payload = b"", memoryview(plain)
-        if seal_to is not None:
-            sealed, ciphertext = seal_blob(
-                residual_label(federation, round, encoded_specs), plain, seal_to
-            )
-            seal, payload = msgspec.msgpack.encode(sealed), memoryview(ciphertext)
-        size = self.max_value_bytes
-        view = memoryview(payload)
-        parts = max(1, -(-len(payload) // size))
-        generation = uuid.uuid4().hex
-        k = self.keyspace
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for i in range(parts):
-                pipe.set(
-                    k.residual_part(federation, generation, i),
-                    bytes(view[i * size : (i + 1) * size]),
-                    ex=self.ttl_s,
-                )
-            await pipe.execute()
-        previous = await self._run(
-            "set_residual",
-            [k.residual(federation)],
-            [
-                round,
-                generation,
-                parts,
-                content_hash(payload),
-                encoded_specs,
-                len(payload),
-                self.ttl_s,
-                seal,
-            ],
-        )
-        if not previous:
-            await self.redis.delete(
-                *(k.residual_part(federation, generation, i) for i in range(parts))
-            )
-            return False
-        old_gen, old_parts = _str(previous[0]), int(previous[1])
-        if old_gen:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for i in range(old_parts):
-                    pipe.expire(k.residual_part(federation, old_gen, i), 60)
-                await pipe.execute()
-        return True
-
-    async def get_residual(
-        self, federation: str, *, unsealer: Unsealer | None = None
-    ) -> Residual | None:
-        """The latest cached key layers of ``federation``, or None; never waits for a writer.
-
-        With ``unsealer`` (a sealing run) the entry must be sealed to its owner; an entry that
-        is not, or that it cannot open, raises :class:`schemas.sealing.SealError` (``unsealed``,
-        ``not_a_recipient``, ...); without one a sealed entry raises it too (``sealed``).
-        """
-        for _ in range(3):
-            raw = await self.redis.hgetall(self.keyspace.residual(federation))
-            if not raw:
-                return None
-            generation, parts = _str(raw[b"generation"]), int(raw[b"parts"])
-            values = await self.redis.mget(
-                [self.keyspace.residual_part(federation, generation, i) for i in range(parts)]
-            )
-            if any(v is None for v in values):
-                continue  # the generation expired under us: read the newer manifest
-            payload = bytearray(b"".join(_bytes(v) for v in values))
-            if content_hash(payload) != _str(raw[b"hash"]):
-                raise ValueError(f"residual of {federation}: content hash mismatch")
-            encoded_specs = _bytes(raw[b"specs"])
-            specs = _specs_decoder.decode(encoded_specs)
-            seal = raw.get(b"seal") or b""
-            who = f"residual of {federation}"
-            if seal and unsealer is None:
-                raise SealError("sealed", f"{who}: sealed, and this reader has no key")
-            if unsealer is not None:
-                if not seal:
-                    raise SealError("unsealed", f"{who}: not sealed, and this run requires it")
-                label = residual_label(federation, int(raw[b"round"]), encoded_specs)
-                try:
-                    sealed = _seal_decoder.decode(_bytes(seal))
-                except msgspec.DecodeError:
-                    raise SealError("bad_seal", f"{who}: undecodable seal") from None
-                payload = bytearray(unsealer.open_blob(label, sealed, payload))
-            check_specs(specs, len(payload))
-            return Residual(
-                federation=federation,
-                round=int(raw[b"round"]),
-                tensors=unpack(specs, payload),
-                written_ms=int(raw[b"written_ms"]),
-            )
-        return None

@@ -34,7 +34,7 @@ Role = Literal["client", "aggregator", "observer"]
 OBSERVER = "observer"
 
 # Redis commands per role, inside Lua scripts included (Redis checks those too); the scripts
-# are in brokers/scripts.py and the plain calls in brokers/state.py.
+# are in brokers/scripts.py and the plain calls in brokers/state.py and brokers/residuals.py.
 # redis-py runs a script with EVALSHA, loading it on NOSCRIPT; a pipeline asks SCRIPT EXISTS.
 _CONNECT = ("ping", "evalsha", "script|load", "script|exists")
 _CLIENT = (

@@ -84,8 +84,8 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
             partition=published.partition,
             offset=published.first_offset,
         )
-        await state.put_residual("root", 0, {"key.weight": got["key.weight"]})
-        residual = await state.get_residual("root")
+        await state.residuals.put("root", 0, {"key.weight": got["key.weight"]})
+        residual = await state.residuals.get("root")
     return SmokeReport(
         run=run,
         megabytes=encoded.manifest.total_bytes / 1e6,

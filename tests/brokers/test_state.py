@@ -1,4 +1,4 @@
-"""Redis control state against a real redis-server: barriers, membership, pointers, residuals."""
+"""Redis control state against a real redis-server: barriers, membership, pointers, leads."""
 
 from __future__ import annotations
 
@@ -105,35 +105,12 @@ async def test_every_key_written_has_a_ttl(state: RedisState) -> None:
     await state.heartbeat("eu", "a", ttl_s=5)
     await state.set_model_version("eu", 1, topic="t", partition=0, offset=0)
     await state.record_staleness("eu", "a", 1)
-    await state.put_residual("eu", 1, {"k": torch.zeros(100_000)})
+    await state.residuals.put("eu", 1, {"k": torch.zeros(100_000)})
     await state.lead("eu", "replica-a", ttl_s=5)
     keys = [k async for k in state.redis.scan_iter(match=f"{state.keyspace.ns}:*")]
     assert len(keys) >= 9
     ttls = [await state.redis.ttl(k) for k in keys]
     assert all(t > 0 for t in ttls), dict(zip(keys, ttls, strict=True))
-
-
-async def test_residual_larger_than_one_value_round_trips_in_parts(state: RedisState) -> None:
-    g = torch.Generator().manual_seed(3)
-    tensors = {
-        "layers.3.w": torch.randn(256, 256, generator=g),  # 256 KiB > 64 KiB per value
-        "norm.weight": torch.randn(256, generator=g).to(torch.bfloat16),
-    }
-    assert await state.put_residual("eu", 4, tensors)
-    raw = await state.redis.hgetall(state.keyspace.residual("eu"))
-    assert int(raw[b"parts"]) > 1
-    got = await state.get_residual("eu")
-    assert got is not None and got.round == 4 and got.federation == "eu"
-    for name, t in tensors.items():
-        assert torch.equal(got.tensors[name], t)
-
-
-async def test_residual_of_older_round_does_not_replace_newer(state: RedisState) -> None:
-    await state.put_residual("eu", 7, {"k": torch.ones(3)})
-    assert not await state.put_residual("eu", 6, {"k": torch.zeros(3)})
-    got = await state.get_residual("eu")
-    assert got is not None and got.round == 7 and torch.equal(got.tensors["k"], torch.ones(3))
-    assert await state.get_residual("missing") is None
 
 
 async def test_unstarted_state_raises_clear_error(servers: Servers, run_id: str) -> None:

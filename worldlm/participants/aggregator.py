@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
-
 from brokers.deltas import Received
 from brokers.revocations import Revocations
 from schemas.delta import new_update_id
@@ -29,6 +27,7 @@ from schemas.errors import WireError
 from schemas.messages import RoundEvent
 from schemas.sealing import SealError
 from worldlm.config import Hierarchy
+from worldlm.participants.books import RoundBooks
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.federation import (
     Accepted,
@@ -80,11 +79,7 @@ class AggregatorParticipant:
         self.revocations = Revocations(self.node.state)
         self._parent: BroadcastFollower | None = None
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
-        self._bytes_in = 0
-        # The round's own accounting: records this shell dead-lettered (the core counts its
-        # refusals) and the offset its decisions started from.
-        self._dead_letters = 0
-        self._covered_from = 0
+        self.books = RoundBooks(self.node)  # the shell's part of each round's accounting
 
     @property
     def token(self) -> str:
@@ -107,8 +102,8 @@ class AggregatorParticipant:
     async def _lead(self) -> None:
         node, core = self.node, self.core
         self._restore()
-        self._covered_from = core.meta.offsets.get(self.intake.name, 0)
-        await self.intake.start(self._covered_from)
+        self.books.covered_from = core.meta.offsets.get(self.intake.name, 0)
+        await self.intake.start(self.books.covered_from)
         try:
             if self.fed.parent is not None:
                 self._parent = BroadcastFollower(
@@ -143,16 +138,7 @@ class AggregatorParticipant:
                 await bounded(node.log, "parent_follower", self._parent.stop())
             if not self.lease.lost:  # else the membership is the new leader's
                 await bounded(node.log, "leave", node.leave())
-            node.log.info(
-                "aggregator_stopped",
-                round=core.meta.round,
-                version=core.meta.version,
-                read_gaps=self.intake.gaps[0],
-                read_gaps_skipped=self.intake.gaps[1],
-                **dict(core.counters),
-                **dict(node.counters),
-                **self.intake.receiver.reassembler.counters.as_dict(),
-            )
+            node.log.info("aggregator_stopped", **self.books.summary(core, self.intake))
 
     async def _loop(self) -> None:
         """Intake, parent and close, until the final broadcast.
@@ -221,8 +207,7 @@ class AggregatorParticipant:
                     arrived.append(sender)
             else:
                 record, rejected = item
-                self._dead_letters += 1
-                await self.node.dead_letter(record, rejected.reason, rejected.detail)
+                await self.books.dead_letter(record, rejected.reason, rejected.detail)
         for update_id in self.intake.take_repeats():
             self.core.repeated(update_id)
         return arrived
@@ -234,12 +219,11 @@ class AggregatorParticipant:
         try:
             offer = self.intake.offer(received, revoked)
         except WireError as exc:  # e.g. a malformed codec map: refused, counted here
-            self._dead_letters += 1
-            await node.dead_letter(source, exc.reason, str(exc))
+            await self.books.dead_letter(source, exc.reason, str(exc))
             return None
         decision = self.core.offer(offer)
         if isinstance(decision, Refused):
-            await node.dead_letter(source, decision.reason, decision.detail, count=False)
+            await self.books.refused(source, decision)
             return None
         if not isinstance(decision, Accepted):
             return None  # a duplicate: already folded or pending
@@ -247,7 +231,7 @@ class AggregatorParticipant:
         self.checkpoint.save_pending(m.update_id, self.core.pending[-1].delta)
         self.core.meta.offsets[self.intake.name] = self.intake.safe_after(received)
         self._save(model=False)
-        self._bytes_in += m.total_bytes
+        self.books.bytes_in += m.total_bytes
         await node.state.record_staleness(self.id, decision.sender, decision.staleness)
         node.log.info(
             "update_accepted",
@@ -280,7 +264,7 @@ class AggregatorParticipant:
         residuals = {}
         for other in self.hierarchy.residual_links(self.id) if core.key else ():
             try:
-                cached = await node.state.get_residual(other, unsealer=node.unsealer)
+                cached = await node.state.residuals.get(other, unsealer=node.unsealer)
             except SealError as exc:  # not sealed to us, tampered, or unsealed in a sealed run
                 node.counters["residual_unreadable"] += 1
                 node.log.warning(
@@ -294,35 +278,19 @@ class AggregatorParticipant:
             node.log.warning("update_declined", sender=rejection.sender, reason=rejection.reason)
         if closed.residual is not None:
             readers = node.seal_to(self.id, *self.hierarchy.residual_readers(self.id))
-            await node.state.put_residual(
+            await node.state.residuals.put(
                 self.id, core.meta.round, closed.residual, seal_to=readers
             )
         self._save()
         self.checkpoint.drop_pending(keep=set())
         await node.state.close_round(self.id, closed.round, reason, self.id)
         await self._event("closed", closed.round, reason, len(closed.folded))
-        values = closed.values | {
-            "bytes_in": float(self._bytes_in),
-            "bytes_out": float(node.producer.bytes_sent),
-            "aggregate_s": time.perf_counter() - started,
-            # the most records intake was behind the partition's end during the round
-            "lag": float(self.intake.lag),
-            # undecodable records (ours) and refused updates (the core's)
-            "rejected": float(core.counters["rejected"] + node.counters["rejected"]),
-            "read_gaps": float(self.intake.gaps[0]),
-            "round_dead_lettered": closed.values["round_dead_lettered"] + self._dead_letters,
-            # linked residual-cache entries skipped because they did not open (run total)
-            "residual_unreadable": float(node.counters["residual_unreadable"]),
-        }
         end = core.meta.offsets.get(self.intake.name, 0)
-        ledger = msgspec.structs.replace(
-            closed.ledger,
-            dead_lettered=closed.ledger.dead_lettered + self._dead_letters,
-            offsets={self.intake.name: (self._covered_from, end)},
-        )
+        aggregate_s = time.perf_counter() - started
+        values, ledger = self.books.close(closed, core, self.intake, end, aggregate_s)
         await node.metrics(closed.round, values, federation=self.id, ledger=ledger)
         self.intake.lag = 0
-        self._dead_letters, self._covered_from = 0, end
+        self.books.next_round(end)
         node.log.info(
             "round_closed",
             round=closed.round,

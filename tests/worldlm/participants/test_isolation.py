@@ -74,7 +74,7 @@ async def test_a_client_is_refused_another_federations_keys(
     async with login(servers, h, tmp_path, "latin") as latin:
         assert await latin.lead("latin", "t", ttl_s=30)
         assert await latin.heartbeat("root", "latin", ttl_s=30)  # its parent's membership
-        assert await latin.get_residual("slavic") is None  # a sibling link: readable
+        assert await latin.residuals.get("slavic") is None  # a sibling link: readable
         with pytest.raises(NoPermissionError):
             await latin.lead("slavic", "t", ttl_s=30)
         with pytest.raises(NoPermissionError):

@@ -88,7 +88,7 @@ async def test_federation_takes_parents_backbone_exactly_and_keeps_its_own_key_l
             # wrote to the residual cache after its last round.
             final = taken[-1]
             assert final.delta.manifest.metrics["final"] == 1.0
-            cached = await state.get_residual(fed)
+            cached = await state.residuals.get(fed)
             assert cached is not None and set(cached.tensors) == key
             for name in key:
                 assert torch.equal(final.delta.tensors()[name], cached.tensors[name]), name

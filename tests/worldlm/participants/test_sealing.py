@@ -164,11 +164,11 @@ async def test_a_sealed_run_equals_the_unsealed_one_and_an_outsider_reads_no_ten
     async with RedisState(servers.redis, Keyspace(run_id)) as state:
         eu_key = load_keyring(keys, "eu").sealer
         assert eu_key is not None
-        opened = await state.get_residual("root", unsealer=Unsealer("eu", eu_key))
+        opened = await state.residuals.get("root", unsealer=Unsealer("eu", eu_key))
         assert opened is not None and opened.round == residual_round
         assert opened.tensors.keys() == residual.keys()
         assert all(torch.equal(opened.tensors[n], residual[n]) for n in residual)
         for reader, reason in ((None, "sealed"), (Unsealer("de-0", stranger), "not_a_recipient")):
             with pytest.raises(SealError) as refused:
-                await state.get_residual("root", unsealer=reader)
+                await state.residuals.get("root", unsealer=reader)
             assert refused.value.reason == reason
