@@ -43,7 +43,7 @@ def train_centralized(
         for c in clients:
             bench = learners[c].bench
             val[c].append((rnd, bench.evaluate(weights).perplexity))
-            if bench.data.test is not None:
+            if rnd == rounds and bench.data.test is not None:  # held out: the final model only
                 test[c].append((rnd, bench.evaluate(weights, test=True).perplexity))
         if rnd == rounds:
             break

@@ -90,8 +90,11 @@ class Experiment:
             - 1
             for m in self.methods
         )
-        dp = 0 if self.dp is None else 2 * len(self.dp.methods) * self.seeds
+        dp = 0 if self.dp is None else 2 * len(self.dp.methods) * self._dp_seeds()
         return len(self.configs) * per_setting + dp
+
+    def _dp_seeds(self) -> int:
+        return min(self.seeds, self.dp.seeds) if self.dp is not None else 0
 
     def run(self) -> dict[str, Any]:
         self._reported: set[Cell] = set()
@@ -100,8 +103,8 @@ class Experiment:
         later = [j for s, c in self.configs.items() for j in self._seed_jobs(s, c, chosen[s])]
         if self.dp is not None:
             setting, config = next(iter(self.configs.items()))
-            later += self._dp_jobs(setting, config, self.dp, chosen[setting])
-        self._jobs(later)
+            later = self._dp_jobs(setting, config, self.dp, chosen[setting]) + later
+        self._jobs(later)  # the DP cells (several times a standard one) first: no long tail
         summary: dict[str, Any] = {"settings": {}}
         for setting, config in self.configs.items():
             summary["settings"][setting] = self._setting(setting, config, chosen[setting])
@@ -250,7 +253,7 @@ class Experiment:
             )
             for method in study.methods
             for dp in (False, True)
-            for seed in range(self.seeds)
+            for seed in range(self._dp_seeds())
         }
         return {"name": name, "h": h, "rounds": rounds, "clip": clip, "sigma": sigma, "jobs": jobs}
 

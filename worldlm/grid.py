@@ -137,11 +137,16 @@ def run_cell(
     wall = time.perf_counter() - started
     return CellResult(
         MethodResult(val, wall, train_s),
-        MethodResult(test, wall, train_s),
+        MethodResult(val, wall, train_s, held_out=_finals(test) or None),
         budgets,
         epsilon,
         sum(sent) / len(sent) if sent else 0.0,
     )
+
+
+def _finals(curves: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
+    """Each client's last figure (the held-out split is measured on the final model only)."""
+    return {c: pts[-1][1] for c, pts in curves.items() if pts}
 
 
 def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
@@ -149,7 +154,7 @@ def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
     data = {
         "cell": cell.__dict__,
         "val": {c: [list(p) for p in pts] for c, pts in result.val.curve.items()},
-        "test": {c: [list(p) for p in pts] for c, pts in result.test.curve.items()},
+        "test": {c: [[0, p]] for c, p in result.test.final.items()},
         "wall_s": result.val.wall_s,
         "train_s": result.val.train_s,
         "budget": result.budget,
@@ -168,9 +173,10 @@ def load_cell(path: Path) -> CellResult:
         return {c: [(int(r), float(p)) for r, p in pts] for c, pts in d.items()}
 
     wall, train = data["wall_s"], data["train_s"]
+    val = curves(data["val"])
     return CellResult(
-        MethodResult(curves(data["val"]), wall, train),
-        MethodResult(curves(data["test"]), wall, train),
+        MethodResult(val, wall, train),
+        MethodResult(val, wall, train, held_out=_finals(curves(data["test"])) or None),
         data.get("budget", {}),
         data.get("epsilon", 0.0),
         data.get("bytes_per_update", 0.0),

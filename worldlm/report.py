@@ -2,7 +2,10 @@
 
 A *score* is a client's mean validation perplexity over the last quarter of its evaluations
 (at least the final one): one federated round can land anywhere on an oscillating curve, so
-the last snapshot alone would decide a comparison by luck. Across seeds each client's score
+the last snapshot alone would decide a comparison by luck. A result with a held-out split
+(``MethodResult.held_out``: each client's test perplexity, measured once, on the final model)
+scores by it instead, while its curve stays the validation curve the plots and the divergence
+check read. Across seeds each client's score
 gets a mean and a 95% confidence interval (Student's t); the method's mean over clients gets
 one too, and the ratio of two methods is taken per seed (paired: same seed, same data
 order) before its interval is computed. A run whose mean curve ends more than 10% above its
@@ -30,15 +33,22 @@ class MethodResult:
     curve: dict[str, list[tuple[int, float]]]
     wall_s: float = 0.0
     train_s: float = 0.0
+    #: each client's held-out (test) perplexity on the final model; None: score by ``curve``
+    held_out: dict[str, float] | None = None
 
     @property
     def final(self) -> dict[str, float]:
-        """Each client's perplexity on the final model."""
+        """Each client's perplexity on the final model (held-out when there is one)."""
+        if self.held_out is not None:
+            return dict(self.held_out)
         return {c: pts[-1][1] for c, pts in self.curve.items() if pts}
 
     @property
     def score(self) -> dict[str, float]:
-        """Each client's mean perplexity over the last quarter of its evaluations."""
+        """Each client's held-out perplexity on the final model, or without a held-out split
+        its mean perplexity over the last quarter of its evaluations."""
+        if self.held_out is not None:
+            return dict(self.held_out)
         out = {}
         for c, pts in self.curve.items():
             k = max(1, (len(pts) - 1) // 4)
@@ -83,7 +93,8 @@ class Comparison:
     partitions: dict[str, str]
     labels: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    #: which text the curves were measured on (``validation`` or ``test``)
+    #: which text the scores were measured on (``validation`` or ``test``); curves are always
+    #: validation
     split: str = "validation"
 
     def summary(self, method: str) -> dict[str, Any]:
@@ -156,9 +167,9 @@ def markdown(c: Comparison, title: str, command: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Command: `{command}`. Seeds {seeds}. Score: each client's mean {c.split} perplexity "
-        f"over the last quarter of its evaluations (same clients, token budget and {c.split} "
-        "text for every method), mean ± 95% CI over seeds. Lower is better.",
+        f"Command: `{command}`. Seeds {seeds}. Score: {_score_text(c.split)} (same clients, "
+        f"token budget and {c.split} text for every method), mean ± 95% CI over seeds. Curves: "
+        "validation perplexity per round. Lower is better.",
         "",
         "| client | federation | partition | "
         + " | ".join(c.labels.get(m, m) for m in methods)
@@ -198,8 +209,14 @@ def markdown(c: Comparison, title: str, command: str) -> str:
         + (", ".join(f"{c.labels.get(m, m)} seeds {s}" for m, s in diverged.items()) or "none")
     )
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in c.settings.items()), ""]
-    lines += [f"![mean {c.split} perplexity per method](perplexity.png)", ""]
+    lines += ["![mean validation perplexity per round, scores per method](perplexity.png)", ""]
     return "\n".join(lines)
+
+
+def _score_text(split: str) -> str:
+    if split == "test":
+        return "each client's perplexity on its held-out test text, on the final model"
+    return f"each client's mean {split} perplexity over the last quarter of its evaluations"
 
 
 def plot(path: Path, c: Comparison, title: str) -> None:
@@ -234,7 +251,7 @@ def plot(path: Path, c: Comparison, title: str) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yscale("log")
     ax.set_xlabel("local training rounds per client")
-    ax.set_ylabel(f"mean {c.split} perplexity (log)")
+    ax.set_ylabel("mean validation perplexity (log)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -290,8 +307,8 @@ def summary_markdown(summary: dict[str, Any], command: str) -> str:
     lines = [
         "# WorldLM experiment",
         "",
-        f"Command: `{command}`. Figures: each client's mean **test** perplexity over the last "
-        "quarter of its evaluations, averaged over clients; mean ± 95% CI over "
+        f"Command: `{command}`. Figures: each client's **test** perplexity (held-out text, "
+        "measured once, on the final model), averaged over clients; mean ± 95% CI over "
         f"{summary['seeds']} seeds. Learning rates chosen per method and setting on validation "
         f"text from {summary['lrs']}. Budget per cell: "
         f"{summary.get('budget') or 'each config its own'}. Lower is better. Per-setting "

@@ -35,8 +35,12 @@ def test_a_tiny_grid_runs_end_to_end_and_a_rerun_reuses_every_cell(tmp_path: Pat
     for method, figures in data["methods"].items():
         assert set(figures["seeds"]) == {"0", "1"}
         for seed in figures["seeds"].values():
-            assert len(seed["curves"]) == 6  # every client, on its test text
+            # every client: a validation curve per round, scored on its test text, once
+            assert len(seed["curves"]) == 6
+            assert all(len(pts) >= 2 for pts in seed["curves"].values())  # rounds + final
+            assert set(seed["score"]) == set(seed["curves"]) == set(seed["final"])
             assert all(math.isfinite(v) for v in seed["score"].values())
+            assert seed["score"] != {c: pts[-1][1] for c, pts in seed["curves"].items()}
         # the rate with the better validation score was chosen
         validation = data["lr"]["validation"][method]
         assert data["lr"]["chosen"][method] == float(min(validation, key=validation.__getitem__))
@@ -66,8 +70,10 @@ def test_dp_at_a_population_reports_the_same_epsilon_target_for_every_method(
         seeds=2,
         lrs=(0.003,),
         budget=TINY,
-        dp=DPStudy(shards=2, epsilon=8.0, methods=("fedavg", "worldlm")),
+        dp=DPStudy(shards=2, epsilon=8.0, methods=("fedavg", "worldlm"), seeds=1),
     )
+    # 2 methods x 2 seeds, then 2 methods x with/without DP x 1 seed (the study's own)
+    assert exp.cells() == 4 + 4
     summary = exp.run()
     dp = summary["dp"]
     settings = dp["settings"]
@@ -79,6 +85,7 @@ def test_dp_at_a_population_reports_the_same_epsilon_target_for_every_method(
     assert all(0 < e <= 8.0 + 1e-6 for e in spent.values())
     assert set(dp["methods"]) == {"fedavg", "fedavg+dp", "worldlm", "worldlm+dp"}
     for figures in dp["methods"].values():
+        assert set(figures["seeds"]) == {"0"}
         assert len(figures["seeds"]["0"]["curves"]) == 12
 
 

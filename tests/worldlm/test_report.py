@@ -18,6 +18,15 @@ def test_score_is_the_mean_of_the_last_quarter_of_evaluations() -> None:
     assert MethodResult({"a": [(0, 9.0), (1, 5.0), (2, 4.0)]}).score == {"a": 4.0}
 
 
+def test_a_held_out_split_scores_by_the_final_model_and_curves_stay_validation() -> None:
+    val = {"a": [(0, 10.0), (1, 5.0), (2, 6.0)]}
+    r = MethodResult(val, held_out={"a": 7.5})
+    assert r.score == r.final == {"a": 7.5}
+    assert r.mean == 7.5
+    assert r.mean_curve() == [(0, 10.0), (1, 5.0), (2, 6.0)]
+    assert r.diverged  # judged on the validation curve, which rose 20% over its best
+
+
 def test_interval_is_students_t_and_undefined_for_one_value() -> None:
     mean, half = interval([1.0, 2.0, 3.0])
     assert mean == 2.0

@@ -96,6 +96,22 @@ def test_clients_train_the_rounds_their_path_to_the_root_gives_them(run_id: str)
     assert trained == {"fr-0": 4, "es-0": 4, "ru-0": 2, "pl-0": 2, "en-0": 2}
 
 
+def test_the_held_out_test_split_is_read_once_on_the_final_model(run_id: str) -> None:
+    h = three_levels(run_id)
+    h = Hierarchy(h.run.__class__(**{**_fields(h.run), "test_fraction": 0.1}), *_tree(h))
+    result, _ = simulate(h)
+    clients = result.client_reports()
+    assert clients and all("val_ppl" in r.values for r in clients)  # validation every round
+    with_test = [r for r in clients if "test_ppl" in r.values]
+    assert with_test and all(r.values["final"] for r in with_test)
+    assert {r.node for r in with_test} == set(h.clients)  # each client, once
+    assert len(with_test) == len(h.clients)
+
+
+def _tree(h: Hierarchy) -> tuple[object, object]:
+    return h.federations, h.clients
+
+
 async def test_a_live_sync_run_ends_at_the_simulators_weights_bit_for_bit(
     servers: Servers, run_id: str, tmp_path: Path
 ) -> None:

@@ -45,6 +45,9 @@ def experiment(
     dp_shards: Annotated[
         int, typer.Option("--dp-shards", min=2, help="Clients each client is split into.")
     ] = 6,
+    dp_seeds: Annotated[
+        int, typer.Option("--dp-seeds", min=1, help="Seeds of the DP study (at most --seeds).")
+    ] = 3,
     log_level: Annotated[str, typer.Option("--log-level")] = "warning",
 ) -> None:
     """Run every method on every data setting over seeds and a learning-rate grid, on the
@@ -89,6 +92,7 @@ def experiment(
         + (f" --config {' --config '.join(str(c) for c in config)}" if config else "")
         + (f" --methods {methods}" if methods else "")
         + ("" if dp else " --no-dp")
+        + (f" --dp-seeds {dp_seeds}" if dp and dp_seeds != 3 else "")
     )
 
     async def main(stop: asyncio.Event) -> dict:
@@ -101,7 +105,7 @@ def experiment(
                     + (" (cached)" if cached else "")
                 )
 
-            study = DPStudy(shards=dp_shards, epsilon=dp_epsilon) if dp else None
+            study = DPStudy(shards=dp_shards, epsilon=dp_epsilon, seeds=dp_seeds) if dp else None
             exp = Experiment(
                 out,
                 configs,

@@ -86,7 +86,9 @@ class Learner:
         weights = self.model(received)
         cpu = time.thread_time()
         evaluation = self.bench.evaluate(weights)
-        test = self.bench.evaluate(weights, test=True) if self.bench.data.test is not None else None
+        # The held-out split is read once, on the final model: it reports, it never steers.
+        has_test = final and self.bench.data.test is not None
+        test = self.bench.evaluate(weights, test=True) if has_test else None
         eval_cpu_s, cpu = time.thread_time() - cpu, time.thread_time()
         if final:
             return LearnerRound(evaluation, None, test=test, eval_cpu_s=eval_cpu_s)
