@@ -170,6 +170,10 @@ class FederationCore:
         sender = offer.sender
         if offer.update_id in self._seen:
             return Duplicate(offer.update_id)
+        if offer.run not in (None, self.hierarchy.run.id):
+            return Rejected("wrong_run", f"{sender}: an update of run {offer.run!r}")
+        if offer.federation not in (None, self.id):
+            return Rejected("wrong_federation", f"{sender}: an update for {offer.federation!r}")
         if offer.kind != "update":
             return Rejected("wrong_kind", f"{sender}: a {offer.kind} on an update topic")
         if sender not in self._members:

@@ -134,4 +134,6 @@ class Intake:
             m.base_version,
             kind=m.kind,
             verify=verify if keys is not None else None,
+            run=m.envelope.run,
+            federation=m.envelope.federation,
         )

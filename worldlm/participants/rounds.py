@@ -24,7 +24,8 @@ class Offer:
     """An update a child offers to its federation, as the shell decoded it.
 
     ``verify`` checks the sender's signature (raises ``SignatureError``); None when the run
-    does not sign. ``kind`` is the manifest's kind (only ``update`` is admitted).
+    does not sign. ``kind`` is the manifest's kind (only ``update`` is admitted); ``run`` and
+    ``federation`` are what its envelope names (None: not known, e.g. a replayed update).
     """
 
     sender: str
@@ -34,6 +35,8 @@ class Offer:
     base_version: int
     kind: str = "update"
     verify: Callable[[], None] | None = None
+    run: str | None = None
+    federation: str | None = None
 
 
 @dataclass(frozen=True)

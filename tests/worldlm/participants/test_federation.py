@@ -96,6 +96,8 @@ def forged() -> None:
     ("sender", "fields", "expected"),
     [
         ("fr-0", {"kind": "broadcast"}, "wrong_kind"),
+        ("fr-0", {"run": "another-run"}, "wrong_run"),
+        ("fr-0", {"federation": "another-federation"}, "wrong_federation"),
         ("de-0", {}, "unknown_sender"),
         ("fr-0", {"verify": forged}, "bad_signature"),
         ("fr-0", {"samples": 0}, "no_samples"),
