@@ -274,6 +274,35 @@ def test_aggregators_checkpoint_on_a_named_volume_and_restart_on_failure() -> No
         assert mounted in declared, f"{name}: {checkpoint_dir} is not on a named volume ({mounts})"
 
 
+def _broker_retention_ms(env: dict[str, Any]) -> int:
+    """Kafka's default retention from its settings: ms over minutes over hours (as Kafka reads
+    them); 168 hours when none is set."""
+    for name, factor in (("MS", 1), ("MINUTES", 60_000), ("HOURS", 3_600_000)):
+        value = env.get(f"KAFKA_LOG_RETENTION_{name}")
+        if value is not None:
+            return int(value) * factor if int(value) >= 0 else -1
+    return 168 * 3_600_000
+
+
+def test_kafka_keeps_a_runs_records_for_its_replay_window_on_a_named_volume() -> None:
+    from worldlm.participants.node import retention_ms
+
+    kafka = services()["kafka"]
+    env = kafka["environment"]
+    window = retention_ms(demo().run.replay_window_h)  # what the run's topics get
+    default = _broker_retention_ms(env)  # what topics made any other way get
+    assert window == -1 or window > 0
+    assert default == -1 or (window != -1 and default >= window), (
+        f"the broker default keeps records {default} ms, the demo's replay window is {window} ms"
+    )
+    assert int(env.get("KAFKA_LOG_RETENTION_BYTES", -1)) == -1, "records dropped by size"
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in kafka.get("volumes", [])}
+    log_dir = str(env["KAFKA_LOG_DIRS"])
+    assert mounts.get(log_dir) in set(compose().get("volumes") or {}), (
+        f"the log {log_dir} is not on a named volume: it would not outlive the container"
+    )
+
+
 def _listeners(value: str) -> dict[str, tuple[str, int]]:
     """``NAME://host:port,...`` as {NAME: (host, port)}."""
     result = {}

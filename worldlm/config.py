@@ -317,6 +317,8 @@ def _check_run(run: RunConfig, source: str) -> None:
     _check(run.heartbeat_s > 0, source, "run.heartbeat_s", "must be positive")
     _check(run.partitions >= 1, source, "run.partitions", "must be at least 1")
     _check(run.chunk_kib >= 1, source, "run.chunk_kib", "must be at least 1")
+    window = run.replay_window_h
+    _check(window > 0 or window == -1, source, "run.replay_window_h", "must be positive or -1")
     _check(run.eval_batches >= 1, source, "run.eval_batches", "must be at least 1")
     # Every client evaluates on its validation split, so it cannot be empty.
     _check(0 < run.val_fraction < 1, source, "run.val_fraction", "must be in (0, 1)")

@@ -52,6 +52,10 @@ class RunConfig(_Strict, frozen=True):
     #: to its federation's keys; passwords come from the key directory, never from here
     #: (``worldlm acl`` prints the Redis and Kafka ACLs of a deployment).
     isolation: Literal["none", "acl"] = "none"
+    #: How long the run's topics keep their records, in hours (the ``retention.ms`` of every
+    #: topic the run creates; -1: for ever): the window in which the run can be audited and
+    #: replayed from its log. Kafka's own default is 168 (a week).
+    replay_window_h: float = 168.0
 
 
 class AttentionConfig(_Strict, frozen=True):

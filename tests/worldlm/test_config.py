@@ -170,6 +170,7 @@ MISTAKES: list[tuple[str, dict[str, Any], str]] = [
     ("zero rounds", {"run.rounds": 0}, "run.rounds"),
     ("zero heartbeat", {"run.heartbeat_s": 0.0}, "run.heartbeat_s"),
     ("zero partitions", {"run.partitions": 0}, "run.partitions"),
+    ("zero replay window", {"run.replay_window_h": 0}, "run.replay_window_h"),
     ("illegal run id", {"run.id": "has space"}, "run.id"),
     ("client id taken by a federation", {"clients.a": {"federation": "b"}}, "clients.a: a client"),
     ("federations not a table", {"federations": 3}, "federations: must be a table"),
