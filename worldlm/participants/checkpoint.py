@@ -1,7 +1,10 @@
 """Aggregator checkpoints: model, strategy state, round, offsets and pending updates on disk.
 
 Tensors go to safetensors files, everything else to JSON; every file is written to a
-temporary name and renamed into place, so a SIGKILL never leaves a torn checkpoint. Pending
+temporary name and renamed into place, so a SIGKILL never leaves a torn file. The model goes
+to a new file each time, named by the JSON part written after it, and the previous one is
+removed only then: a SIGKILL between the two leaves the previous pair whole, never a new model
+with the old round (which a restart would fold the round's updates into again). Pending
 updates (accepted in the open round) are saved one file each *before* the offset that
 delivered them is recorded, so a restarted aggregator re-reads at most what it can
 deduplicate by update id.
@@ -83,6 +86,8 @@ class Meta:
     awaiting_parent: bool = False
     submit_id: str = ""
     samples: int = 0
+    #: the model file this JSON part goes with
+    model_file: str = "model.safetensors"
 
 
 class Checkpoint:
@@ -92,6 +97,10 @@ class Checkpoint:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "pending").mkdir(exist_ok=True)
+        self._model_file: str | None = None  # the model file the current JSON part names
+        self._models = max(
+            (_model_number(p) for p in self.dir.glob("model-*.safetensors")), default=0
+        )
 
     @property
     def exists(self) -> bool:
@@ -109,6 +118,8 @@ class Checkpoint:
                 path.unlink(missing_ok=True)
 
     def save_meta(self, meta: Meta) -> None:
+        if self._model_file is not None:
+            meta.model_file = self._model_file
         text = json.dumps(asdict(meta))
         _atomic(self.dir / "meta.json", lambda p: p.write_text(text))
 
@@ -123,7 +134,10 @@ class Checkpoint:
         tensors |= {f"base/{n}": t for n, t in base.items()}
         tensors |= {f"s/{n}": t for n, t in strategy_tensors.items()}
         tensors |= {f"ef/{n}": t for n, t in (feedback or {}).items()}
-        save_tensors(self.dir / "model.safetensors", tensors)
+        self._models += 1
+        name = f"model-{self._models}.safetensors"
+        save_tensors(self.dir / name, tensors)
+        self._model_file = name  # current once the JSON part naming it is written
 
     def load(
         self,
@@ -135,8 +149,9 @@ class Checkpoint:
     def _load(self) -> tuple[Meta, dict[str, dict[str, torch.Tensor]]]:
         """Meta, and the model file's tensors by prefix (w, base, s, ef: error feedback)."""
         meta = Meta(**json.loads((self.dir / "meta.json").read_text()))
+        self._model_file = meta.model_file
         parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in ("w", "base", "s", "ef")}
-        for name, tensor in load_file(str(self.dir / "model.safetensors")).items():
+        for name, tensor in load_file(str(self.dir / meta.model_file)).items():
             prefix, _, rest = name.partition("/")
             if prefix in parts:
                 parts[prefix][rest] = tensor
@@ -150,6 +165,10 @@ class Checkpoint:
             snapshot.meta.strategy = data
             self.save_model(snapshot.weights, snapshot.base, tensors, snapshot.feedback)
         self.save_meta(snapshot.meta)
+        if model:
+            for path in self.dir.glob("model*.safetensors"):
+                if path.name != self._model_file:
+                    path.unlink(missing_ok=True)
 
     def load_snapshot(self) -> Snapshot | None:
         """The last snapshot written here, with its pending updates; None if there is none."""
@@ -165,3 +184,8 @@ class Checkpoint:
         ]
         strategy = unflatten_state(meta.strategy, strategy_tensors) if meta.strategy else {}
         return Snapshot(meta, weights, base, strategy, pending, parts["ef"])
+
+
+def _model_number(path: Path) -> int:
+    number = path.stem.removeprefix("model-")
+    return int(number) if number.isdigit() else 0

@@ -1,0 +1,49 @@
+"""Aggregator checkpoints on disk: a SIGKILL while one is written leaves the previous one
+whole, never a new model beside the old round (a restart would fold that round's updates
+into the model a second time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from worldlm.participants.checkpoint import Checkpoint, Meta
+from worldlm.participants.rounds import Snapshot
+
+
+def snapshot(round_: int, value: float) -> Snapshot:
+    def weights() -> dict[str, torch.Tensor]:
+        return {"w": torch.full((4,), value)}
+
+    return Snapshot(Meta(version=round_, round=round_), weights(), weights(), {})
+
+
+def test_a_kill_between_the_model_and_its_round_leaves_the_previous_pair(tmp_path: Path) -> None:
+    checkpoint = Checkpoint(tmp_path)
+    checkpoint.save_snapshot(snapshot(1, 1.0))
+    # Round 2 closes: its model is written, and the process dies before the JSON part.
+    checkpoint.save_model({"w": torch.full((4,), 2.0)}, {"w": torch.full((4,), 2.0)}, {})
+
+    restored = Checkpoint(tmp_path).load_snapshot()
+    assert restored is not None
+    assert restored.meta.round == 1 and torch.equal(restored.weights["w"], torch.full((4,), 1.0))
+
+
+def test_a_whole_save_keeps_one_model_file_and_a_restart_goes_on_numbering(
+    tmp_path: Path,
+) -> None:
+    checkpoint = Checkpoint(tmp_path)
+    checkpoint.save_snapshot(snapshot(1, 1.0))
+    checkpoint.save_snapshot(snapshot(2, 2.0), model=True)
+    checkpoint.save_snapshot(snapshot(3, 2.0), model=False)  # the JSON part alone
+    assert [p.name for p in tmp_path.glob("model*.safetensors")] == ["model-2.safetensors"]
+
+    again = Checkpoint(tmp_path)
+    restored = again.load_snapshot()
+    assert restored is not None and restored.meta.round == 3
+    assert torch.equal(restored.weights["w"], torch.full((4,), 2.0))
+    again.save_snapshot(snapshot(4, 4.0))
+    assert [p.name for p in tmp_path.glob("model*.safetensors")] == ["model-3.safetensors"]
+    meta, weights, _, _ = Checkpoint(tmp_path).load()
+    assert meta.round == 4 and torch.equal(weights["w"], torch.full((4,), 4.0))
