@@ -285,11 +285,9 @@ def _broker_retention_ms(env: dict[str, Any]) -> int:
 
 
 def test_kafka_keeps_a_runs_records_for_its_replay_window_on_a_named_volume() -> None:
-    from worldlm.participants.node import retention_ms
-
     kafka = services()["kafka"]
     env = kafka["environment"]
-    window = retention_ms(demo().run.replay_window_h)  # what the run's topics get
+    window = demo().run.retention_ms  # what the run's topics get
     default = _broker_retention_ms(env)  # what topics made any other way get
     assert window == -1 or window > 0
     assert default == -1 or (window != -1 and default >= window), (

@@ -210,6 +210,7 @@ def kafka_commands(
                 *("kafka-topics.sh", "--bootstrap-server", bootstrap, *admin),
                 *("--create", "--if-not-exists"),
                 *("--topic", topic, "--partitions", str(hierarchy.run.partitions)),
+                *("--config", f"retention.ms={hierarchy.run.retention_ms}"),
             ]
         )
         for topic in [*t.data_plane(f.id for f in hierarchy.walk()), *t.run_wide()]

@@ -57,6 +57,11 @@ class RunConfig(_Strict, frozen=True):
     #: replayed from its log. Kafka's own default is 168 (a week).
     replay_window_h: float = 168.0
 
+    @property
+    def retention_ms(self) -> int:
+        """The replay window as the ``retention.ms`` of the run's topics (-1: for ever)."""
+        return -1 if self.replay_window_h == -1 else round(self.replay_window_h * 3_600_000)
+
 
 class AttentionConfig(_Strict, frozen=True):
     eps: float = 1.0

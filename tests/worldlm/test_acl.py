@@ -154,6 +154,8 @@ def test_kafka_commands_create_every_topic_then_grant_each_principal() -> None:
     lines = [shlex.split(line) for line in kafka_commands(h, "b:9093", command_config="a.props")]
     created = [argv[argv.index("--topic") + 1] for argv in lines if argv[0] == "kafka-topics.sh"]
     assert set(created) == {*t.data_plane(h.federations), *t.run_wide()}
+    retention = {argv[argv.index("--config") + 1] for argv in lines if argv[0] == "kafka-topics.sh"}
+    assert retention == {f"retention.ms={h.run.retention_ms}"}  # kept for the replay window
     grants_ = {
         (argv[argv.index("--allow-principal") + 1], argv[argv.index("--operation") + 1], argv[-1])
         for argv in lines

@@ -80,15 +80,10 @@ async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
     await ensure_topics(
         settings,
         [*topics.data_plane(hierarchy.federations), *topics.run_wide()],
-        retention_ms=retention_ms(hierarchy.run.replay_window_h),
+        retention_ms=hierarchy.run.retention_ms,
     )
     if hierarchy.run.isolation == "acl":
         await apply_redis_users(hierarchy, endpoints.redis, endpoints.key_dir)
-
-
-def retention_ms(replay_window_h: float) -> int:
-    """A run's replay window as Kafka's ``retention.ms`` (-1: keep for ever)."""
-    return -1 if replay_window_h == -1 else round(replay_window_h * 3600 * 1000)
 
 
 async def apply_redis_users(hierarchy: Hierarchy, admin_url: str, key_dir: str | None) -> int:
