@@ -320,6 +320,7 @@ def _check_run(run: RunConfig, source: str) -> None:
     window = run.replay_window_h
     _check(window > 0 or window == -1, source, "run.replay_window_h", "must be positive or -1")
     _check(run.eval_batches >= 1, source, "run.eval_batches", "must be at least 1")
+    _check(run.eval_every >= 0, source, "run.eval_every", "must be 0 (final only) or more")
     # Every client evaluates on its validation split, so it cannot be empty.
     _check(0 < run.val_fraction < 1, source, "run.val_fraction", "must be in (0, 1)")
     _check(

@@ -37,6 +37,9 @@ class RunConfig(_Strict, frozen=True):
     #: A held-out test split per client (0: none). Experiments choose learning rates on
     #: validation text and report test text; the demo reports validation.
     test_fraction: float = 0.0
+    #: Clients evaluate the received model on validation text every ``eval_every``-th round
+    #: they train (1: every round; 0: only the final model); the final model always.
+    eval_every: int = 1
     heartbeat_s: float = 2.0
     chunk_kib: int = 768
     partitions: int = 4

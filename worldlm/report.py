@@ -293,12 +293,17 @@ def json_safe(value: Any) -> Any:
 def curves_from_reports(
     reports: Sequence[Any], key: str = "val_ppl"
 ) -> dict[str, list[tuple[int, float]]]:
-    """Client -> [(training rounds so far, ``key``)] from a run's metrics reports, in order."""
+    """Client -> [(training rounds so far, ``key``)] from a run's metrics reports, in order
+    (a round whose report lacks ``key``, e.g. one ``run.eval_every`` skips, still counts)."""
     curve: dict[str, list[tuple[int, float]]] = {}
+    seen: dict[str, int] = {}
     for r in reports:
-        if r.role == "client" and key in r.values:
-            pts = curve.setdefault(r.node, [])
-            pts.append((len(pts), r.values[key]))
+        if r.role != "client":
+            continue
+        rounds = seen.get(r.node, 0)
+        seen[r.node] = rounds + 1
+        if key in r.values:
+            curve.setdefault(r.node, []).append((rounds, r.values[key]))
     return curve
 
 

@@ -108,6 +108,29 @@ def test_the_held_out_test_split_is_read_once_on_the_final_model(run_id: str) ->
     assert len(with_test) == len(h.clients)
 
 
+def test_eval_every_skips_validation_between_its_rounds_and_always_evaluates_the_final(
+    run_id: str,
+) -> None:
+    from worldlm.report import curves_from_reports
+
+    base = three_levels(run_id)  # fr-0 and es-0 train 4 rounds, the others 2
+    for every, evaluated in ((2, {"fr-0": [0, 2, 4], "ru-0": [0, 2]}), (0, {"fr-0": [4]})):
+        h = Hierarchy(
+            base.run.__class__(**{**_fields(base.run), "eval_every": every}), *_tree(base)
+        )
+        result, _ = simulate(h)
+        curves = curves_from_reports(result.reports)
+        for client, rounds in evaluated.items():
+            assert [r for r, _ in curves[client]] == rounds, (every, client)
+        finals = [r for r in result.client_reports() if r.values["final"]]
+        assert len(finals) == len(h.clients) and all("val_ppl" in r.values for r in finals)
+    # Skipping evaluations changes no weight: the same training either way.
+    _, every_round = simulate(base)
+    _, final_only = simulate(h)
+    for name, tensor in every_round.weights("root").items():
+        assert torch.equal(tensor, final_only.weights("root")[name])
+
+
 def _tree(h: Hierarchy) -> tuple[object, object]:
     return h.federations, h.clients
 

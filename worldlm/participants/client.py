@@ -98,7 +98,7 @@ class ClientParticipant:
         self.last_version = broadcast.version
         if done.result is None:
             await node.metrics(broadcast.round, values)
-            log.info("client_final", val_ppl=done.evaluation.perplexity)
+            log.info("client_final", val_ppl=values.get("val_ppl"))
             return True
         assert done.sent is not None
         encoded = encode_delta(
@@ -122,6 +122,6 @@ class ClientParticipant:
         node.counters["bytes_out"] += published.bytes
         await node.metrics(broadcast.round, values | {"bytes_out": float(published.bytes)})
         log.info(
-            "client_round", val_ppl=done.evaluation.perplexity, train_loss=done.result.train_loss
+            "client_round", val_ppl=values.get("val_ppl"), train_loss=done.result.train_loss
         )
         return False

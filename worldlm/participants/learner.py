@@ -1,7 +1,8 @@
 """A client's side of a round, synchronous and transport-free: what every shell's client runs.
 
 On each model its federation broadcasts, a client evaluates it on its fixed validation split
-and, unless the broadcast is final, trains H local steps from it and returns the delta as
+(every ``run.eval_every``-th round it trains, and always the final model) and, unless the
+broadcast is final, trains H local steps from it and returns the delta as
 its federation's codec sends it (with error feedback: ``worldlm/compression.py``).
 A client with ``keep_key_layers`` (FedPer) trains on its own key layers, never the
 federation's. The live client (``client.py``) and the simulator drive this same object, so
@@ -25,10 +26,10 @@ from worldlm.training.workbench import Workbench, key_names
 
 @dataclass(frozen=True)
 class LearnerRound:
-    """One round of a client: the evaluation of the received model, and training (None when
-    the broadcast was final)."""
+    """One round of a client: the evaluation of the received model (None in a round that
+    ``run.eval_every`` skips), and training (None when the broadcast was final)."""
 
-    evaluation: EvalResult
+    evaluation: EvalResult | None
     result: LocalResult | None
     train_s: float = 0.0
     test: EvalResult | None = None
@@ -42,13 +43,9 @@ class LearnerRound:
 
     def values(self, version: int, final: bool) -> dict[str, float]:
         """The client's metrics for this round (the fields dashboards and reports read)."""
-        values = {
-            "val_loss": self.evaluation.loss,
-            "val_ppl": self.evaluation.perplexity,
-            "version": float(version),
-            "final": float(final),
-            "eval_cpu_s": self.eval_cpu_s,
-        }
+        values = {"version": float(version), "final": float(final), "eval_cpu_s": self.eval_cpu_s}
+        if self.evaluation is not None:
+            values |= {"val_loss": self.evaluation.loss, "val_ppl": self.evaluation.perplexity}
         if self.test is not None:
             values |= {"test_loss": self.test.loss, "test_ppl": self.test.perplexity}
         if self.result is not None:
@@ -73,6 +70,12 @@ class Learner:
         self._key = key_names(hierarchy.run, policy)
         self._own_key: dict[str, torch.Tensor] = {}
         self.compressor = Compressor(policy.compression)
+        self._every = hierarchy.run.eval_every
+        self._trained = 0  # rounds trained so far
+
+    def evaluates(self, final: bool) -> bool:
+        """Whether this round evaluates on validation text (``run.eval_every``)."""
+        return final or (self._every > 0 and self._trained % self._every == 0)
 
     def model(self, received: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The weights this client uses: the received model (with its own K under FedPer)."""
@@ -85,7 +88,7 @@ class Learner:
         """Evaluate the received model and, unless ``final``, train from it."""
         weights = self.model(received)
         cpu = time.thread_time()
-        evaluation = self.bench.evaluate(weights)
+        evaluation = self.bench.evaluate(weights) if self.evaluates(final) else None
         # The held-out split is read once, on the final model: it reports, it never steers.
         has_test = final and self.bench.data.test is not None
         test = self.bench.evaluate(weights, test=True) if has_test else None
@@ -94,6 +97,7 @@ class Learner:
             return LearnerRound(evaluation, None, test=test, eval_cpu_s=eval_cpu_s)
         started = time.perf_counter()
         result = self.bench.train(weights)
+        self._trained += 1
         if self.client.keep_key_layers:
             self._own_key = {n: weights[n] + result.delta[n] for n in self._key}
         sent = self.compressor.send(result.delta)
