@@ -1,7 +1,8 @@
 """Scale benchmark: N clients in F federations in one `worldlm run`-style process.
 
 For each size, a fresh Python process starts the embedded Kafka and Redis servers and runs the
-whole hierarchy (root -> F federations -> N clients; tiny model, 1 local step) with
+whole hierarchy (root -> F federations -> N clients; tiny model, ``--local-steps`` local
+steps, 1 by default) with
 ``run_hierarchy``, as ``worldlm run`` does, and prints one row:
 
 - wall: the run, from the participants' start to ``run_hierarchy`` returning;
@@ -23,6 +24,7 @@ whole hierarchy (root -> F federations -> N clients; tiny model, 1 local step) w
   client's final evaluation, every participant's clean stop).
 
     python benchmarks/scale.py [--sizes 8,32,100] [--federations F] [--rounds 4] [--trials 7]
+        [--local-steps 1]
 
 F defaults to max(2, round(N / 10)). Every trial is a fresh process (so peak RSS is that
 run's own); every trial's row is printed, then the median of each column per size.
@@ -63,7 +65,9 @@ COLUMNS = (
 )
 
 
-def config(n: int, federations: int, rounds: int, run_id: str) -> dict[str, Any]:
+def config(
+    n: int, federations: int, rounds: int, run_id: str, local_steps: int = 1
+) -> dict[str, Any]:
     """Root -> ``federations`` -> ``n`` clients over the corpus partitions (sharded)."""
     from worldlm.training.corpus import partitions
 
@@ -82,7 +86,7 @@ def config(n: int, federations: int, rounds: int, run_id: str) -> dict[str, Any]
             "partitions": 4,
         },
         "defaults": {
-            "local_steps": 1,
+            "local_steps": local_steps,
             "internal_rounds": 1,
             "schedule": {"mode": "sync", "quorum": 1.0, "deadline_s": 300.0},
         },
@@ -147,7 +151,7 @@ async def _expired(kafka: str, topic: str, partitions: int) -> int:
     return count
 
 
-async def measure(n: int, federations: int, rounds: int) -> dict[str, Any]:
+async def measure(n: int, federations: int, rounds: int, local_steps: int = 1) -> dict[str, Any]:
     """One run of ``n`` clients; the figures of one row."""
     from brokers.embedded import embedded_servers
     from schemas.messages import MetricsReport
@@ -159,7 +163,7 @@ async def measure(n: int, federations: int, rounds: int) -> dict[str, Any]:
 
     run_id = f"scale-{n}-{int(time.time())}"
     known = {p.name for p in partitions()}
-    h = parse(config(n, federations, rounds, run_id), known_partitions=known)
+    h = parse(config(n, federations, rounds, run_id, local_steps), known_partitions=known)
     seen: list[tuple[float, float, MetricsReport]] = []  # (wall, process CPU, report)
 
     def on_report(report: MetricsReport) -> None:
@@ -200,6 +204,7 @@ async def measure(n: int, federations: int, rounds: int) -> dict[str, Any]:
     return {
         "clients": n,
         "federations": federations,
+        "local_steps": local_steps,
         "rounds": len(root),
         "wall_s": ended - started,
         "first_round_s": first_t - started,
@@ -221,7 +226,7 @@ async def measure(n: int, federations: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def one(n: int, federations: int, rounds: int) -> None:
+def one(n: int, federations: int, rounds: int, local_steps: int) -> None:
     """Measure one size in this process; print its row as JSON."""
     import torch
 
@@ -229,7 +234,7 @@ def one(n: int, federations: int, rounds: int) -> None:
 
     logs.configure(level="warning")
     torch.set_num_threads(1)  # as `worldlm run` does
-    print(json.dumps(asyncio.run(measure(n, federations, rounds))), flush=True)
+    print(json.dumps(asyncio.run(measure(n, federations, rounds, local_steps))), flush=True)
 
 
 def main() -> None:
@@ -238,6 +243,7 @@ def main() -> None:
     parser.add_argument("--federations", type=int, default=0, help="0: max(2, round(N / 10))")
     parser.add_argument("--rounds", type=int, default=4, help="root rounds")
     parser.add_argument("--trials", type=int, default=7, help="runs per size (medians)")
+    parser.add_argument("--local-steps", type=int, default=1, help="local steps per round")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
@@ -246,7 +252,7 @@ def main() -> None:
         return args.federations or max(2, round(n / 10))
 
     if args.one:
-        one(args.one, feds(args.one), args.rounds)
+        one(args.one, feds(args.one), args.rounds, args.local_steps)
         return
     rows, medians = [], []
     print(" | ".join(["trial", *(label for label, _, _ in COLUMNS)]), flush=True)
@@ -254,7 +260,7 @@ def main() -> None:
         trials = []
         for trial in range(args.trials):
             command = [sys.executable, __file__, "--one", str(n), "--rounds", str(args.rounds)]
-            command += ["--federations", str(feds(n))]
+            command += ["--federations", str(feds(n)), "--local-steps", str(args.local_steps)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 sys.exit(f"{n} clients failed:\n{done.stderr[-4000:]}")

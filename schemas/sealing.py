@@ -108,7 +108,7 @@ def seal_delta(
     sealed = msgspec.structs.replace(manifest, content_hash="", seal=seal)
     aead, aad, size = ChaCha20Poly1305(content), associated_data(sealed), manifest.chunk_size
     chunks = [
-        aead.encrypt(_nonce(i), bytes(segments.read(i * size, (i + 1) * size)), aad)
+        aead.encrypt(_nonce(i), segments.read(i * size, (i + 1) * size), aad)
         for i in range(manifest.chunk_count)
     ]
     seal = msgspec.structs.replace(seal, chunks=tuple(_digest(c) for c in chunks))
@@ -125,13 +125,15 @@ class Opener:
         self._aad = associated_data(manifest)
         self._digests = manifest.seal.chunks
 
-    def open(self, index: int, data: bytes | memoryview) -> bytes:
-        """Chunk ``index``'s plaintext; :class:`SealError` (``tampered_chunk``) if its bytes
-        are not the ones the manifest names or do not decrypt."""
+    def open_into(self, index: int, data: bytes | memoryview, out: memoryview) -> None:
+        """Decrypt chunk ``index`` into ``out`` (``len(data) - TAG_BYTES`` bytes);
+        :class:`SealError` (``tampered_chunk``) if its bytes are not the ones the manifest
+        names or do not decrypt. After a failure ``out`` holds garbage: the caller must not
+        count those bytes as received."""
         if _digest(data) != self._digests[index]:
             raise SealError("tampered_chunk", f"chunk {index} of {self._who}: digest mismatch")
         try:
-            return self._aead.decrypt(_nonce(index), bytes(data), self._aad)
+            self._aead.decrypt_into(_nonce(index), data, self._aad, out)
         except InvalidTag:
             raise SealError("tampered_chunk", f"chunk {index} of {self._who}: bad tag") from None
 
@@ -179,7 +181,7 @@ class Unsealer:
         ``tampered_chunk`` when its bytes or label are not the sealed ones)."""
         content = self._content_key(seal, label, label)
         try:
-            return ChaCha20Poly1305(content).decrypt(_nonce(0), bytes(data), label.encode())
+            return ChaCha20Poly1305(content).decrypt(_nonce(0), data, label.encode())
         except InvalidTag:
             raise SealError("tampered_chunk", f"{label}: bad tag") from None
 
@@ -197,4 +199,4 @@ def seal_blob(
         raise ValueError(f"{label}: sealed to nobody")
     content = ChaCha20Poly1305.generate_key()
     seal = _wrap(content, label, recipients)
-    return seal, ChaCha20Poly1305(content).encrypt(_nonce(0), bytes(payload), label.encode())
+    return seal, ChaCha20Poly1305(content).encrypt(_nonce(0), payload, label.encode())

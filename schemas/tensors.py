@@ -101,7 +101,8 @@ class Segments:
     def __len__(self) -> int:
         return self.total
 
-    def read(self, start: int, stop: int) -> memoryview | bytes:
+    def pieces(self, start: int, stop: int) -> list[memoryview]:
+        """Bytes ``[start, stop)`` as views into the tensors' memory and the padding, in order."""
         stop = min(stop, self.total)
         i = max(0, bisect.bisect_right(self._starts, start) - 1)
         pieces: list[memoryview] = []
@@ -112,6 +113,10 @@ class Segments:
                 pieces.append(part[lo:hi])
                 start += hi - lo
             i += 1
+        return pieces
+
+    def read(self, start: int, stop: int) -> memoryview | bytes:
+        pieces = self.pieces(start, stop)
         if len(pieces) == 1:
             return pieces[0]
         return b"".join(pieces)
