@@ -10,8 +10,9 @@ parent, so a SIGKILLed test run leaves no servers behind.
 The broker keeps its log in memory unless given a ``storage`` directory: then it runs on
 Tansu's ``s3://`` engine against :mod:`brokers.s3server`, a third child process that keeps
 every object as a file there, so the log survives the broker (killed, restarted on the same
-storage) and the run (a later broker on the same directory serves it again). Why that way
-and what it costs: docs/durability.md.
+storage) and the run (a later broker on the same directory serves it again). A durable broker,
+or its object store, that dies on its own is restarted by its supervisor (``brokers/servers.py``)
+on the same port. Why that way and what it costs: docs/durability.md.
 """
 
 from __future__ import annotations
@@ -19,32 +20,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from brokers.lifecycle import Service
+from brokers.servers import ServerError, ServerProcess, free_port
+
+__all__ = [
+    "EmbeddedKafka",
+    "EmbeddedObjectStore",
+    "EmbeddedRedis",
+    "ServerError",
+    "Servers",
+    "embedded_servers",
+    "free_port",
+]
 
 log = structlog.get_logger(__name__)
 
-
-class ServerError(RuntimeError):
-    """An embedded server could not be started or did not become ready."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+#: How many times a server whose state is on disk is restarted after dying on its own.
+RESTARTS = 3
 
 
 def tansu_binary() -> str:
@@ -66,101 +64,7 @@ def redis_server_binary() -> str:
     return str(path)
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-class _Server(Service):
-    """A child process with a readiness probe and a stop protocol."""
-
-    name = "server"
-
-    def __init__(self, host: str, port: int | None, startup_timeout_s: float) -> None:
-        self.host = host
-        self.port = port or free_port(host)
-        self.startup_timeout_s = startup_timeout_s
-        self._proc: asyncio.subprocess.Process | None = None
-        self._logdir = tempfile.TemporaryDirectory(prefix=f"worldlm-{self.name}-")
-        self.log_path = Path(self._logdir.name) / f"{self.name}.log"
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def environment(self) -> dict[str, str] | None:
-        """The child's environment (None: ours)."""
-        return None
-
-    async def ready(self) -> bool:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        if self._proc is not None:
-            return
-        with self.log_path.open("wb") as logfile:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.command(),
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.environment(),
-                preexec_fn=_die_with_parent,
-            )
-        try:
-            await self._await_ready()
-        except BaseException:  # a failed or cancelled start (Ctrl-C) leaves no server behind
-            await asyncio.shield(self.stop())
-            raise
-
-    async def _await_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.returncode is not None:
-                code = self._proc.returncode
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise ServerError(f"{self.name} exited with {code}: {tail}")
-            if await self.ready():
-                log.info("server_ready", server=self.name, port=self.port, pid=self._proc.pid)
-                return
-            await asyncio.sleep(0.05)
-        raise ServerError(f"{self.name} not ready on port {self.port} in {self.startup_timeout_s}s")
-
-    async def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=5.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-        log.info("server_stopped", server=self.name, port=self.port, returncode=proc.returncode)
-
-    async def kill(self) -> None:
-        """Die as in a crash (SIGKILL: no stop protocol); :meth:`start` restarts the server on
-        the same port. For crash tests and drills."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        log.info("server_killed", server=self.name, port=self.port)
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
-
-
-class EmbeddedObjectStore(_Server):
+class EmbeddedObjectStore(ServerProcess):
     """:mod:`brokers.s3server` on a directory: the durable storage of the embedded broker."""
 
     name = "s3server"
@@ -174,7 +78,7 @@ class EmbeddedObjectStore(_Server):
         *,
         sync: bool = False,
     ) -> None:
-        super().__init__(host, port, startup_timeout_s)
+        super().__init__(host, port, startup_timeout_s, restarts=RESTARTS)
         self.root = Path(root).resolve()
         self.sync = sync
 
@@ -205,7 +109,7 @@ class EmbeddedObjectStore(_Server):
             writer.close()
 
 
-class EmbeddedKafka(_Server):
+class EmbeddedKafka(ServerProcess):
     """The Tansu broker, listening on loopback: log in memory, or with ``storage`` in files
     under that directory (see the module's docstring).
 
@@ -226,7 +130,10 @@ class EmbeddedKafka(_Server):
         storage: Path | str | None = None,
         sync: bool = False,
     ) -> None:
-        super().__init__(host, port, startup_timeout_s)
+        # On durable storage a broker that dies is started again (its log is in the files);
+        # in memory it would come back empty, so it is not.
+        restarts = RESTARTS if storage is not None else 0
+        super().__init__(host, port, startup_timeout_s, restarts=restarts)
         self.store = (
             EmbeddedObjectStore(storage, host, startup_timeout_s=startup_timeout_s, sync=sync)
             if storage is not None
@@ -313,7 +220,7 @@ class EmbeddedKafka(_Server):
                 await admin.close()
 
 
-class EmbeddedRedis(_Server):
+class EmbeddedRedis(ServerProcess):
     """A redis-server with no persistence, listening on loopback."""
 
     name = "redis"

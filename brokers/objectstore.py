@@ -21,6 +21,7 @@ cache outlives them) but not of the machine.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import os
 import secrets
 import time
@@ -67,9 +68,16 @@ def _check_name(name: str, what: str) -> None:
 
 
 class ObjectStore:
-    """The objects under ``root``; the index of keys and their metadata is kept in memory."""
+    """The objects under ``root``; the index of keys and their metadata is kept in memory.
 
-    def __init__(self, root: Path | str, *, sync: bool = False) -> None:
+    One store per directory at a time (an exclusive lock on ``root/.lock`` until
+    :meth:`close`): two would each trust their own index and ETags. A store still shutting
+    down is waited for, up to ``lock_timeout_s``.
+    """
+
+    def __init__(
+        self, root: Path | str, *, sync: bool = False, lock_timeout_s: float = 10.0
+    ) -> None:
         self.root = Path(root)
         self.sync = sync
         self._epoch = secrets.token_hex(4)
@@ -77,7 +85,24 @@ class ObjectStore:
         self._meta: dict[str, dict[str, Meta]] = {}  # bucket -> key -> meta
         self._keys: dict[str, list[str]] = {}  # bucket -> sorted keys
         self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.root / ".lock").open("a")
+        deadline = time.monotonic() + lock_timeout_s
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._lock.close()
+                    raise ObjectStoreError(
+                        f"{self.root} is in use by another object store"
+                    ) from None
+                time.sleep(0.1)
         self._load()
+
+    def close(self) -> None:
+        """Release the directory (idempotent)."""
+        self._lock.close()
 
     # ---- reading the directory back ---------------------------------------------------------
 
@@ -108,6 +133,9 @@ class ObjectStore:
         if "/" in bucket:
             raise ObjectStoreError(f"unsafe bucket {bucket!r}")
         _check_name(key, "key")
+        if any(part.endswith(SUFFIX) for part in key.split("/")[:-1]):
+            # its directory could be the file of another key ("a" is "a.obj")
+            raise ObjectStoreError(f"unsupported key {key!r}: a folder ends in {SUFFIX}")
         return self.root / bucket / (key + SUFFIX)
 
     def _next_etag(self) -> str:

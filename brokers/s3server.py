@@ -240,6 +240,7 @@ async def serve(root: Path, host: str, port: int, *, sync: bool) -> None:
     finally:
         with contextlib.suppress(Exception):
             await runner.cleanup()
+        store.close()
 
 
 def main() -> None:

@@ -1,10 +1,13 @@
 """The embedded broker on durable storage (real Tansu on ``s3://``, real object store): its log
 survives a SIGKILL of the broker and a restart on the same storage and port, and a later
-broker on the same directory serves it again, offsets, topic settings and all."""
+broker on the same directory serves it again, offsets, topic settings and all. A durable
+broker that dies on its own is restarted by its supervisor; one in memory is not."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 from aiokafka import TopicPartition
@@ -86,3 +89,33 @@ async def test_records_survive_a_broker_kill_and_a_new_broker_on_the_same_direct
         seen = await read_all(settings, 14)
         assert seen == {pos: value(i) for i, pos in enumerate(before + after)}
         assert await retention_of(settings) == "3600000"
+
+
+async def test_a_durable_broker_that_dies_on_its_own_is_restarted_on_its_storage(
+    tmp_path: Path,
+) -> None:
+    async with EmbeddedKafka(storage=tmp_path / "log") as kafka:
+        settings = KafkaSettings(kafka.bootstrap, partitions=2)
+        await ensure_topics(settings, [TOPIC])
+        before = await produce(settings, range(6))
+        first = kafka.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # a crash nobody asked for
+        for _ in range(1200):  # the supervisor restarts it: wait up to a minute
+            if kafka.restarted == 1 and kafka.running:
+                break
+            await asyncio.sleep(0.05)
+        assert kafka.pid != first
+        seen = await read_all(settings, 6)
+        assert seen == {pos: value(i) for i, pos in enumerate(before)}
+    assert not kafka.running  # stopped on exit, not restarted
+
+
+async def test_a_broker_in_memory_that_dies_stays_dead() -> None:
+    """Restarted, it would come back empty: a run must fail rather than go on without its log."""
+    async with EmbeddedKafka() as kafka:
+        pid = kafka.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(1.0)
+        assert not kafka.running and kafka.restarted == 0

@@ -53,7 +53,7 @@ def test_a_key_can_be_an_object_and_a_prefix_and_unsafe_names_are_refused(tmp_pa
     store.put("b", "a", b"object")
     store.put("b", "a/b", b"under it")
     assert store.get("b", "a") is not None and store.get("b", "a/b") is not None
-    for key in ("../escape", "a//b", "/abs", "a/./b"):
+    for key in ("../escape", "a//b", "/abs", "a/./b", "a.obj/b"):
         with pytest.raises(ObjectStoreError):
             store.put("b", key, b"x")
     assert store.delete("b", "a") and not store.delete("b", "a")
@@ -68,6 +68,9 @@ def test_a_reopened_directory_serves_what_was_written_and_drops_torn_writes(
     store.put("b", "t/1", b"one")
     staged = store.write_temporary("b", "t/2", b"never committed")  # a crash before the rename
     assert staged.exists()
+    with pytest.raises(ObjectStoreError, match="in use"):  # one store per directory
+        ObjectStore(tmp_path, lock_timeout_s=0.3)
+    store.close()
     again = ObjectStore(tmp_path)
     assert not staged.exists()
     assert [m.key for m in again.list("b", "t/").objects] == ["t/0", "t/1"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -17,6 +19,14 @@ def up(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     kafka_port: int = typer.Option(0, help="Kafka port (0: a free one)."),
     redis_port: int = typer.Option(0, help="Redis port (0: a free one)."),
+    durable: Annotated[
+        Path | None,
+        typer.Option(
+            "--durable",
+            help="Keep the broker's log in files under this directory (a run's log left there "
+            "by `worldlm run --durable DIR` is served again). Default: in memory.",
+        ),
+    ] = None,
 ) -> None:
     """Start the embedded Kafka-compatible broker and Redis; keep them up until Ctrl-C."""
     from brokers.embedded import EmbeddedKafka, EmbeddedRedis
@@ -25,10 +35,12 @@ def up(
 
     async def serve() -> None:
         async with (
-            EmbeddedKafka(host, kafka_port or None) as kafka,
+            EmbeddedKafka(host, kafka_port or None, storage=durable) as kafka,
             EmbeddedRedis(host, redis_port or None) as redis,
         ):
             typer.echo(f"kafka bootstrap: {kafka.bootstrap}")
+            if durable is not None:
+                typer.echo(f"kafka log in:    {durable}")
             typer.echo(f"redis url:       {redis.url}")
             typer.echo("press Ctrl-C to stop", err=True)
             await asyncio.Event().wait()

@@ -36,6 +36,14 @@ KeysOpt = Annotated[
     Path | None,
     typer.Option("--keys", help="Key directory, when the run signs deltas (worldlm keys)."),
 ]
+DurableOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--durable",
+        help="Keep the embedded broker's log in files under this directory (it survives the "
+        "broker; `worldlm infra up --durable DIR` serves it again). Default: in memory.",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -93,17 +101,25 @@ def load_config(path: Path, run_id: str | None) -> Hierarchy:
 
 
 @contextlib.asynccontextmanager
-async def servers(kafka: str | None, redis: str | None) -> AsyncIterator[tuple[str, str]]:
-    """The given servers, or embedded ones for the duration."""
+async def servers(
+    kafka: str | None, redis: str | None, durable: Path | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """The given servers, or embedded ones for the duration (the broker's log in files under
+    ``durable`` when given)."""
     if kafka and redis:
+        if durable is not None:
+            raise typer.BadParameter(
+                "is for the embedded broker, not with --kafka", param_hint="--durable"
+            )
         yield kafka, redis
         return
     if kafka or redis:
         raise typer.BadParameter("give both --kafka and --redis, or neither")
     from brokers.embedded import embedded_servers
 
-    async with embedded_servers() as endpoints:
-        typer.echo(f"embedded kafka {endpoints.kafka}, redis {endpoints.redis}", err=True)
+    async with embedded_servers(storage=durable) as endpoints:
+        where = f" (log in {durable})" if durable is not None else ""
+        typer.echo(f"embedded kafka {endpoints.kafka}{where}, redis {endpoints.redis}", err=True)
         yield endpoints.kafka, endpoints.redis
 
 
@@ -178,6 +194,7 @@ def run(
         int, typer.Option("--dashboard-port", help="The dashboard's HTTP port.")
     ] = 8050,
     keys: KeysOpt = None,
+    durable: DurableOpt = None,
 ) -> None:
     """Run a whole hierarchy in one process until the root's last round.
 
@@ -193,7 +210,10 @@ def run(
     hierarchy = load_config(config, run_id)
 
     async def main(stop: asyncio.Event) -> None:
-        async with servers(kafka, redis) as (k, r), contextlib.AsyncExitStack() as stack:
+        async with (
+            servers(kafka, redis, durable) as (k, r),
+            contextlib.AsyncExitStack() as stack,
+        ):
             board = None
             if dashboard:
                 from worldlm.dashboard import Dashboard
