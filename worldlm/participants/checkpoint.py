@@ -98,6 +98,7 @@ class Checkpoint:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "pending").mkdir(exist_ok=True)
         self._model_file: str | None = None  # the model file the current JSON part names
+        self._strategy: Any = None  # the JSON part of the strategy state in that file
         self._models = max(
             (_model_number(p) for p in self.dir.glob("model-*.safetensors")), default=0
         )
@@ -149,7 +150,7 @@ class Checkpoint:
     def _load(self) -> tuple[Meta, dict[str, dict[str, torch.Tensor]]]:
         """Meta, and the model file's tensors by prefix (w, base, s, ef: error feedback)."""
         meta = Meta(**json.loads((self.dir / "meta.json").read_text()))
-        self._model_file = meta.model_file
+        self._model_file, self._strategy = meta.model_file, meta.strategy
         parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in ("w", "base", "s", "ef")}
         for name, tensor in load_file(str(self.dir / meta.model_file)).items():
             prefix, _, rest = name.partition("/")
@@ -162,8 +163,11 @@ class Checkpoint:
         the JSON part (round, offsets, pending ids), which is what makes it current."""
         if model:
             data, tensors = flatten_state(snapshot.strategy)
-            snapshot.meta.strategy = data
             self.save_model(snapshot.weights, snapshot.base, tensors, snapshot.feedback)
+            self._strategy = data
+        # The strategy state's tensors are in the model file: a JSON part written alone
+        # names the same state (the core's own meta does not carry it).
+        snapshot.meta.strategy = self._strategy
         self.save_meta(snapshot.meta)
         if model:
             for path in self.dir.glob("model*.safetensors"):

@@ -385,10 +385,11 @@ class FederationCore:
         )
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Resume from a snapshot (the inverse of :meth:`snapshot`)."""
+        """Resume from a snapshot (the inverse of :meth:`snapshot`). Tensors keep the model's
+        order, not the file's (by name): a broadcast's bytes, and so its hash, follow it."""
         self.meta = copy.deepcopy(snapshot.meta)
-        self.weights = dict(snapshot.weights)
-        self.base = dict(snapshot.base)
+        self.weights = {n: snapshot.weights[n] for n in self.weights}
+        self.base = {n: snapshot.base[n] for n in self.weights}
         if snapshot.strategy:
             self.strategy.load_state_dict(snapshot.strategy)
         self.pending = list(snapshot.pending)

@@ -1,6 +1,6 @@
 """Aggregator checkpoints on disk: a SIGKILL while one is written leaves the previous one
 whole, never a new model beside the old round (a restart would fold that round's updates
-into the model a second time)."""
+into the model a second time); a core restored from one broadcasts the same bytes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from pathlib import Path
 
 import torch
 
+from tests.worldlm.participants.helpers import flat
 from worldlm.participants.checkpoint import Checkpoint, Meta
+from worldlm.participants.federation import FederationCore
 from worldlm.participants.rounds import Snapshot
+from worldlm.replay import model_hash
+from worldlm.training.workbench import initial_weights
 
 
 def snapshot(round_: int, value: float) -> Snapshot:
@@ -47,3 +51,35 @@ def test_a_whole_save_keeps_one_model_file_and_a_restart_goes_on_numbering(
     assert [p.name for p in tmp_path.glob("model*.safetensors")] == ["model-3.safetensors"]
     meta, weights, _, _ = Checkpoint(tmp_path).load()
     assert meta.round == 4 and torch.equal(weights["w"], torch.full((4,), 4.0))
+
+
+def test_a_core_restored_from_its_checkpoint_broadcasts_the_same_bytes(tmp_path: Path) -> None:
+    """The file lists tensors by name; the restored core keeps the model's order, so the same
+    model is the same broadcast (content hash) after a restart, and a replay matches it."""
+    h = flat("ckpt")
+    core = FederationCore(h, "root", initial_weights(h.run), new_id=lambda: "sub")
+    checkpoint = Checkpoint(tmp_path)
+    checkpoint.save_snapshot(core.snapshot())
+    restored = FederationCore(h, "root", initial_weights(h.run), new_id=lambda: "sub")
+    snapshot = Checkpoint(tmp_path).load_snapshot()
+    assert snapshot is not None and list(snapshot.weights) != list(core.weights)  # by name
+    restored.restore(snapshot)
+    assert list(restored.weights) == list(core.weights)
+    assert model_hash(restored.weights) == model_hash(core.weights)
+
+
+def test_the_strategy_state_survives_a_checkpoint_of_the_json_part_alone(tmp_path: Path) -> None:
+    """A stateful strategy (server momentum, a DP accountant) is saved with the model; the
+    saves between two models (an update admitted) must keep naming it."""
+    checkpoint = Checkpoint(tmp_path)
+    first = snapshot(1, 1.0)
+    first.strategy = {"momentum": {"w": torch.full((4,), 0.5)}, "steps": 3}
+    checkpoint.save_snapshot(first)
+    admitted = snapshot(1, 1.0)  # the core's snapshot: its meta has no strategy part
+    admitted.meta.pending = []
+    checkpoint.save_snapshot(admitted, model=False)
+
+    restored = Checkpoint(tmp_path).load_snapshot()
+    assert restored is not None and restored.strategy["steps"] == 3
+    momentum = restored.strategy["momentum"]
+    assert isinstance(momentum, dict) and torch.equal(momentum["w"], torch.full((4,), 0.5))
