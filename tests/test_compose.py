@@ -24,6 +24,7 @@ import yaml
 
 from worldlm.cli import app
 from worldlm.config import Hierarchy, load
+from worldlm.participants.shares import Share, assignment
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -119,6 +120,15 @@ def worldlm_services() -> dict[str, list[str]]:
 def participant_services() -> dict[str, list[str]]:
     """The services that run a participant (``worldlm aggregator`` or ``worldlm client``)."""
     return {n: a for n, a in worldlm_services().items() if a[1:2] in (["aggregator"], ["client"])}
+
+
+def share_services() -> dict[str, list[str]]:
+    """The services that run a share of the config (``worldlm run CONFIG --share i/N``)."""
+    return {
+        n: a
+        for n, a in worldlm_services().items()
+        if a[1:2] == ["run"] and option_value(a, "--share") is not None
+    }
 
 
 def option_value(args: list[str], flag: str) -> str | None:
@@ -219,8 +229,10 @@ def test_config_paths_point_into_the_image_at_a_shipped_config_file() -> None:
         if line.strip() and not line.startswith("#")
     ]
     for name, args in worldlm_services().items():
-        # `worldlm acl CONFIG` takes its config as an argument, the others as --config.
-        config = args[2] if args[1:2] == ["acl"] else option_value(args, "--config")
+        # `worldlm acl CONFIG` and `worldlm run CONFIG` take it as an argument, the others
+        # as --config.
+        positional = args[1:2] in (["acl"], ["run"])
+        config = args[2] if positional else option_value(args, "--config")
         assert config is not None and config.startswith(IMAGE_ROOT), f"{name}: --config {config}"
         relative = config.removeprefix(IMAGE_ROOT)
         assert (REPO / relative).is_file(), f"{name}: {config} is not a file of the repository"
@@ -272,6 +284,46 @@ def test_aggregators_checkpoint_on_a_named_volume_and_restart_on_failure() -> No
         assert checkpoint_dir is not None
         mounted = mounts.get(checkpoint_dir.rstrip("/"))
         assert mounted in declared, f"{name}: {checkpoint_dir} is not on a named volume ({mounts})"
+
+
+def _share(args: list[str]) -> Share:
+    text = option_value(args, "--share")
+    assert text is not None
+    return Share.parse(text)
+
+
+def test_share_services_together_run_every_demo_participant_exactly_once() -> None:
+    shares = {name: _share(args) for name, args in share_services().items()}
+    assert len(shares) >= 2, "the file shows one config spread over several containers"
+    counts = {share.count for share in shares.values()}
+    assert len(counts) == 1, f"the shares split the config differently: {shares}"
+    assert sorted(share.index for share in shares.values()) == list(range(1, counts.pop() + 1))
+    held = [p for share in shares.values() for p in assignment(demo(), share).participants]
+    assert sorted(held) == sorted(participants())  # the real split: all, each exactly once
+    per_participant = {option_value(a, "--config") for a in participant_services().values()}
+    assert {args[2] for args in share_services().values()} == per_participant
+
+
+def test_share_services_are_opt_in_so_a_plain_up_never_runs_the_demo_twice() -> None:
+    for name in share_services():
+        assert services()[name].get("profiles") == ["shares"], name
+    for name in participant_services():
+        assert not services()[name].get("profiles"), name
+
+
+def test_shares_holding_aggregators_checkpoint_on_a_named_volume_and_restart_on_failure() -> None:
+    declared = set(compose().get("volumes") or {})
+    for name, args in share_services().items():
+        if not assignment(demo(), _share(args)).aggregators:
+            continue
+        service = services()[name]
+        assert service.get("restart") == "on-failure", f"{name}: restart {service.get('restart')}"
+        checkpoint_dir = option_value(args, "--checkpoint-dir")
+        assert checkpoint_dir is not None, f"{name} holds aggregators but keeps no checkpoints"
+        mounts = {
+            str(v).split(":")[1].rstrip("/"): str(v).split(":")[0] for v in service["volumes"]
+        }
+        assert mounts.get(checkpoint_dir.rstrip("/")) in declared, f"{name}: {mounts}"
 
 
 def _broker_retention_ms(env: dict[str, Any]) -> int:
@@ -363,8 +415,8 @@ def test_prometheus_service_loads_the_shipped_config_and_scrapes_the_dashboard()
     config_in_container = flags.get("--config.file")
     mounts = {}
     for volume in prometheus.get("volumes", []):
-        source, target = str(volume).split(":")[:2]
-        mounts[target] = source
+        host_path, target = str(volume).split(":")[:2]
+        mounts[target] = host_path
     source = mounts.get(str(config_in_container))
     assert source is not None, f"{config_in_container} is not mounted ({mounts})"
     assert (REPO / source).resolve() == PROMETHEUS_CONFIG

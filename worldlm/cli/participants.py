@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
 import typer
 
 from worldlm import logs
+from worldlm.cli.spread import ShareOpt, WorkerOpt, WorkersOpt
 
 if TYPE_CHECKING:
     from worldlm.config import Hierarchy
@@ -195,16 +196,40 @@ def run(
     ] = 8050,
     keys: KeysOpt = None,
     durable: DurableOpt = None,
+    workers: WorkersOpt = 1,
+    share: ShareOpt = None,
+    worker: WorkerOpt = False,
 ) -> None:
-    """Run a whole hierarchy in one process until the root's last round.
+    """Run a whole hierarchy until the root's last round: in one process, over --workers N
+    local processes, or one --share I/N of it.
 
     With --dashboard the dashboard follows the run on the same servers and keeps serving
     after it ends, until Ctrl-C.
     """
+    from worldlm.cli import spread
     from worldlm.participants.node import Endpoints
     from worldlm.participants.progress import RoundProgress
-    from worldlm.participants.runner import run_hierarchy
+    from worldlm.participants.runner import RunResult, run_hierarchy
+    from worldlm.participants.workers import SpreadResult
 
+    if share is not None or worker:
+        if share is None or workers != 1 or dashboard or durable is not None:
+            raise typer.BadParameter(
+                "runs one share: not with --workers, --dashboard or --durable", param_hint="--share"
+            )
+        spread.run_share(
+            config,
+            share,
+            kafka=kafka,
+            redis=redis,
+            run_id=run_id,
+            checkpoint_dir=checkpoint_dir,
+            log_level=log_level,
+            keys=keys,
+            worker=worker,
+        )
+        return
+    workers = workers or spread.cores()
     logs.configure(level=log_level)
     single_threaded_torch()
     hierarchy = load_config(config, run_id)
@@ -228,18 +253,39 @@ def run(
                     )
                 )
                 typer.echo(f"dashboard: {board.url}", err=True)
+            endpoints = Endpoints(k, r, str(keys) if keys else None)
             with RoundProgress(hierarchy) as progress, server_errors(k, r):
-                result = await run_hierarchy(
-                    hierarchy,
-                    Endpoints(k, r, str(keys) if keys else None),
-                    checkpoint_dir=checkpoint_dir,
-                    on_report=progress.update,
-                    stop=stop,
-                )
+                result: RunResult
+                if workers > 1:
+                    result = await spread.spread(
+                        hierarchy,
+                        config,
+                        endpoints,
+                        workers=workers,
+                        run_id=run_id,
+                        checkpoint_dir=checkpoint_dir,
+                        log_level=log_level,
+                        keys=keys,
+                        on_report=progress.update,
+                        stop=stop,
+                    )
+                else:
+                    result = await run_hierarchy(
+                        hierarchy,
+                        endpoints,
+                        checkpoint_dir=checkpoint_dir,
+                        on_report=progress.update,
+                        stop=stop,
+                    )
             finals = result.final_ppl()
             for client, ppl in sorted(finals.items()):
                 typer.echo(f"{client:>16}  final validation perplexity {ppl:9.2f}")
-            typer.echo(f"done in {result.wall_s:.1f}s")
+            if isinstance(result, SpreadResult):
+                typer.echo(spread.summary(result))
+                if result.failures:
+                    raise typer.Exit(1)
+            else:
+                typer.echo(f"done in {result.wall_s:.1f}s")
             if board is not None and not stop.is_set():
                 typer.echo(f"dashboard still at {board.url}; Ctrl-C to stop", err=True)
                 await stop.wait()

@@ -1,7 +1,9 @@
 """Run a whole hierarchy in one process: every aggregator and client as an asyncio task.
 
 The participants still speak only through Kafka and Redis; the runner only starts them and
-collects what they publish on the metrics topic (the same stream dashboards read).
+collects what they publish on the metrics topic (the same stream dashboards read). Its parts
+also run a share of a hierarchy (``make_participants``, ``run_participants``) and follow a run
+spread over processes (``prepare_local_run``, ``collecting``; participants/workers.py).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +85,79 @@ class MetricsCollector:
         await self._reader.stop()
 
 
+Participant = AggregatorParticipant | ClientParticipant
+
+
+async def prepare_local_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
+    """What the operator does once before a run's participants start on these servers: the
+    topics, and in an isolated run the passwords (made here if missing) and Redis users."""
+    if hierarchy.run.isolation == "acl" and endpoints.key_dir is not None:
+        # The runner is the operator here: it makes the passwords it is about to set.
+        generate_passwords(endpoints.key_dir, principals(hierarchy))
+    await prepare_run(hierarchy, endpoints)
+
+
+@contextlib.asynccontextmanager
+async def collecting(
+    hierarchy: Hierarchy,
+    endpoints: Endpoints,
+    on_report: Callable[[MetricsReport], None] | None = None,
+) -> AsyncIterator[MetricsCollector]:
+    """The run's metrics reports, from the start of its topic, for as long as this is open."""
+    # The watcher keeps the runner's (admin) Redis connection: it sends no deltas.
+    watcher = Node(
+        hierarchy, endpoints, f"{hierarchy.run.id}-runner", "client", "", sends_deltas=False
+    )
+    await watcher.start()
+    try:
+        collector = MetricsCollector(watcher, on_report)
+        await collector.start()
+        try:
+            yield collector
+        finally:
+            await collector.stop()
+    finally:
+        await watcher.stop()
+
+
+def make_participants(
+    hierarchy: Hierarchy,
+    endpoints: Endpoints,
+    *,
+    aggregators: Iterable[str],
+    clients: Iterable[str],
+    checkpoint_dir: Path,
+) -> list[Participant]:
+    """The given aggregators and clients, built (not started): a missing key fails here."""
+    return [
+        *(
+            AggregatorParticipant(hierarchy, endpoints, f, checkpoint_dir=checkpoint_dir)
+            for f in aggregators
+        ),
+        *(ClientParticipant(hierarchy, endpoints, c) for c in clients),
+    ]
+
+
+async def run_participants(
+    participants: Sequence[Participant], stop: asyncio.Event | None = None
+) -> None:
+    """Run ``participants`` as tasks of this process until they end; ``stop`` stops them all."""
+
+    async def relay_stop() -> None:
+        if stop is not None:
+            await stop.wait()
+            for p in participants:
+                p.stop.set()
+
+    relay = asyncio.create_task(relay_stop())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for p in participants:
+                group.create_task(p.run(), name=getattr(p, "id", None) or p.node.id)
+    finally:
+        relay.cancel()
+
+
 async def run_hierarchy(
     hierarchy: Hierarchy,
     endpoints: Endpoints,
@@ -93,42 +168,19 @@ async def run_hierarchy(
 ) -> RunResult:
     """Run every participant of ``hierarchy`` until the root's final broadcast."""
     started = time.perf_counter()
-    if hierarchy.run.isolation == "acl" and endpoints.key_dir is not None:
-        # The runner is the operator here: it makes the passwords it is about to set.
-        generate_passwords(endpoints.key_dir, principals(hierarchy))
-    await prepare_run(hierarchy, endpoints)
+    await prepare_local_run(hierarchy, endpoints)
     with contextlib.ExitStack() as stack:
         if checkpoint_dir is None:
             checkpoint_dir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="worldlm-ckpt-"))
             )
-        # The watcher keeps the runner's (admin) Redis connection: it sends no deltas.
-        watcher = Node(
-            hierarchy, endpoints, f"{hierarchy.run.id}-runner", "client", "", sends_deltas=False
-        )
-        await watcher.start()
-        collector = MetricsCollector(watcher, on_report)
-        await collector.start()
-        aggregators = [
-            AggregatorParticipant(hierarchy, endpoints, f.id, checkpoint_dir=checkpoint_dir)
-            for f in hierarchy.walk()
-        ]
-        clients = [ClientParticipant(hierarchy, endpoints, c) for c in hierarchy.clients]
-        participants: list[AggregatorParticipant | ClientParticipant] = [*aggregators, *clients]
-
-        async def relay_stop() -> None:
-            if stop is not None:
-                await stop.wait()
-                for p in participants:
-                    p.stop.set()
-
-        relay = asyncio.create_task(relay_stop())
-        try:
-            async with asyncio.TaskGroup() as group:
-                for p in participants:
-                    group.create_task(p.run(), name=getattr(p, "id", None) or p.node.id)
-        finally:
-            relay.cancel()
-            await collector.stop()
-            await watcher.stop()
+        async with collecting(hierarchy, endpoints, on_report) as collector:
+            participants = make_participants(
+                hierarchy,
+                endpoints,
+                aggregators=[f.id for f in hierarchy.walk()],
+                clients=hierarchy.clients,
+                checkpoint_dir=checkpoint_dir,
+            )
+            await run_participants(participants, stop)
     return RunResult(collector.reports, time.perf_counter() - started)
