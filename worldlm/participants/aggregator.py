@@ -113,6 +113,7 @@ class AggregatorParticipant:
                     topic=node.topics.down(self.fed.parent),
                     keys=node.public_keys,
                     unsealer=node.unsealer,
+                    on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
                 )
                 await self._parent.start(self.stop)
             await node.join()

@@ -49,6 +49,7 @@ class ClientParticipant:
             topic=node.topics.down(node.federation),
             keys=node.public_keys,
             unsealer=node.unsealer,
+            on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
         )
         pending: set[asyncio.Future[Any]] = set()
         try:

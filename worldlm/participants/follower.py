@@ -3,8 +3,9 @@
 A newcomer asks Redis for the federation's model pointer (version, topic, partition, offset),
 reads that partition from that offset (explicit assignment: no consumer group, no rebalance;
 through the process's one shared reader of the partition, ``brokers/fanout.py``), and hands
-back the newest complete broadcast. Other federations' records that
-share the partition are skipped by key before they are decoded. In a sealing run it opens
+back the newest complete broadcast. Other federations' records that share the partition are
+skipped by key before they are decoded; a record of the federation that cannot be used is
+handed to ``on_rejected`` (the participant dead-letters it). In a sealing run it opens
 broadcasts sealed to its owner; in a signing run it refuses one signed with a revoked key.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -20,7 +21,7 @@ import torch
 from aiokafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from brokers.deltas import DeltaReceiver, Received
+from brokers.deltas import DeltaReceiver, Received, Rejected
 from brokers.fanout import Subscription, fanouts
 from brokers.kafka import KafkaSettings, partition_for
 from brokers.revocations import Revocations
@@ -70,8 +71,10 @@ class BroadcastFollower:
         topic: str,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
         unsealer: Unsealer | None = None,
+        on_rejected: Callable[[Rejected], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_rejected = on_rejected  # a record of the federation that could not be used
         self.state = state
         self.federation = federation
         self.topic = topic  # the federation's broadcast topic
@@ -120,6 +123,8 @@ class BroadcastFollower:
                 if record.key != self._key:
                     continue
                 result = self._receiver.feed(record)
+                if isinstance(result, Rejected) and self.on_rejected is not None:
+                    await self.on_rejected(result)  # dead-lettered by the participant
                 if not isinstance(result, Received):  # a chunk, a refusal, a repeat
                     continue
                 revoked = await self._revoked()
