@@ -6,6 +6,7 @@ import typer
 
 from worldlm.cli.acl import acl
 from worldlm.cli.audit import audit
+from worldlm.cli.chaos import chaos
 from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.demo import demo
@@ -35,6 +36,7 @@ app.command()(experiment)
 app.command()(acl)
 app.command()(audit)
 app.command()(replay)
+app.command()(chaos)
 
 
 def main() -> None:

@@ -1,0 +1,80 @@
+"""A small version of every fault scenario, on real processes and the real servers, held to
+the campaign's targets: aggregators SIGKILLed mid-round lose and double-count nothing, client
+churn closes every round on its quorum, bad input crashes nobody and is dead-lettered where a
+participant reads it, and a Redis or broker restart mid-run never hangs a participant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from brokers.embedded import Servers
+from tests.worldlm.participants.helpers import raw_config
+from worldlm.chaos import bad_input, churn, kill, restarts
+from worldlm.chaos.trials import Setting
+from worldlm.chaos.verdict import ScenarioResult
+
+
+def small_config() -> dict[str, Any]:
+    """Three tiny clients in one federation (a churn round kills one of them)."""
+    return raw_config(
+        "chaos",
+        federations={"root": {}},
+        clients={
+            "en-0": ("root", "lang-en"),
+            "de-0": ("root", "lang-de"),
+            "fr-0": ("root", "lang-fr"),
+        },
+        defaults={"schedule": {"deadline_s": 30.0}},
+    )
+
+
+def setting(servers: Servers, tmp_path: Path, run_id: str) -> Setting:
+    return Setting(servers, small_config(), tmp_path, seed=0, prefix=run_id)
+
+
+def assert_targets_met(result: ScenarioResult) -> None:
+    missed = [r for r in result.rows if r.met is False]
+    failures = [t.reason for t in result.failures()]
+    assert not missed and not failures, (missed, failures)
+
+
+async def test_two_aggregator_kills_lose_nothing_and_count_nothing_twice(
+    servers: Servers, tmp_path: Path, run_id: str
+) -> None:
+    result = await kill.run(setting(servers, tmp_path, run_id), trials=2, limit_s=130.0)
+    assert_targets_met(result)
+    rows = {r.measure: r.result for r in result.rows}
+    assert rows["runs completed"] == "2/2" and rows["models reproduced by replay"] == "2/2"
+    assert all(t.figures["rounds_reported"] == kill.ROUNDS for t in result.trials)
+
+
+async def test_client_churn_closes_every_round_on_its_quorum(
+    servers: Servers, tmp_path: Path, run_id: str
+) -> None:
+    result = await churn.run(setting(servers, tmp_path, run_id), rounds=2, limit_s=280.0)
+    assert_targets_met(result)
+    trial = result.trials[0]
+    assert trial.figures["kills"] == 2 and trial.figures["rounds_closed"] == 2
+
+
+async def test_bad_input_crashes_nobody_and_what_a_participant_read_is_dead_lettered(
+    servers: Servers, tmp_path: Path, run_id: str
+) -> None:
+    result = await bad_input.run(setting(servers, tmp_path, run_id), records=300, limit_s=280.0)
+    assert_targets_met(result)
+    trial = result.trials[0]
+    assert trial.figure("records_sent") >= 300 and trial.figure("nobody_records") > 0
+    assert trial.figure("read_dead_lettered") == trial.figure("read_items") > 0
+    assert trial.figure("admitted") == 0 and trial.figure("crashes") == 0
+
+
+@pytest.mark.parametrize("server", ["redis", "broker"])
+async def test_a_server_restarted_mid_run_hangs_no_participant(
+    servers: Servers, tmp_path: Path, run_id: str, server: restarts.Server
+) -> None:
+    result = await restarts.run(setting(servers, tmp_path, run_id), server, limit_s=240.0)
+    assert_targets_met(result)
+    assert result.trials[0].figures["outcome"] in ("completed", "clear_error")
