@@ -19,6 +19,12 @@ log = structlog.get_logger(__name__)
 _TOPIC_ALREADY_EXISTS = 36
 
 
+class TopicMismatch(RuntimeError):
+    """A topic exists with another partition count than asked for: producers (who key over
+    the actual count) and readers (who key over the configured one) would use different
+    partitions."""
+
+
 async def ensure_topics(
     settings: KafkaSettings,
     names: Iterable[str],
@@ -26,7 +32,9 @@ async def ensure_topics(
     *,
     retention_ms: int | None = None,
 ) -> None:
-    """Create topics that do not exist yet; existing ones are left as they are.
+    """Create topics that do not exist yet; existing ones are left as they are, but must have
+    the partition count asked for (else :class:`TopicMismatch`: a topic made before the run,
+    e.g. by a broker that auto-creates one a client merely asked about, with its default).
 
     ``retention_ms``: how long the new topics keep records (their ``retention.ms``; -1: for
     ever; None: the broker's default), whatever the broker's default is.
@@ -40,22 +48,33 @@ async def ensure_topics(
         request_timeout_ms=settings.request_timeout_ms,
         **settings.security.client_kwargs(),
     )
+    want = partitions or settings.partitions
     await admin.start()
     try:
         configs = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
-        new = [
-            NewTopic(n, partitions or settings.partitions, 1, topic_configs=configs) for n in names
-        ]
+        new = [NewTopic(n, want, 1, topic_configs=configs) for n in names]
         try:
             response = await admin.create_topics(new)
         except TopicAlreadyExistsError:
-            return
-        for topic, code, message in getattr(response, "topic_errors", []):
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
-                raise RuntimeError(f"cannot create topic {topic}: error {code} {message}")
+            existed = names
+        else:
+            existed = []
+            for topic, code, message in getattr(response, "topic_errors", []):
+                if code == _TOPIC_ALREADY_EXISTS:
+                    existed.append(topic)
+                elif code != 0:
+                    raise RuntimeError(f"cannot create topic {topic}: error {code} {message}")
         log.debug("topics_ensured", topics=names)
     finally:
         await admin.close()
+    if existed:
+        found = await topic_partitions(settings)
+        wrong = {t: found[t] for t in existed if found.get(t, want) != want}
+        if wrong:
+            raise TopicMismatch(
+                f"topics exist with other partition counts than {want}: {wrong}; delete them "
+                "(they were made before the run) or make the run's partitions match"
+            )
 
 
 async def topic_partitions(settings: KafkaSettings) -> dict[str, int]:

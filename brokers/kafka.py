@@ -256,6 +256,10 @@ def _consumer(settings: KafkaSettings, group_id: str | None, **extra: object) ->
     )
 
 
+#: How often a reader looks again for topics that did not exist yet.
+TOPIC_CHECK_S = 0.5
+
+
 class PartitionReader(_Lifecycle):
     """Reads explicitly assigned partitions from explicit offsets; never joins a group.
 
@@ -267,6 +271,12 @@ class PartitionReader(_Lifecycle):
     only the records before the hole and reads again from it, for up to ``gap_wait_s``,
     before it accepts the hole (a compacted topic, transaction markers) and goes on. Holes
     are counted in ``gaps`` (seen) and ``gaps_skipped`` (accepted after the wait).
+
+    A reader never creates a topic: aiokafka asks for the metadata of assigned topics with
+    ``allow_auto_topic_creation``, and a broker that auto-creates (Tansu; Apache Kafka by
+    default) would make a missing one with its default partition count, not the run's. A
+    partition is assigned once a metadata request for all topics (which creates none) shows
+    its topic; until then it is ``waiting``, looked for every ``TOPIC_CHECK_S``.
     """
 
     def __init__(
@@ -280,38 +290,61 @@ class PartitionReader(_Lifecycle):
         self.gap_wait_s = gap_wait_s
         self.gaps = 0
         self.gaps_skipped = 0
-        self._start_offsets = dict(start)
         self._next: dict[TopicPartition, int] = dict(start)
         self._holes: dict[TopicPartition, tuple[int, float]] = {}
+        #: partitions not assigned yet because their topic does not exist
+        self.waiting: set[TopicPartition] = set(start)
+        self._looked = 0.0  # when the reader last looked for the waiting partitions' topics
         self._consumer = _consumer(settings, None)
 
     async def _start(self) -> None:
         await self._consumer.start()
-        self._consumer.assign(list(self._start_offsets))
-        for tp, offset in self._start_offsets.items():
-            self._consumer.seek(tp, offset)
+        await self._assign_existing()
+        if self.waiting:
+            log.info("reader_waiting_for_topics", topics=sorted({tp.topic for tp in self.waiting}))
 
     async def _stop(self) -> None:
         await self._consumer.stop()
 
+    async def _assign_existing(self) -> None:
+        """Assign the waiting partitions whose topic exists now, each from its next offset."""
+        self._looked = time.monotonic()
+        existing = await self._consumer.topics()  # metadata of all topics: creates none
+        found = {tp for tp in self.waiting if tp.topic in existing}
+        if not found:
+            return
+        self.waiting -= found
+        assigned = [tp for tp in self._next if tp not in self.waiting]
+        self._consumer.assign(assigned)  # a new assignment: each goes on from its next offset
+        for tp in assigned:
+            self._consumer.seek(tp, self._next[tp])
+
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Continue ``tp`` from ``offset``."""
-        self._consumer.seek(tp, offset)
+        if tp not in self.waiting:
+            self._consumer.seek(tp, offset)
         self._next[tp] = offset
         self._holes.pop(tp, None)
 
     async def position(self, tp: TopicPartition) -> int:
+        if tp in self.waiting:
+            return self._next[tp]
         return await self._consumer.position(tp)
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The partition's high watermark as of the last fetch (None before one)."""
-        value = self._consumer.highwater(tp)
+        value = None if tp in self.waiting else self._consumer.highwater(tp)
         return int(value) if value is not None else None
 
     async def fetch(
         self, timeout_ms: int = 200, max_records: int | None = None
     ) -> list[ConsumerRecord]:
         """Records available within ``timeout_ms``, in partition order, without holes."""
+        if self.waiting and time.monotonic() - self._looked >= TOPIC_CHECK_S:
+            await self._assign_existing()
+        if len(self.waiting) == len(self._next):  # nothing assigned: nothing to wait for here
+            await asyncio.sleep(min(timeout_ms / 1000, TOPIC_CHECK_S))
+            return []
         batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         out: list[ConsumerRecord] = []
         for tp, records in batches.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import ssl
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 from aiokafka import ConsumerRecord, TopicPartition
 
-from brokers.admin import ensure_topics
+from brokers.admin import TopicMismatch, ensure_topics, topic_partitions
 from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
 from brokers.kafka import (
     GroupConsumer,
@@ -177,6 +178,72 @@ async def test_reader_accepts_a_hole_that_stays_after_the_wait(
         kept = reader._contiguous(tp, [r for r in fetched if r.offset != 2])
     assert [r.offset for r in kept] == [0, 1, 3, 4, 5]
     assert reader.gaps == 1 and reader.gaps_skipped == 1
+
+
+async def follow(
+    reader: PartitionReader, seen: list[ConsumerRecord], n: int, done: asyncio.Event
+) -> None:
+    """Fetch into ``seen`` for ever; set ``done`` once ``n`` records came."""
+    while True:
+        seen.extend(await reader.fetch(timeout_ms=50))
+        if len(seen) >= n:
+            done.set()
+
+
+async def test_a_reader_started_before_its_topic_exists_creates_nothing_and_reads_every_record(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    """A reader may start before the run makes its topics (a watcher, a dashboard, a client of
+    an operator-made run). It must not make them: a broker that auto-creates (Tansu; Apache
+    Kafka by default) makes a topic whose metadata is asked for with *its* default partition
+    count, and records keyed over that count land on partitions a reader keyed over the run's
+    count never reads (1 run in 3 of test_redis_restart). Repeated, the topic appearing at
+    different moments of the reader's polling."""
+    keys = ["root", "en-0", "de-0", "eu", "asia"]  # over 4 partitions, "root" is partition 2
+    for attempt in range(5):
+        topic = f"{topics.base}.late{attempt}"
+        tps = [TopicPartition(topic, p) for p in range(kafka.partitions)]
+        seen: list[ConsumerRecord] = []
+        read_all = asyncio.Event()
+        async with PartitionReader(kafka, dict.fromkeys(tps, 0)) as reader:
+            following = asyncio.create_task(follow(reader, seen, 3 * len(keys), read_all))
+            try:
+                await asyncio.sleep(0.15 * attempt)
+                assert topic not in await topic_partitions(kafka)  # the reader made nothing
+                assert reader.waiting == set(tps) and reader.highwater(tps[0]) is None
+                assert await reader.position(tps[0]) == 0
+                await ensure_topics(kafka, [topic])
+                async with Producer(kafka) as producer:
+                    for key in keys:
+                        values = [f"{key}:{i}".encode() for i in range(3)]
+                        await producer.send_many(topic, values, key=key)
+                async with asyncio.timeout(30):
+                    await read_all.wait()
+            finally:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await following
+        assert (await topic_partitions(kafka))[topic] == kafka.partitions
+        assert not reader.waiting
+        assert sorted(r.value for r in seen) == sorted(
+            f"{key}:{i}".encode() for key in keys for i in range(3)
+        )
+        for tp in tps:  # each partition read from offset 0, in order, once
+            offsets = [r.offset for r in seen if r.partition == tp.partition]
+            assert offsets == list(range(len(offsets)))
+
+
+async def test_ensure_topics_refuses_a_topic_that_exists_with_another_partition_count(
+    kafka: KafkaSettings, topics: Topics
+) -> None:
+    """A topic made before the run with the broker's default count (as an auto-creating
+    broker makes one a client asked about) would split producers from readers: refused."""
+    await ensure_topics(kafka, [topics.metrics], partitions=4)
+    await ensure_topics(kafka, [topics.metrics], partitions=4)  # the same count: fine
+    with pytest.raises(TopicMismatch, match=r"other partition counts than 2"):
+        await ensure_topics(kafka, [topics.metrics, topics.events])
+    found = await topic_partitions(kafka)
+    assert found[topics.metrics] == 4 and found[topics.events] == kafka.partitions == 2
 
 
 async def test_group_consumer_resumes_from_last_manual_commit(
