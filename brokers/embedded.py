@@ -146,7 +146,7 @@ class EmbeddedKafka(ServerProcess):
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
-        from brokers.kafka import KafkaSecurity, KafkaSecurityError
+        from brokers.security import KafkaSecurity, KafkaSecurityError
 
         protocol = KafkaSecurity.from_env().protocol
         if protocol != "PLAINTEXT":

@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 
 from brokers.admin import ensure_topics
 from brokers.embedded import EmbeddedKafka, EmbeddedRedis, ServerError
-from brokers.kafka import KafkaSecurityError, KafkaSettings
+from brokers.kafka import KafkaSettings
+from brokers.security import KafkaSecurityError
 
 
 async def test_embedded_redis_answers_and_stops() -> None:

@@ -50,7 +50,7 @@ DurableOpt = Annotated[
 @contextlib.contextmanager
 def _usage_errors() -> Iterator[None]:
     """A missing key or a bad Kafka security setting is a usage error, not a traceback."""
-    from brokers.kafka import KafkaSecurityError
+    from brokers.security import KafkaSecurityError
     from worldlm.keys import KeyFileError
 
     try:
