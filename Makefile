@@ -57,6 +57,7 @@ typecheck: setup
 
 bench: setup
 	$(BIN)/python benchmarks/transport.py
+	$(BIN)/python benchmarks/broker_storage.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/training.py --threads 1
 
 clean:
