@@ -100,15 +100,14 @@ class ResidualCache:
             )
             seal, payload = msgspec.msgpack.encode(sealed), memoryview(ciphertext)
         size = self.max_value_bytes
-        view = memoryview(payload)
         parts = max(1, -(-len(payload) // size))
         generation = uuid.uuid4().hex
         k = self.keyspace
         async with self.redis.pipeline(transaction=False) as pipe:
-            for i in range(parts):
+            for i in range(parts):  # redis-py sends a memoryview as it is: no copy per part
                 pipe.set(
                     k.residual_part(federation, generation, i),
-                    bytes(view[i * size : (i + 1) * size]),
+                    payload[i * size : (i + 1) * size],
                     ex=self.ttl_s,
                 )
             await pipe.execute()
@@ -155,7 +154,7 @@ class ResidualCache:
             )
             if any(v is None for v in values):
                 continue  # the generation expired under us: read the newer manifest
-            payload = bytearray(b"".join(_bytes(v) for v in values))
+            payload = bytearray().join(_bytes(v) for v in values)  # one copy, writable
             if content_hash(payload) != _str(raw[b"hash"]):
                 raise ValueError(f"residual of {federation}: content hash mismatch")
             encoded_specs = _bytes(raw[b"specs"])
