@@ -117,6 +117,8 @@ class ServerProcess(Service):
         self.restarts_left -= 1
         log.warning("server_died", server=self.name, returncode=code, restarting=True)
         await asyncio.sleep(RESTART_PAUSE_S)
+        if self._proc is not None:
+            return  # started again meanwhile by its owner
         await self.start()
         self.restarted += 1
 
