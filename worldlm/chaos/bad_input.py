@@ -209,7 +209,7 @@ async def _trial(setting: Setting, index: int, records: int, stage: Stage) -> Tr
     ):
         await fleet.start_all()
         stage(f"waiting for {federation} to open its first round")
-        await watch.until(lambda: watch.opened(federation, 0))
+        await fleet.alongside(watch.until(lambda: watch.opened(federation, 0)))
         stage(f"sending {sum(len(i.records) for i in items)} bad records")
         landed = await send(servers.kafka, items)
         stage("waiting for every participant to exit")

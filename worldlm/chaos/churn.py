@@ -125,13 +125,13 @@ async def _trial(setting: Setting, index: int, rounds: int, stage: Stage) -> Tri
         await fleet.start_all()
         for r in range(rounds):
             stage(f"waiting for round {r} to open")
-            await watch.until(functools.partial(watch.opened, root, r))
+            await fleet.alongside(watch.until(functools.partial(watch.opened, root, r)))
             await asyncio.sleep(rng.uniform(0.0, WINDOW_S))
             for victim in rng.sample(clients, k):
                 await fleet[victim].restart()
                 kills += 1
             stage(f"waiting for round {r} to close")
-            await watch.until(functools.partial(watch.closed, root, r))
+            await fleet.alongside(watch.until(functools.partial(watch.closed, root, r)))
         stage("waiting for every participant to exit")
         exits = await fleet.wait_all()
         await watch.settle(lambda: watch.closed(root, rounds - 1))

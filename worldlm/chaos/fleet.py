@@ -14,17 +14,21 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from brokers.embedded import Servers
 from worldlm.chaos.configs import TrialConfig
+from worldlm.chaos.trials import ParticipantExited
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import Endpoints
 
 #: How long a process gets to exit after SIGTERM before it is killed, when a trial ends.
 TERM_GRACE_S = 5.0
+
+T = TypeVar("T")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -174,6 +178,26 @@ class Fleet:
         """Every process's return code, once each has exited (bound it with a timeout)."""
         codes = await asyncio.gather(*(p.wait() for p in self.processes.values()))
         return dict(zip(self.processes, codes, strict=True))
+
+    async def alongside(self, waiting: Awaitable[T]) -> T:
+        """``waiting``'s result, or :class:`ParticipantExited` as soon as a process of the
+        fleet ends first (a crash while the trial waits on the run is its verdict, at once)."""
+        wanted = asyncio.ensure_future(waiting)
+        ends = {
+            asyncio.ensure_future(p.proc.wait()): p
+            for p in self.processes.values()
+            if p.proc is not None and p.running
+        }
+        try:
+            done, _ = await asyncio.wait({wanted, *ends}, return_when=asyncio.FIRST_COMPLETED)
+            if wanted in done:
+                return wanted.result()
+            p = next(proc for end, proc in ends.items() if end in done)
+            tail = " | ".join(p.log_tail(3))
+            raise ParticipantExited(f"{p.node} exited with {p.returncode}: {tail}")
+        finally:
+            for future in (wanted, *ends):
+                future.cancel()
 
     def codes(self) -> dict[str, int | None]:
         return {n: p.returncode for n, p in self.processes.items()}

@@ -131,7 +131,7 @@ async def _trial(setting: Setting, index: int, stage: Stage, durations: list[flo
     ):
         await fleet.start(aggregators=[f.id for f in reversed(list(h.walk()))])
         stage(f"waiting for {target} to open round {kill_round}")
-        await watch.until(lambda: watch.opened(target, kill_round))
+        await fleet.alongside(watch.until(lambda: watch.opened(target, kill_round)))
         window = statistics.median(durations) if durations else FIRST_WINDOW_S
         opened = watch.round(target, kill_round).opened or time.time()
         await asyncio.sleep(max(0.0, opened + fraction * window - time.time()))

@@ -125,7 +125,7 @@ async def _trial(setting: Setting, server: Server, index: int, stage: Stage) -> 
             await fleet.start_all()
             async with RunWatch(servers.kafka, config.run_id, h.run.partitions) as watch:
                 stage("waiting for the root's first round to close")
-                await watch.until(lambda: watch.closed(h.root.id, 0))
+                await fleet.alongside(watch.until(lambda: watch.closed(h.root.id, 0)))
             stage(f"restarting the {server}")
             await own.kill()
             await asyncio.sleep(DOWN_S)

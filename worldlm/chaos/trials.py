@@ -26,6 +26,10 @@ from worldlm.chaos.verdict import Trial, failed, hung
 log = structlog.get_logger("worldlm.chaos")
 
 
+class ParticipantExited(Exception):
+    """A participant process ended while the trial was waiting on the run it belongs to."""
+
+
 class Stage:
     """What a trial is doing now (named in the verdict when it hangs there)."""
 
@@ -53,6 +57,9 @@ async def bounded_trial(scenario: str, index: int, limit_s: float, body: Body) -
             verdict = hung(scenario, index, limit_s, seconds, stage.now)
         else:
             verdict = failed(scenario, index, seconds, stage.now, exc)
+    except ParticipantExited as exc:
+        seconds = time.monotonic() - started
+        verdict = Trial(scenario, index, False, f"{exc} (at: {stage.now})"[:600], seconds, {})
     except Exception as exc:
         verdict = failed(scenario, index, time.monotonic() - started, stage.now, exc)
     else:
