@@ -35,7 +35,7 @@ class Sizes:
     kill_limit_s: float = 180.0
     churn_limit_s: float = 420.0
     bad_input_limit_s: float = 420.0
-    restart_limit_s: float = 240.0
+    restart_limit_s: float = 420.0
 
 
 async def scenario(name: str, setting: Setting, sizes: Sizes) -> ScenarioResult:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -30,6 +30,8 @@ Server = Literal["redis", "broker"]
 ROUNDS = 4
 #: How long the server stays down.
 DOWN_S = 2.0
+#: How often a trial waiting for its participants to end notes the run's progress.
+PROGRESS_S = 5.0
 
 Ending = Literal["completed", "clear_error", "unclear"]
 
@@ -121,18 +123,20 @@ async def _trial(setting: Setting, server: Server, index: int, stage: Stage) -> 
         else:
             servers = Servers(setting.servers.kafka, own.url)
         await prepare_run(h, Endpoints(servers.kafka, servers.redis))
-        async with Fleet(config, servers, workdir) as fleet:
+        async with (
+            Fleet(config, servers, workdir) as fleet,
+            RunWatch(servers.kafka, config.run_id, h.run.partitions) as watch,
+        ):
             await fleet.start_all()
-            async with RunWatch(servers.kafka, config.run_id, h.run.partitions) as watch:
-                stage("waiting for the root's first round to close")
-                await fleet.alongside(watch.until(lambda: watch.closed(h.root.id, 0)))
+            stage("waiting for the root's first round to close")
+            await fleet.alongside(watch.until(lambda: watch.closed(h.root.id, 0)))
             stage(f"restarting the {server}")
             await own.kill()
             await asyncio.sleep(DOWN_S)
             await own.start()  # the same port (and, for the broker, the same storage)
             back = time.monotonic()
             stage("waiting for every participant to exit")
-            exits = await _exits(fleet, stage)
+            exits = await _exits(fleet, stage, lambda: _progress(watch, h.root.id))
             end_after = time.monotonic() - back
             endings = {n: ending(p.returncode, _log(p)) for n, p in fleet.processes.items()}
             unclear = {n: fleet[n].log_tail() for n, e in endings.items() if e == "unclear"}
@@ -141,12 +145,24 @@ async def _trial(setting: Setting, server: Server, index: int, stage: Stage) -> 
     return judge(scenario, index, RestartObservation(endings, exits, end_after, unclear))
 
 
-async def _exits(fleet: Fleet, stage: Stage) -> dict[str, int | None]:
-    """Wait for every process, naming the ones still running in the stage (for a hang)."""
+def _progress(watch: RunWatch, root: str) -> str:
+    """How far the run got, as its events say (a hang that still made progress was slow)."""
+    closed = [t for r in range(ROUNDS) if (t := watch.round(root, r)).closed is not None]
+    if not closed:
+        return "the root closed no round"
+    last = max(t.closed or 0.0 for t in closed)
+    return f"the root closed {len(closed)}/{ROUNDS} rounds, the last {time.time() - last:.0f} s ago"
+
+
+async def _exits(fleet: Fleet, stage: Stage, progress: Callable[[], str]) -> dict[str, int | None]:
+    """Wait for every process, naming the ones still running and the run's progress in the
+    stage (what a hang's verdict says)."""
     pending = {asyncio.ensure_future(p.wait()): n for n, p in fleet.processes.items()}
     while pending:
-        stage(f"waiting for {sorted(pending.values())} to exit")
-        done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        stage(f"waiting for {sorted(pending.values())} to exit; {progress()}")
+        done, _ = await asyncio.wait(
+            pending, timeout=PROGRESS_S, return_when=asyncio.FIRST_COMPLETED
+        )
         for future in done:
             pending.pop(future)
     return fleet.codes()

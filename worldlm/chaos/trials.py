@@ -37,8 +37,9 @@ class Stage:
         self.now = "starting"
 
     def __call__(self, what: str) -> None:
+        if what != self.now:
+            log.info("trial_stage", stage=what)
         self.now = what
-        log.info("trial_stage", stage=what)
 
 
 Body = Callable[[Stage], Awaitable[Trial]]
