@@ -68,8 +68,14 @@ def fates(
 
 
 def judge(
-    index: int, outcome: list[Fate], exits: Mapping[str, int | None], rounds: tuple[int, int]
+    index: int,
+    outcome: list[Fate],
+    exits: Mapping[str, int | None],
+    rounds: tuple[int, int],
+    counted: tuple[int, int] = (0, 0),
 ) -> Trial:
+    """``counted``: the dead letters the aggregator's round ledgers counted, and those it
+    wrote (every one must be counted: the run goes on for rounds after the bad input)."""
     read = [f for f in outcome if f.zone != "nobody"]
     missed = [f for f in read if not f.dead_lettered]
     admitted = [f for f in outcome if f.admitted]
@@ -86,6 +92,8 @@ def judge(
         )
     if rounds[0] < rounds[1]:
         problems.append(f"{rounds[1] - rounds[0]} round(s) not completed")
+    if counted[0] != counted[1]:
+        problems.append(f"the aggregator's ledgers count {counted[0]} of its {counted[1]} letters")
     by_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for f in outcome:
         by_kind[f.kind][0] += f.records
@@ -102,6 +110,8 @@ def judge(
         "crashes": len(crashes),
         "rounds_completed": rounds[0],
         "rounds": rounds[1],
+        "letters_counted": counted[0],
+        "aggregator_letters": counted[1],
     }
     for kind, (records, items, lettered) in sorted(by_kind.items()):
         figures[f"{kind}.records"] = records
@@ -125,6 +135,12 @@ def summarize(trials: list[Trial]) -> list[Row]:
             read_dl == read_items and read_items > 0,
         ),
         count_row(SCENARIO, "records where nobody reads", add("nobody_records"), target=None),
+        ratio_row(
+            SCENARIO,
+            "aggregator's dead letters counted in its round ledgers",
+            add("letters_counted"),
+            add("aggregator_letters"),
+        ),
         count_row(SCENARIO, "forged updates admitted", add("admitted")),
         ratio_row(SCENARIO, "rounds completed", add("rounds_completed"), add("rounds") or ROUNDS),
     ]
@@ -216,14 +232,13 @@ async def _trial(setting: Setting, index: int, records: int, stage: Stage) -> Tr
         exits = await fleet.wait_all()
         await watch.settle(lambda: watch.reported(root, ROUNDS - 1))
         reported = len({r.round for r in watch.aggregator_reports(root)})
-        admitted = {
-            uid
-            for r in watch.reports
-            if r.ledger is not None
-            for uid in (*r.ledger.folded, *r.ledger.superseded)
-        }
+        ledgers = [r.ledger for r in watch.aggregator_reports(federation) if r.ledger]
+        admitted = {uid for ledger in ledgers for uid in (*ledger.folded, *ledger.superseded)}
     stage("reading the dead letters")
     letters = await dead_letters(settings_for(servers.kafka, config.run_id), Topics(config.run_id))
     lettered = {(d.source_topic, d.source_partition, d.source_offset) for d in letters}
     outcome = fates(items, landed, lettered, admitted)
-    return judge(index, outcome, exits, (reported, ROUNDS))
+    up = Topics(config.run_id).up(federation)
+    wrote = sum(d.envelope.sender == federation and d.source_topic == up for d in letters)
+    counted = (sum(ledger.dead_lettered for ledger in ledgers), wrote)
+    return judge(index, outcome, exits, (reported, ROUNDS), counted)

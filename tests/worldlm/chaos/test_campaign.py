@@ -69,6 +69,7 @@ async def test_bad_input_crashes_nobody_and_what_a_participant_read_is_dead_lett
     assert trial.figure("records_sent") >= 300 and trial.figure("nobody_records") > 0
     assert trial.figure("read_dead_lettered") == trial.figure("read_items") > 0
     assert trial.figure("admitted") == 0 and trial.figure("crashes") == 0
+    assert trial.figure("letters_counted") == trial.figure("aggregator_letters") > 0
 
 
 @pytest.mark.parametrize("server", ["redis", "broker"])

@@ -104,8 +104,10 @@ def test_every_bad_input_read_must_be_dead_lettered_and_none_admitted() -> None:
     assert "1 bad input(s) read but not dead-lettered" in trial.reason
     assert "1 forged update(s) admitted" in trial.reason
     assert trial.figures["nobody_records"] == 1 and trial.figures["records_sent"] == 6
-    clean = bad_input.judge(0, fates[:2] + fates[3:], {"root": 0}, (4, 4))
+    clean = bad_input.judge(0, fates[:2] + fates[3:], {"root": 0}, (4, 4), counted=(2, 2))
     assert clean.ok
+    uncounted = bad_input.judge(0, fates[:2], {"root": 0}, (4, 4), counted=(1, 2))
+    assert not uncounted.ok and "ledgers count 1 of its 2 letters" in uncounted.reason
 
 
 async def test_a_trial_that_hangs_is_a_failed_trial_naming_where_it_hung() -> None:
