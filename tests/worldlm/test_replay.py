@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 import torch
 
 from brokers.embedded import Servers
-from tests.worldlm.participants.helpers import WORLDLM, endpoints, raw_config, to_toml
+from tests.worldlm.participants.helpers import WORLDLM, endpoints, raw_config
 from worldlm.config import Hierarchy, load, parse
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.runner import run_hierarchy
@@ -145,7 +146,7 @@ async def test_replay_reproduces_a_live_run_and_a_what_if_differs(
     servers: Servers, run_id: str, tmp_path: Path
 ) -> None:
     config = tmp_path / "worldlm.toml"
-    config.write_text(to_toml(two_levels_raw(run_id)))
+    config.write_text(tomli_w.dumps(two_levels_raw(run_id)))
     h: Hierarchy = load(config)
     async with asyncio.timeout(300):
         await run_hierarchy(h, endpoints(servers), checkpoint_dir=tmp_path / "ckpt")

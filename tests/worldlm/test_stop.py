@@ -10,9 +10,10 @@ import signal
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from brokers.embedded import EmbeddedRedis, Servers
-from tests.worldlm.participants.helpers import WORLDLM, flat_raw, poll, to_toml
+from tests.worldlm.participants.helpers import WORLDLM, flat_raw, poll
 
 
 def children(pid: int) -> set[int]:
@@ -45,7 +46,7 @@ async def test_sigterm_ends_a_run_in_seconds_and_leaves_no_server_behind(
     tmp_path: Path, run_id: str, phase: str
 ) -> None:
     config = tmp_path / "run.toml"
-    config.write_text(to_toml(flat_raw(run_id, rounds=50, local_steps=5)))
+    config.write_text(tomli_w.dumps(flat_raw(run_id, rounds=50, local_steps=5)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = (tmp_path / "run.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
@@ -84,7 +85,7 @@ async def test_a_run_whose_redis_dies_ends_in_seconds_with_one_clear_error(
     redis = EmbeddedRedis()
     await redis.start()
     config = tmp_path / "run.toml"
-    config.write_text(to_toml(flat_raw(run_id, rounds=50, local_steps=3)))
+    config.write_text(tomli_w.dumps(flat_raw(run_id, rounds=50, local_steps=3)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     log = tmp_path / "run.log"
     with log.open("wb") as out:

@@ -8,12 +8,13 @@ for the ``worldlm`` processes and parsed for the campaign's own readers.
 from __future__ import annotations
 
 import copy
-import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 from worldlm.config import Hierarchy, parse
 
@@ -36,35 +37,6 @@ def with_run(raw: Mapping[str, Any], run_id: str, rounds: int | None = None) -> 
     return out
 
 
-def toml_text(raw: Mapping[str, Any]) -> str:
-    """Just enough TOML for a config: tables of scalars, arrays and nested tables."""
-    lines: list[str] = []
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    def table(name: str, body: Mapping[str, Any]) -> None:
-        lines.append(f"[{name}]")
-        nested = {k: v for k, v in body.items() if isinstance(v, Mapping)}
-        lines.extend(f"{json.dumps(k)} = {value(v)}" for k, v in body.items() if k not in nested)
-        for k, v in nested.items():
-            table(f"{name}.{json.dumps(k)}", v)
-
-    for section, body in raw.items():
-        if section in ("federations", "clients"):
-            for name, sub in body.items():
-                table(f"{section}.{json.dumps(name)}", sub)
-        else:
-            table(section, body)
-    return "\n".join(lines) + "\n"
-
-
 @dataclass(frozen=True)
 class TrialConfig:
     """One trial's config: where its TOML lies, and the parsed hierarchy."""
@@ -84,5 +56,5 @@ def trial_config(
     mine = with_run(raw, run_id, rounds)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "config.toml"
-    path.write_text(toml_text(mine))
+    path.write_text(tomli_w.dumps(mine))
     return TrialConfig(path, parse(mine, source=str(path)))

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from worldlm.chaos.fleet import Fleet, Members
 from worldlm.chaos.trials import Setting, Stage, bounded_trial, trial_rng
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row, total
-from worldlm.chaos.watch import RunWatch
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.recording import audit_run, recorded_run
 from worldlm.replay_report import replay_run
+from worldlm.watch import RunWatch
 
 SCENARIO = "aggregator_kill"
 #: Root rounds per trial: the kill lands in one of the first ``ROUNDS - 1``.

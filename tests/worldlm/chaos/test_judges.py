@@ -10,7 +10,7 @@ from worldlm.chaos import bad_input, churn, kill, restarts
 from worldlm.chaos.garbage import Item, Record
 from worldlm.chaos.trials import bounded_trial
 from worldlm.chaos.verdict import Campaign, ScenarioResult, Trial
-from worldlm.chaos.watch import RoundTimes
+from worldlm.watch import RoundTimes
 
 
 def kill_observation(**changes: object) -> kill.KillObservation:

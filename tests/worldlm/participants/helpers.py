@@ -20,9 +20,7 @@ from aiokafka import TopicPartition
 from brokers.deltas import DeltaReceiver, Received
 from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
-from schemas.codec import metrics_decoder
 from schemas.errors import WireError
-from schemas.messages import MetricsReport
 from worldlm.config import Hierarchy, parse
 from worldlm.participants.node import Endpoints
 
@@ -101,37 +99,6 @@ def raw_config(
     }
 
 
-def to_toml(raw: Mapping[str, Any]) -> str:
-    """Just enough TOML for our configs: tables of scalars and nested tables."""
-    lines: list[str] = []
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    def table(name: str, body: Mapping[str, Any]) -> None:
-        lines.append(f"[{name}]")
-        nested = {k: v for k, v in body.items() if isinstance(v, Mapping)}
-        for k, v in body.items():
-            if k not in nested:
-                lines.append(f"{json.dumps(k)} = {value(v)}")
-        for k, v in nested.items():
-            table(f"{name}.{json.dumps(k)}", v)
-
-    for section, body in raw.items():
-        if section in ("federations", "clients"):
-            for name, sub in body.items():
-                table(f"{section}.{json.dumps(name)}", sub)
-        else:
-            table(section, body)
-    return "\n".join(lines) + "\n"
-
-
 async def read_topic(
     kafka: KafkaSettings,
     topic: str,
@@ -179,53 +146,6 @@ async def broadcasts(
                 if isinstance(result, Received) and result.delta.manifest.kind == "broadcast":
                     found.append(result)
     return found
-
-
-class MetricsWatch:
-    """Follows the run's metrics topic in the background; tests wait on what it saw."""
-
-    def __init__(self, kafka: KafkaSettings, topic: str, partitions: int) -> None:
-        self._reader = PartitionReader(
-            kafka, {TopicPartition(topic, p): 0 for p in range(partitions)}
-        )
-        self.reports: list[MetricsReport] = []
-        self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> MetricsWatch:
-        await self._reader.start()
-        self._task = asyncio.create_task(self._loop(), name="metrics-watch")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._reader.stop()
-
-    async def _loop(self) -> None:
-        while True:
-            records = await self._reader.fetch(timeout_ms=100)
-            if not records:
-                continue
-            for record in records:
-                with contextlib.suppress(WireError):
-                    self.reports.append(metrics_decoder.decode(record.value or b""))
-            async with self._changed:
-                self._changed.notify_all()
-
-    async def wait_for(self, predicate: Callable[[MetricsReport], bool]) -> MetricsReport:
-        """The first report (seen so far or to come) that satisfies ``predicate``."""
-        async with self._changed:
-            while True:
-                for report in self.reports:
-                    if predicate(report):
-                        return report
-                await self._changed.wait()
-
-    def of(self, node: str) -> list[MetricsReport]:
-        return [r for r in self.reports if r.node == node]
 
 
 async def poll(check: Callable[[], Any], every_s: float = 0.1) -> Any:

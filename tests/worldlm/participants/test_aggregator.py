@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tomli_w
 import torch
 
 from brokers.deltas import publish_delta
@@ -22,7 +23,6 @@ from schemas.keyspace import Keyspace
 from schemas.messages import Envelope
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
-    MetricsWatch,
     endpoints,
     flat,
     log_events,
@@ -31,7 +31,6 @@ from tests.worldlm.participants.helpers import (
     raw_config,
     read_topic,
     settings,
-    to_toml,
 )
 from worldlm.config import Hierarchy, load
 from worldlm.participants.aggregator import AggregatorParticipant
@@ -39,6 +38,7 @@ from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.participants.runner import run_hierarchy
 from worldlm.training.workbench import initial_weights
+from worldlm.watch import RunWatch
 
 # -- on the real servers -----------------------------------------------------------------
 
@@ -135,7 +135,7 @@ async def root_process_setup(
         defaults={"schedule": {"quorum": 1.0, "min_quorum": 2, "deadline_s": 120.0}},
     )
     config = tmp_path / "worldlm.toml"
-    config.write_text(to_toml(raw))
+    config.write_text(tomli_w.dumps(raw))
     h = load(config)
     await prepare_run(h, endpoints(servers))
     checkpoints = tmp_path / "checkpoints"
@@ -158,7 +158,7 @@ async def test_aggregator_killed_mid_round_resumes_without_losing_or_double_coun
     meta_file = checkpoints / run_id / "root" / "meta.json"
     async with (
         RedisState(servers.redis, Keyspace(run_id)) as state,
-        MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
+        RunWatch(kafka, run_id, h.run.partitions) as watch,
         asyncio.timeout(150),
     ):
         try:
@@ -225,7 +225,7 @@ async def test_standby_replica_takes_over_when_the_leading_aggregator_is_killed(
     clients = [ClientParticipant(h, ep, c) for c in ["en-0", "de-0"]]
     async with (
         RedisState(servers.redis, Keyspace(run_id)) as state,
-        MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
+        RunWatch(kafka, run_id, h.run.partitions) as watch,
         asyncio.timeout(150),
     ):
         async with (

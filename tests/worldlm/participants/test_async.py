@@ -20,7 +20,6 @@ from schemas.keyspace import Keyspace
 from schemas.messages import Envelope, RoundEvent
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
-    MetricsWatch,
     endpoints,
     flat,
     read_topic,
@@ -30,6 +29,7 @@ from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.training.workbench import initial_weights
+from worldlm.watch import RunWatch
 
 
 @pytest.mark.parametrize(("bound", "accepted"), [(50, True), (1, False)], ids=["within", "past"])
@@ -52,7 +52,7 @@ async def test_async_rounds_close_per_buffer_and_a_stale_update_is_weighed_or_re
         sample_count=8,
     )
     async with (
-        MetricsWatch(kafka, topics.metrics, h.run.partitions) as watch,
+        RunWatch(kafka, run_id, h.run.partitions) as watch,
         RedisState(servers.redis, Keyspace(run_id)) as state,
         asyncio.timeout(120),
     ):

@@ -17,11 +17,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from brokers.embedded import EmbeddedKafka, Servers
 from brokers.kafka import KafkaSettings
 from schemas.topics import Topics
-from tests.worldlm.participants.helpers import MetricsWatch, flat, flat_raw
+from tests.worldlm.participants.helpers import flat, flat_raw
 from worldlm.config import parse
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
 from worldlm.recording import audit_run, records, settings_for
+from worldlm.watch import RunWatch
 
 Position = tuple[str, int, int]
 ROUNDS = 6
@@ -49,7 +50,7 @@ async def test_a_broker_killed_mid_run_and_restarted_on_its_storage_loses_no_upd
         await prepare_run(h, ep)  # before the watch is assigned the metrics partitions
         run = asyncio.create_task(run_hierarchy(h, ep))
         settings = KafkaSettings(kafka.bootstrap, partitions=h.run.partitions)
-        async with MetricsWatch(settings, Topics(run_id).metrics, h.run.partitions) as watch:
+        async with RunWatch(settings, run_id, h.run.partitions) as watch:
             async with asyncio.timeout(90):
                 await watch.wait_for(lambda r: r.node == "root" and r.round == 0)
             before = await snapshot(kafka.bootstrap, run_id, ["root"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import tomli_w
+
 from brokers.embedded import Servers
 from brokers.state import RedisState
 from schemas.codec import event_decoder
@@ -13,7 +15,6 @@ from schemas.keyspace import Keyspace
 from schemas.messages import MembershipEvent, RoundEvent
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
-    MetricsWatch,
     endpoints,
     hierarchy,
     participant_process,
@@ -21,12 +22,12 @@ from tests.worldlm.participants.helpers import (
     raw_config,
     read_topic,
     settings,
-    to_toml,
 )
 from worldlm.config import load
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
+from worldlm.watch import RunWatch
 
 
 async def test_late_client_starts_from_current_model_and_is_counted_from_then_on(
@@ -52,7 +53,7 @@ async def test_late_client_starts_from_current_model_and_is_counted_from_then_on
     kafka = settings(servers, h)
     async with (
         RedisState(servers.redis, Keyspace(run_id)) as state,
-        MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
+        RunWatch(kafka, run_id, h.run.partitions) as watch,
         asyncio.timeout(90),
     ):
         try:
@@ -98,7 +99,7 @@ async def test_client_killed_mid_round_expires_and_round_closes_at_quorum_of_the
         defaults={"schedule": {"deadline_s": 60.0}},  # far away: the round must not wait for it
     )
     config = tmp_path / "worldlm.toml"
-    config.write_text(to_toml(raw))
+    config.write_text(tomli_w.dumps(raw))
     h = load(config)
     ep = endpoints(servers)
     await prepare_run(h, ep)
@@ -109,7 +110,7 @@ async def test_client_killed_mid_round_expires_and_round_closes_at_quorum_of_the
     others = [ClientParticipant(h, ep, c) for c in ["en-0", "de-0"]]
     async with (
         RedisState(servers.redis, Keyspace(run_id)) as state,
-        MetricsWatch(kafka, Topics(run_id).metrics, h.run.partitions) as watch,
+        RunWatch(kafka, run_id, h.run.partitions) as watch,
         participant_process(args, tmp_path / "fr-0.log") as victim,
         asyncio.timeout(120),
     ):

@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+import tomli_w
 from redis.exceptions import AuthenticationError, NoPermissionError
 from typer.testing import CliRunner
 
 from brokers.embedded import Servers
 from brokers.state import RedisState
 from schemas.keyspace import Keyspace
-from tests.worldlm.participants.helpers import raw_config, to_toml
+from tests.worldlm.participants.helpers import raw_config
 from worldlm.acl import principal, principals
 from worldlm.cli import app
 from worldlm.config import Hierarchy, parse
@@ -136,7 +137,7 @@ def test_acl_command_prints_hashes_and_applies_the_users(
     raw = raw_config(run_id, federations=FEDERATIONS, clients=CLIENTS)
     raw["run"]["isolation"] = "acl"
     config = tmp_path / "run.toml"
-    config.write_text(to_toml(raw))
+    config.write_text(tomli_w.dumps(raw))
     keys = tmp_path / "keys"
     runner = CliRunner()
     made = runner.invoke(app, ["keys", "generate", "--config", str(config), "--out", str(keys)])

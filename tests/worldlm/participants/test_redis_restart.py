@@ -8,10 +8,10 @@ import asyncio
 from brokers.embedded import EmbeddedRedis, Servers
 from brokers.state import RedisState
 from schemas.keyspace import Keyspace
-from schemas.topics import Topics
-from tests.worldlm.participants.helpers import MetricsWatch, flat, poll, settings
+from tests.worldlm.participants.helpers import flat, poll, settings
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
+from worldlm.watch import RunWatch
 
 
 async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
@@ -29,9 +29,7 @@ async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(
         # partitions where the watch read 2: brokers/kafka.py, PartitionReader.)
         await prepare_run(h, ep)
         run = asyncio.create_task(run_hierarchy(h, ep))
-        async with MetricsWatch(
-            settings(servers, h), Topics(run_id).metrics, h.run.partitions
-        ) as watch:
+        async with RunWatch(settings(servers, h), run_id, h.run.partitions) as watch:
             async with asyncio.timeout(60):
                 await watch.wait_for(lambda r: r.node == "root" and r.round == 0)
             await redis.stop()  # every key is gone with it: no persistence

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import tomli_w
 import torch
 from typer.testing import CliRunner
 
@@ -20,7 +21,7 @@ from schemas.delta import encode_delta
 from schemas.keyspace import Keyspace
 from schemas.messages import Envelope
 from schemas.topics import Topics
-from tests.worldlm.participants.helpers import flat_raw, poll, read_topic, settings, to_toml
+from tests.worldlm.participants.helpers import flat_raw, poll, read_topic, settings
 from worldlm.cli import app
 from worldlm.config import parse
 from worldlm.keys import generate_keys, load_keyring, public_fingerprint
@@ -73,7 +74,7 @@ async def test_a_revoked_key_is_refused_from_the_next_round_and_a_rotated_one_co
         await poll(lambda: version(1))
         old = public_fingerprint(keys, "de-0")
         config = tmp_path / "run.toml"
-        config.write_text(to_toml(raw))
+        config.write_text(tomli_w.dumps(raw))
         cli = ["keys", "revoke", "--config", str(config), "--keys", str(keys), "--id", "de-0"]
         result = await asyncio.to_thread(runner.invoke, app, [*cli, "--redis", servers.redis])
         assert result.exit_code == 0 and "revoked" in result.output, result.output

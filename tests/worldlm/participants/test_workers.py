@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+import tomli_w
 from typer.testing import CliRunner
 
 from brokers.embedded import Servers
@@ -23,7 +24,6 @@ from schemas.codec import metrics_decoder
 from schemas.messages import MetricsReport
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import (
-    MetricsWatch,
     endpoints,
     log_events,
     participant_process,
@@ -31,12 +31,12 @@ from tests.worldlm.participants.helpers import (
     raw_config,
     read_topic,
     settings,
-    to_toml,
 )
 from worldlm.cli import app
 from worldlm.config import Hierarchy, parse
 from worldlm.participants.node import prepare_run
 from worldlm.participants.shares import partition
+from worldlm.watch import RunWatch
 
 CLIENTS = {
     "fr-0": ("a", "lang-fr"),
@@ -57,7 +57,7 @@ def two_level(run_id: str, tmp_path: Path, *, rounds: int) -> tuple[Hierarchy, P
         defaults={"internal_rounds": 1, "schedule": {"deadline_s": 60.0}},
     )
     config = tmp_path / "run.toml"
-    config.write_text(to_toml(raw))
+    config.write_text(tomli_w.dumps(raw))
     return parse(raw), config
 
 
@@ -130,7 +130,7 @@ async def test_sigterm_to_the_parent_stops_it_and_its_children_cleanly(
     args = ["run", str(config), "--workers", "2", "--log-level", "info"]
     args += ["--kafka", servers.kafka, "--redis", servers.redis]
     log = tmp_path / "parent.log"
-    watch = MetricsWatch(settings(servers, h), Topics(run_id).metrics, h.run.partitions)
+    watch = RunWatch(settings(servers, h), run_id, h.run.partitions)
     async with watch, participant_process(args, log) as parent:
         async with asyncio.timeout(300):
             await watch.wait_for(lambda r: r.node == "root")
@@ -156,7 +156,7 @@ async def test_a_child_that_dies_is_named_and_the_run_stops_with_an_error(
     await prepare_run(h, endpoints(servers))
     args = ["run", str(config), "--workers", "2", "--kafka", servers.kafka]
     log = tmp_path / "parent.log"
-    watch = MetricsWatch(settings(servers, h), Topics(run_id).metrics, h.run.partitions)
+    watch = RunWatch(settings(servers, h), run_id, h.run.partitions)
     async with watch, participant_process([*args, "--redis", servers.redis], log) as parent:
         async with asyncio.timeout(300):
             await watch.wait_for(lambda r: r.node == "root")

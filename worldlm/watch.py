@@ -1,9 +1,9 @@
-"""Following a live trial from the outside: its round events and metrics reports, as published.
+"""Following a live run from the outside: its round events and metrics reports, as published.
 
 A :class:`RunWatch` reads the run's events and metrics topics from their start (explicit
-partition assignment, like every reader here) in a background task, and lets a scenario wait
-until something was published: a round opened or closed, a federation's final report. It is
-what a dashboard sees; it never asks a participant anything.
+partition assignment, like every reader here) in a background task, and lets its user (a fault
+campaign's scenario, a test) wait until something was published: a round opened or closed, a
+federation's final report. It is what a dashboard sees; it never asks a participant anything.
 """
 
 from __future__ import annotations
@@ -40,10 +40,14 @@ class RoundTimes:
 class RunWatch:
     """The events and metrics of one run, as they are published."""
 
-    def __init__(self, kafka: str, run_id: str, partitions: int) -> None:
+    def __init__(self, kafka: str | KafkaSettings, run_id: str, partitions: int) -> None:
         topics = Topics(run_id)
         self.topics = topics
-        settings = KafkaSettings(bootstrap=kafka, client_id=f"worldlm-chaos-{run_id}")
+        settings = (
+            kafka
+            if isinstance(kafka, KafkaSettings)
+            else KafkaSettings(bootstrap=kafka, client_id=f"worldlm-watch-{run_id}")
+        )
         start = {
             TopicPartition(t, p): 0
             for t in (topics.events, topics.metrics)
@@ -89,7 +93,23 @@ class RunWatch:
             while not check():
                 await self._changed.wait()
 
+    async def wait_for(self, predicate: Callable[[MetricsReport], bool]) -> MetricsReport:
+        """The first metrics report (seen so far or to come) that satisfies ``predicate``
+        (bound it with a timeout)."""
+        found: list[MetricsReport] = []
+
+        def check() -> bool:
+            found[:] = [r for r in self.reports if predicate(r)][:1]
+            return bool(found)
+
+        await self.until(check)
+        return found[0]
+
     # -- what was seen ------------------------------------------------------------------
+
+    def of(self, node: str) -> list[MetricsReport]:
+        """Every metrics report of participant ``node``, in the order published."""
+        return [r for r in self.reports if r.node == node]
 
     def round(self, federation: str, round_: int) -> RoundTimes:
         opened = closed = None
