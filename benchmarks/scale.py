@@ -14,6 +14,9 @@ steps, 1 by default) with
   gets less than its cores and this overstates the overhead, so the row also gives
 - cpu overhead: the share of this process's CPU during the rounds that was not local training
   (evaluation included), and eval: the share that was evaluation;
+- where a round's capacity (cores x round time) goes: train (local training), other (this
+  process's CPU that is not training), servers (the broker's and Redis's CPU) and idle (no
+  one: the cores wait for a hop of the round: a fetch, a quorum, a parent);
 - RSS per participant: (peak RSS - RSS before the participants started) / (N + F + 1), and
   per client likewise / N (the servers are other processes and are not counted);
 - Kafka and Redis connections: the most TCP sockets of this process to each server at once
@@ -24,7 +27,7 @@ steps, 1 by default) with
   client's final evaluation, every participant's clean stop).
 
     python benchmarks/scale.py [--sizes 8,32,100] [--federations F] [--rounds 4] [--trials 7]
-        [--local-steps 1]
+        [--local-steps 1] [--seq-len 32] [--batch-size 4]
 
 F defaults to max(2, round(N / 10)). Every trial is a fresh process (so peak RSS is that
 run's own); every trial's row is printed, then the median of each column per size.
@@ -57,6 +60,10 @@ COLUMNS = (
     ("overhead", "overhead", "{:.0%}"),
     ("cpu overhead", "cpu_overhead", "{:.0%}"),
     ("eval", "eval_share", "{:.0%}"),
+    ("train", "capacity_train", "{:.0%}"),
+    ("other", "capacity_other", "{:.0%}"),
+    ("servers", "capacity_servers", "{:.0%}"),
+    ("idle", "capacity_idle", "{:.0%}"),
     ("MB/participant", "rss_per_participant_mb", "{:.1f}"),
     ("MB/client", "rss_per_client_mb", "{:.1f}"),
     ("kafka conns", "kafka_connections", "{:d}"),
@@ -67,7 +74,13 @@ COLUMNS = (
 
 
 def config(
-    n: int, federations: int, rounds: int, run_id: str, local_steps: int = 1
+    n: int,
+    federations: int,
+    rounds: int,
+    run_id: str,
+    local_steps: int = 1,
+    seq_len: int = 32,
+    batch_size: int = 4,
 ) -> dict[str, Any]:
     """Root -> ``federations`` -> ``n`` clients over the corpus partitions (sharded)."""
     from worldlm.training.corpus import partitions
@@ -80,14 +93,16 @@ def config(
             "id": run_id,
             "model": "tiny",
             "rounds": rounds,
-            "seq_len": 32,
-            "batch_size": 4,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
             "eval_batches": 1,
             "heartbeat_s": 1.0,
             "partitions": 4,
         },
         "defaults": {
             "local_steps": local_steps,
+            "seq_len": seq_len,
+            "batch_size": batch_size,
             "internal_rounds": 1,
             "schedule": {"mode": "sync", "quorum": 1.0, "deadline_s": 300.0},
         },
@@ -127,6 +142,17 @@ def _socket_ports() -> list[int]:
     return ports
 
 
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (0 when it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -155,9 +181,16 @@ async def _expired(kafka: str, topic: str, partitions: int) -> int:
     return count
 
 
-async def measure(n: int, federations: int, rounds: int, local_steps: int = 1) -> dict[str, Any]:
+async def measure(
+    n: int,
+    federations: int,
+    rounds: int,
+    local_steps: int = 1,
+    seq_len: int = 32,
+    batch_size: int = 4,
+) -> dict[str, Any]:
     """One run of ``n`` clients; the figures of one row."""
-    from brokers.embedded import embedded_servers
+    from brokers.embedded import EmbeddedKafka, EmbeddedRedis, Servers
     from schemas.messages import MetricsReport
     from schemas.topics import Topics
     from worldlm.config import parse
@@ -167,13 +200,19 @@ async def measure(n: int, federations: int, rounds: int, local_steps: int = 1) -
 
     run_id = f"scale-{n}-{int(time.time())}"
     known = {p.name for p in partitions()}
-    h = parse(config(n, federations, rounds, run_id, local_steps), known_partitions=known)
-    seen: list[tuple[float, float, MetricsReport]] = []  # (wall, process CPU, report)
+    raw = config(n, federations, rounds, run_id, local_steps, seq_len, batch_size)
+    h = parse(raw, known_partitions=known)
+    # (wall, process CPU, servers' CPU, report)
+    seen: list[tuple[float, float, float, MetricsReport]] = []
+    pids: list[int | None] = []
 
     def on_report(report: MetricsReport) -> None:
-        seen.append((time.perf_counter(), time.process_time(), report))
+        servers_cpu = sum(_cpu_s(pid) for pid in pids) if report.node == "root" else 0.0
+        seen.append((time.perf_counter(), time.process_time(), servers_cpu, report))
 
-    async with embedded_servers() as servers:
+    async with EmbeddedKafka() as kafka_server, EmbeddedRedis() as redis_server:
+        servers = Servers(kafka_server.bootstrap, redis_server.url)
+        pids[:] = [kafka_server.pid, redis_server.pid]
         kafka_port = int(servers.kafka.rsplit(":", 1)[1])
         redis_port = int(servers.redis.split(":")[2].split("/")[0])
         peak = {kafka_port: 0, redis_port: 0}
@@ -194,21 +233,25 @@ async def measure(n: int, federations: int, rounds: int, local_steps: int = 1) -
         peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         expired = await _expired(servers.kafka, Topics(run_id).events, h.run.partitions)
 
-    root = [(t, cpu) for t, cpu, r in seen if r.node == "root" and r.role == "aggregator"]
-    (first_t, first_cpu), (last_t, last_cpu) = root[0], root[-1]
+    root = [(t, cpu, srv) for t, cpu, srv, r in seen if r.node == "root" and r.role == "aggregator"]
+    (first_t, first_cpu, first_srv), (last_t, last_cpu, last_srv) = root[0], root[-1]
     # What the clients reported between the first and the last closed root round.
-    window = [r.values for t, _, r in seen if r.role == "client" and first_t < t <= last_t]
+    window = [r.values for t, _, _, r in seen if r.role == "client" and first_t < t <= last_t]
     train_cpu = sum(v.get("train_cpu_s", 0.0) for v in window)
     eval_cpu = sum(v.get("eval_cpu_s", 0.0) for v in window)
     process_cpu = last_cpu - first_cpu
     intervals = [b[0] - a[0] for a, b in itertools.pairwise(root)]
     round_s = statistics.median(intervals)
     cores = len(os.sched_getaffinity(0))
+    capacity = cores * (last_t - first_t)  # core-seconds between the first and last round
+    servers_cpu = last_srv - first_srv
     participants = n + federations + 1
     return {
         "clients": n,
         "federations": federations,
         "local_steps": local_steps,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
         "rounds": len(root),
         "wall_s": ended - started,
         "first_round_s": first_t - started,
@@ -216,6 +259,10 @@ async def measure(n: int, federations: int, rounds: int, local_steps: int = 1) -
         "overhead": 1 - train_cpu / cores / len(intervals) / round_s,
         "cpu_overhead": 1 - train_cpu / process_cpu,
         "eval_share": eval_cpu / process_cpu,
+        "capacity_train": train_cpu / capacity,
+        "capacity_other": (process_cpu - train_cpu) / capacity,
+        "capacity_servers": servers_cpu / capacity,
+        "capacity_idle": 1 - (process_cpu + servers_cpu) / capacity,
         "train_cpu_per_round_s": train_cpu / len(intervals),
         "process_cpu_per_round_s": process_cpu / len(intervals),
         "cores": cores,
@@ -230,7 +277,7 @@ async def measure(n: int, federations: int, rounds: int, local_steps: int = 1) -
     }
 
 
-def one(n: int, federations: int, rounds: int, local_steps: int) -> None:
+def one(n: int, federations: int, rounds: int, local_steps: int, seq_len: int, batch: int) -> None:
     """Measure one size in this process; print its row as JSON."""
     import torch
 
@@ -238,7 +285,8 @@ def one(n: int, federations: int, rounds: int, local_steps: int) -> None:
 
     logs.configure(level="warning")
     torch.set_num_threads(1)  # as `worldlm run` does
-    print(json.dumps(asyncio.run(measure(n, federations, rounds, local_steps))), flush=True)
+    row = asyncio.run(measure(n, federations, rounds, local_steps, seq_len, batch))
+    print(json.dumps(row), flush=True)
 
 
 def main() -> None:
@@ -248,6 +296,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="root rounds")
     parser.add_argument("--trials", type=int, default=7, help="runs per size (medians)")
     parser.add_argument("--local-steps", type=int, default=1, help="local steps per round")
+    parser.add_argument("--seq-len", type=int, default=32, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step")
     parser.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
@@ -256,7 +306,7 @@ def main() -> None:
         return args.federations or max(2, round(n / 10))
 
     if args.one:
-        one(args.one, feds(args.one), args.rounds, args.local_steps)
+        one(args.one, feds(args.one), args.rounds, args.local_steps, args.seq_len, args.batch_size)
         return
     rows, medians = [], []
     print(" | ".join(["trial", *(label for label, _, _ in COLUMNS)]), flush=True)
@@ -265,6 +315,7 @@ def main() -> None:
         for trial in range(args.trials):
             command = [sys.executable, __file__, "--one", str(n), "--rounds", str(args.rounds)]
             command += ["--federations", str(feds(n)), "--local-steps", str(args.local_steps)]
+            command += ["--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
             done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 sys.exit(f"{n} clients failed:\n{done.stderr[-4000:]}")
