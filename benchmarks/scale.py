@@ -101,8 +101,6 @@ def config(
         },
         "defaults": {
             "local_steps": local_steps,
-            "seq_len": seq_len,
-            "batch_size": batch_size,
             "internal_rounds": 1,
             "schedule": {"mode": "sync", "quorum": 1.0, "deadline_s": 300.0},
         },
