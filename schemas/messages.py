@@ -146,7 +146,10 @@ class RoundLedger(msgspec.Struct, frozen=True):
     close; ``refused`` maps the updates the round core refused (dead-lettered) to the reason.
     ``dead_lettered`` counts every record dead-lettered from the topic in the round, undecodable
     ones included. ``offsets`` maps ``topic:partition`` to the ``[start, end)`` the round's
-    decisions cover: every record below ``end`` has been decided.
+    decisions cover: every record below ``end`` has been decided. ``residuals`` maps each
+    federation whose residual-cache entry was an attention candidate of the close to the round
+    that entry was cached in (which entry a live close reads depends on timing; a replay feeds
+    the same one); None in ledgers recorded before it existed.
     """
 
     folded: tuple[str, ...] = ()
@@ -156,6 +159,7 @@ class RoundLedger(msgspec.Struct, frozen=True):
     refused: dict[str, str] = {}
     dead_lettered: int = 0
     offsets: dict[str, tuple[int, int]] = {}
+    residuals: dict[str, int] | None = None
 
 
 class MetricsReport(Message, frozen=True, tag="metrics"):

@@ -16,7 +16,8 @@ updates give other models. The limit: the clients' later updates were trained fr
 the same updates", not what a whole run under the other setting would have done. An update
 refused here but folded live can leave a round with nothing to fold: it is skipped (the
 model stays), and a federation waiting for a submission that never comes stalls the replay
-there (:attr:`Replay.stalled`).
+there (:attr:`Replay.stalled`). A close is fed the residual-cache entries its ledger names
+(which one a live close read depends on timing), so runs with residual links replay too.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class Replay:
         self.on_broadcast = on_broadcast or (lambda *_: None)
         self.replayed: list[ReplayedRound] = []
         self.submissions: dict[tuple[str, int], Offer] = {}
-        self.residuals: dict[str, tuple[int, Weights]] = {}
+        #: every residual-cache entry the replay's closes produced: federation -> round -> K
+        self.residuals: dict[str, dict[int, Weights]] = {}
         #: where the replay stopped early: (federation, recorded round, why)
         self.stalled: list[tuple[str, int, str]] = []
 
@@ -194,7 +196,7 @@ class Replay:
         if not self.cores[fid].open:
             return "waits for its parent's broadcast"
         missing = [i for i in self._candidates(r) if self._offer(fid, i) is None]
-        return f"waits for {', '.join(sorted(missing))}"
+        return f"waits for {', '.join(sorted(missing) + self._unreplayed(fid, r))}"
 
     def _candidates(self, r: RecordedRound) -> list[str]:
         ledger = r.ledger
@@ -214,13 +216,33 @@ class Replay:
             return self.submissions.get((u.sender, u.round))
         return Offer(u.sender, u.update_id, u.delta, u.samples, u.base_version)
 
+    def _unreplayed(self, fid: str, r: RecordedRound) -> list[str]:
+        """Residual entries round ``r`` of ``fid`` read live that the replay has not made yet."""
+        named = r.ledger.residuals or {}
+        links = set(self.hierarchy.residual_links(fid))
+        return [
+            f"{o}'s residual of round {k}"
+            for o, k in sorted(named.items())
+            if o in links and k not in self.residuals.get(o, {})
+        ]
+
+    def _cached(self, fid: str, r: RecordedRound) -> dict[str, tuple[int, Weights]]:
+        """The residual-cache entries round ``r`` of ``fid`` reads: those its ledger names
+        (the very entries the live close read), among the federations ``fid`` links to here;
+        for a ledger recorded before ledgers named them, each linked federation's latest."""
+        links = [o for o in self.hierarchy.residual_links(fid) if self.residuals.get(o)]
+        named = r.ledger.residuals
+        if named is None:
+            return {o: max(self.residuals[o].items()) for o in links}
+        return {o: (named[o], self.residuals[o][named[o]]) for o in links if o in named}
+
     def _step(self, fid: str) -> bool:
         core, left = self.cores[fid], self.rounds[fid]
         if not left or not core.open:
             return False
         r = left[0]
         offers = [self._offer(fid, i) for i in self._candidates(r)]
-        if any(o is None for o in offers):
+        if any(o is None for o in offers) or self._unreplayed(fid, r):
             return False
         left.popleft()
         for offer in offers:
@@ -234,12 +256,9 @@ class Replay:
                 )
             )
             return True
-        cached = {
-            o: self.residuals[o] for o in self.hierarchy.residual_links(fid) if o in self.residuals
-        }
-        closed = core.close("replay", core.residual_entries(cached), r.live)
+        closed = core.close("replay", core.residual_entries(self._cached(fid, r)), r.live)
         if closed.residual is not None:
-            self.residuals[fid] = (core.meta.round, closed.residual)
+            self.residuals.setdefault(fid, {})[core.meta.round] = closed.residual
         by_id = {o.update_id: o.sender for o in offers if o is not None}
         folded = tuple(sorted(by_id[i] for i in closed.folded))
         self.replayed.append(

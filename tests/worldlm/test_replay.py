@@ -6,10 +6,12 @@ the clients' validation text next to the recorded ones."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import tomli_w
 import torch
@@ -135,11 +137,67 @@ def test_a_round_missing_from_the_recording_stalls_the_replay_and_says_where(
     assert (fid, round_) == ("root", 1) and why.startswith("waits for")
 
 
+def siblings_raw(run_id: str) -> dict[str, Any]:
+    """root -> latin, slavic (sibling residual links, the default) -> two clients each."""
+    return raw_config(
+        run_id,
+        federations={"root": {}, "latin": {"parent": "root"}, "slavic": {"parent": "root"}},
+        clients={
+            "fr-0": ("latin", "lang-fr"),
+            "es-0": ("latin", "lang-es"),
+            "pl-0": ("slavic", "lang-pl"),
+            "ru-0": ("slavic", "lang-ru"),
+        },
+        rounds=3,
+        defaults={"schedule": {"deadline_s": 60.0}},
+    )
+
+
+def test_replay_feeds_a_round_the_residual_entries_its_ledger_names(run_id: str) -> None:
+    """Which sibling residual a live close reads depends on timing; the ledger names it
+    (federation -> the round it was cached in) and the replay feeds that one, or waits."""
+    h = parse(siblings_raw(run_id))
+    sim, rounds = simulated_recording(h)
+    named = [r.ledger.residuals for r in rounds if r.federation != "root"]
+    assert all(n is not None for n in named) and any(named)  # residuals were read
+    replay = Replay(h, rounds, sim.recorded)
+    replay.run()
+    assert not replay.stalled
+    for fid in h.federations:
+        expected, got = sim.weights(fid), replay.cores[fid].weights
+        assert all(torch.equal(got[n], expected[n]) for n in expected), fid
+
+    # A ledger naming an entry the replay never makes: that round waits, and says for what.
+    first = next(r for r in rounds if r.ledger.residuals)
+    other = next(iter(first.ledger.residuals))
+    bent = msgspec.structs.replace(first.ledger, residuals={other: 99})
+    kept = [dataclasses.replace(r, ledger=bent) if r is first else r for r in rounds]
+    stalled = Replay(h, kept, sim.recorded)
+    stalled.run()
+    assert (first.federation, first.round) in {(f, r) for f, r, _ in stalled.stalled}
+    assert any(f"{other}'s residual of round 99" in why for _, _, why in stalled.stalled)
+
+
 def test_a_sealed_run_without_the_aggregators_keys_is_refused(run_id: str) -> None:
     raw = two_levels_raw(run_id)
     raw["run"]["sealing"] = "required"
     with pytest.raises(ReplayError, match="--key-dir"):
         unsealers(parse(raw), None)
+
+
+async def test_replay_reproduces_a_live_run_whose_siblings_read_each_others_residuals(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    """Live, a close reads whatever sibling residual the cache holds at that moment; the
+    ledgers name it, so the replay still reproduces every broadcast bit for bit."""
+    h = parse(siblings_raw(run_id))
+    async with asyncio.timeout(300):
+        await run_hierarchy(h, endpoints(servers))
+    recorded = await recorded_run(servers.kafka, h, None)
+    assert any(r.ledger.residuals for r in recorded.rounds)
+    own = await asyncio.to_thread(replay_run, h, h, recorded, setting="own", evaluate=False)
+    assert own.reproduced and not own.stalled
+    assert len(own.broadcasts) == len(recorded.broadcasts)
 
 
 async def test_replay_reproduces_a_live_run_and_a_what_if_differs(

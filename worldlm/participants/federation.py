@@ -266,7 +266,8 @@ class FederationCore:
         folded = tuple(p.update_id for p in ordered)
         by_sender = {p.sender: p.update_id for p in ordered}
         declined = tuple(by_sender[r.sender] for r in result.rejected if r.sender in by_sender)
-        ledger, self.ledger = self.ledger.seal(folded, declined), Ledger()
+        read = {e.federation: e.round for e in residuals if e.round is not None}
+        ledger, self.ledger = self.ledger.seal(folded, declined, read), Ledger()
         values = {
             "members": float(live),
             "arrived": float(len(updates)),
@@ -361,6 +362,7 @@ class FederationCore:
                 other,
                 {n: t for n, t in tensors.items() if n in self.key},
                 rounds_stale=max(0, self.meta.round - round_),
+                round=round_,
             )
             for other, (round_, tensors) in sorted(cached.items())
         ]

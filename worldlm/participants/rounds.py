@@ -107,7 +107,9 @@ class Ledger:
     superseded: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
 
-    def seal(self, folded: tuple[str, ...], declined: tuple[str, ...]) -> RoundLedger:
+    def seal(
+        self, folded: tuple[str, ...], declined: tuple[str, ...], residuals: dict[str, int]
+    ) -> RoundLedger:
         return RoundLedger(
             folded=folded,
             declined=declined,
@@ -115,6 +117,7 @@ class Ledger:
             superseded=tuple(self.superseded),
             refused=dict(self.refused),
             dead_lettered=len(self.refused),
+            residuals=dict(residuals),
         )
 
 

@@ -107,11 +107,14 @@ class ResidualEntry:
     """Another federation's cached key layers (its residual embedding).
 
     ``rounds_stale`` is how many rounds old the entry is; it sets the attention discount.
+    ``round`` is the round its federation cached it in (None when not known): the round
+    ledger names it, so a replay can feed the round the very entry the live round read.
     """
 
     federation: str
     weights: Tensors
     rounds_stale: int = 0
+    round: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
