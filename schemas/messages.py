@@ -149,7 +149,10 @@ class RoundLedger(msgspec.Struct, frozen=True):
     decisions cover: every record below ``end`` has been decided. ``residuals`` maps each
     federation whose residual-cache entry was an attention candidate of the close to the round
     that entry was cached in (which entry a live close reads depends on timing; a replay feeds
-    the same one); None in ledgers recorded before it existed.
+    the same one); None in ledgers recorded before it existed. ``parent_version`` is the
+    parent broadcast the federation's model last took its backbone from (a sub-federation takes
+    the newest broadcast it finds once it has submitted, which depends on timing too); None
+    for the root and in older ledgers.
     """
 
     folded: tuple[str, ...] = ()
@@ -160,6 +163,7 @@ class RoundLedger(msgspec.Struct, frozen=True):
     dead_lettered: int = 0
     offsets: dict[str, tuple[int, int]] = {}
     residuals: dict[str, int] | None = None
+    parent_version: int | None = None
 
 
 class MetricsReport(Message, frozen=True, tag="metrics"):

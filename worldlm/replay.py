@@ -173,6 +173,8 @@ class Replay:
         self.on_broadcast = on_broadcast or (lambda *_: None)
         self.replayed: list[ReplayedRound] = []
         self.submissions: dict[tuple[str, int], Offer] = {}
+        #: every model each federation broadcast: federation -> version -> (weights, final)
+        self.broadcasts: dict[str, dict[int, tuple[Weights, bool]]] = {f: {} for f in self.cores}
         #: every residual-cache entry the replay's closes produced: federation -> round -> K
         self.residuals: dict[str, dict[int, Weights]] = {}
         #: where the replay stopped early: (federation, recorded round, why)
@@ -194,7 +196,8 @@ class Replay:
 
     def _waiting(self, fid: str, r: RecordedRound) -> str:
         if not self.cores[fid].open:
-            return "waits for its parent's broadcast"
+            wanted = r.ledger.parent_version
+            return "waits for its parent's broadcast" + (f" v{wanted}" if wanted else "")
         missing = [i for i in self._candidates(r) if self._offer(fid, i) is None]
         return f"waits for {', '.join(sorted(missing) + self._unreplayed(fid, r))}"
 
@@ -238,6 +241,8 @@ class Replay:
 
     def _step(self, fid: str) -> bool:
         core, left = self.cores[fid], self.rounds[fid]
+        if left:
+            self._take_recorded(fid, left[0])
         if not left or not core.open:
             return False
         r = left[0]
@@ -281,11 +286,30 @@ class Replay:
             self._broadcast(fid)
         return True
 
+    def _take_recorded(self, fid: str, r: RecordedRound) -> None:
+        """Before round ``r``, take the parent broadcast its ledger says the federation's model
+        came from, once the replay has made it (live, a federation that has submitted takes
+        the newest broadcast it finds, which may predate its own submission's fold)."""
+        core, wanted = self.cores[fid], r.ledger.parent_version
+        parent = self.hierarchy.federations[fid].parent
+        if parent is None or wanted is None or not core.meta.awaiting_parent:
+            return
+        if wanted > core.meta.parent_version and wanted in self.broadcasts[parent]:
+            weights, final = self.broadcasts[parent][wanted]
+            core.take_parent(weights, wanted, final)
+            self._broadcast(fid)
+
     def _broadcast(self, fid: str) -> None:
         core = self.cores[fid]
         self.on_broadcast(fid, core.meta.version, core.meta.round, core.weights)
+        if self.hierarchy.federations[fid].children:  # kept for a child that takes it later
+            kept = {n: t.clone() for n, t in core.weights.items()}
+            self.broadcasts[fid][core.meta.version] = (kept, core.meta.final)
         for child in self.hierarchy.federations[fid].children:
-            sub = self.cores[child]
+            sub, left = self.cores[child], self.rounds[child]
+            wanted = left[0].ledger.parent_version if left else None
+            if wanted is not None and wanted != core.meta.version:
+                continue  # the child's next round says which broadcast it took
             if sub.meta.awaiting_parent and core.meta.version > sub.meta.parent_version:
                 sub.take_parent(core.weights, core.meta.version, core.meta.final)
                 self._broadcast(child)

@@ -178,6 +178,23 @@ def test_replay_feeds_a_round_the_residual_entries_its_ledger_names(run_id: str)
     assert any(f"{other}'s residual of round 99" in why for _, _, why in stalled.stalled)
 
 
+def test_a_sub_federation_takes_the_parent_broadcast_its_ledger_names(run_id: str) -> None:
+    """Live, a federation that has submitted takes the newest parent broadcast it finds; the
+    next round's ledger names it (parent_version), and the replay takes that one or waits."""
+    h = parse(two_levels_raw(run_id))
+    sim, rounds = simulated_recording(h)
+    latin = sorted((r for r in rounds if r.federation == "latin"), key=lambda r: r.round)
+    assert [r.ledger.parent_version for r in latin] == [0, 0, 1, 1]  # took root v1 after round 1
+    assert all(r.ledger.parent_version is None for r in rounds if r.federation == "root")
+
+    after = latin[2]  # the first round after the exchange
+    bent = msgspec.structs.replace(after.ledger, parent_version=99)
+    kept = [dataclasses.replace(r, ledger=bent) if r is after else r for r in rounds]
+    replay = Replay(h, kept, sim.recorded)
+    replay.run()
+    assert ("latin", after.round, "waits for its parent's broadcast v99") in replay.stalled
+
+
 def test_a_sealed_run_without_the_aggregators_keys_is_refused(run_id: str) -> None:
     raw = two_levels_raw(run_id)
     raw["run"]["sealing"] = "required"

@@ -267,7 +267,8 @@ class FederationCore:
         by_sender = {p.sender: p.update_id for p in ordered}
         declined = tuple(by_sender[r.sender] for r in result.rejected if r.sender in by_sender)
         read = {e.federation: e.round for e in residuals if e.round is not None}
-        ledger, self.ledger = self.ledger.seal(folded, declined, read), Ledger()
+        took = meta.parent_version if self.fed.parent is not None else None
+        ledger, self.ledger = self.ledger.seal(folded, declined, read, took), Ledger()
         values = {
             "members": float(live),
             "arrived": float(len(updates)),

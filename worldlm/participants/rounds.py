@@ -108,7 +108,11 @@ class Ledger:
     refused: dict[str, str] = field(default_factory=dict)
 
     def seal(
-        self, folded: tuple[str, ...], declined: tuple[str, ...], residuals: dict[str, int]
+        self,
+        folded: tuple[str, ...],
+        declined: tuple[str, ...],
+        residuals: dict[str, int],
+        parent_version: int | None,
     ) -> RoundLedger:
         return RoundLedger(
             folded=folded,
@@ -118,6 +122,7 @@ class Ledger:
             refused=dict(self.refused),
             dead_lettered=len(self.refused),
             residuals=dict(residuals),
+            parent_version=parent_version,
         )
 
 
