@@ -10,7 +10,7 @@ one, those that have an up topic on the cluster.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -215,6 +215,8 @@ class Recorded:
     broadcasts: dict[tuple[str, int], str]  # (federation, version) -> content hash
     clients: list[MetricsReport]
     unreadable: list[str]
+    #: federation -> broadcast version -> the parent broadcast it took (from the manifests)
+    takes: dict[str, dict[int, int]] = field(default_factory=dict)
 
 
 async def recorded_run(kafka: str, hierarchy: Hierarchy, key_dir: str | None) -> Recorded:
@@ -240,6 +242,7 @@ async def recorded_run(kafka: str, hierarchy: Hierarchy, key_dir: str | None) ->
     found: dict[str, RecordedUpdate] = {}
     unreadable: list[str] = []
     broadcasts: dict[tuple[str, int], str] = {}
+    takes: dict[str, dict[int, int]] = {}
     for fid in hierarchy.federations:
         recorded, problems = await updates(settings, topics, fid, unsealer=opener[fid])
         unreadable += problems
@@ -260,5 +263,8 @@ async def recorded_run(kafka: str, hierarchy: Hierarchy, key_dir: str | None) ->
             )
         for m in await broadcast_manifests(settings, topics, fid):
             broadcasts.setdefault((fid, m.version), m.content_hash)
+            took = m.metrics.get("parent_version")
+            if hierarchy.federations[fid].parent is not None and took is not None:
+                takes.setdefault(fid, {}).setdefault(m.version, int(took))
     clients = [r for r in reports if r.role == "client"]
-    return Recorded(rounds, found, broadcasts, clients, unreadable)
+    return Recorded(rounds, found, broadcasts, clients, unreadable, takes)

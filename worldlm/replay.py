@@ -156,6 +156,7 @@ class Replay:
         updates: Mapping[str, RecordedUpdate],
         *,
         on_broadcast: OnBroadcast | None = None,
+        takes: Mapping[str, Mapping[int, int]] | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         ids = itertools.count()
@@ -171,6 +172,8 @@ class Replay:
             self.rounds[r.federation].append(r)
         self.updates = dict(updates)
         self.on_broadcast = on_broadcast or (lambda *_: None)
+        #: federation -> its broadcast version -> the parent version it took for it (recorded)
+        self.takes = {f: dict(t) for f, t in (takes or {}).items()}
         self.replayed: list[ReplayedRound] = []
         self.submissions: dict[tuple[str, int], Offer] = {}
         #: every model each federation broadcast: federation -> version -> (weights, final)
@@ -196,7 +199,7 @@ class Replay:
 
     def _waiting(self, fid: str, r: RecordedRound) -> str:
         if not self.cores[fid].open:
-            wanted = r.ledger.parent_version
+            wanted = self._wanted(fid)
             return "waits for its parent's broadcast" + (f" v{wanted}" if wanted else "")
         missing = [i for i in self._candidates(r) if self._offer(fid, i) is None]
         return f"waits for {', '.join(sorted(missing) + self._unreplayed(fid, r))}"
@@ -241,8 +244,7 @@ class Replay:
 
     def _step(self, fid: str) -> bool:
         core, left = self.cores[fid], self.rounds[fid]
-        if left:
-            self._take_recorded(fid, left[0])
+        self._take_recorded(fid)
         if not left or not core.open:
             return False
         r = left[0]
@@ -282,15 +284,25 @@ class Replay:
             s = core.submission()
             offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
             self.submissions[(fid, s.round)] = offer
+            self._take_recorded(fid)  # the broadcast it took may be out already
         else:
             self._broadcast(fid)
         return True
 
-    def _take_recorded(self, fid: str, r: RecordedRound) -> None:
-        """Before round ``r``, take the parent broadcast its ledger says the federation's model
-        came from, once the replay has made it (live, a federation that has submitted takes
-        the newest broadcast it finds, which may predate its own submission's fold)."""
-        core, wanted = self.cores[fid], r.ledger.parent_version
+    def _wanted(self, fid: str) -> int | None:
+        """The parent broadcast ``fid`` took live for its next model, where recorded: its next
+        broadcast's manifest names it, else its next round's ledger (None: unknown)."""
+        took = self.takes.get(fid, {}).get(self.cores[fid].meta.version + 1)
+        if took is not None:
+            return took
+        left = self.rounds[fid]
+        return left[0].ledger.parent_version if left else None
+
+    def _take_recorded(self, fid: str) -> None:
+        """Take the parent broadcast ``fid`` took live, once the replay has made it. (Live, a
+        federation that has submitted takes the newest parent broadcast it finds, which may
+        predate its own submission's fold: a late joiner, a restart.)"""
+        core, wanted = self.cores[fid], self._wanted(fid)
         parent = self.hierarchy.federations[fid].parent
         if parent is None or wanted is None or not core.meta.awaiting_parent:
             return
@@ -306,10 +318,9 @@ class Replay:
             kept = {n: t.clone() for n, t in core.weights.items()}
             self.broadcasts[fid][core.meta.version] = (kept, core.meta.final)
         for child in self.hierarchy.federations[fid].children:
-            sub, left = self.cores[child], self.rounds[child]
-            wanted = left[0].ledger.parent_version if left else None
+            sub, wanted = self.cores[child], self._wanted(child)
             if wanted is not None and wanted != core.meta.version:
-                continue  # the child's next round says which broadcast it took
+                continue  # the recording says the child took another broadcast
             if sub.meta.awaiting_parent and core.meta.version > sub.meta.parent_version:
                 sub.take_parent(core.weights, core.meta.version, core.meta.final)
                 self._broadcast(child)

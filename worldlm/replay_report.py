@@ -114,6 +114,7 @@ def replay_run(
         recorded.rounds,
         recorded.updates,
         on_broadcast=on_broadcast,
+        takes=recorded.takes,
     )
     outcome.rounds = replay.run()
     outcome.stalled = replay.stalled

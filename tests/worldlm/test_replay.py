@@ -194,6 +194,12 @@ def test_a_sub_federation_takes_the_parent_broadcast_its_ledger_names(run_id: st
     replay.run()
     assert ("latin", after.round, "waits for its parent's broadcast v99") in replay.stalled
 
+    # The broadcast manifests name it too (a federation's last take has no round after it):
+    # latin's v3 is the model it made from the parent broadcast it took after round 1.
+    named = Replay(h, rounds, sim.recorded, takes={"latin": {3: 98}})
+    named.run()
+    assert ("latin", after.round, "waits for its parent's broadcast v98") in named.stalled
+
 
 def test_a_sealed_run_without_the_aggregators_keys_is_refused(run_id: str) -> None:
     raw = two_levels_raw(run_id)
