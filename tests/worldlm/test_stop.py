@@ -116,3 +116,48 @@ async def test_a_run_whose_redis_dies_ends_in_seconds_with_one_clear_error(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize("role", ["client", "aggregator"])
+async def test_one_participant_whose_redis_is_gone_ends_with_one_clear_error(
+    servers: Servers, tmp_path: Path, run_id: str, role: str
+) -> None:
+    """`worldlm client` / `worldlm aggregator` against a live broker and a Redis that is gone
+    (stopped before it starts): exit 1 with one `unreachable` line, no traceback."""
+    redis = EmbeddedRedis()
+    await redis.start()
+    url = redis.url
+    await redis.stop()
+    config = tmp_path / "run.toml"
+    config.write_text(tomli_w.dumps(flat_raw(run_id)))
+    node = "en-0" if role == "client" else "root"
+    log = tmp_path / f"{role}.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            WORLDLM,
+            role,
+            "--config",
+            str(config),
+            "--node",
+            node,
+            "--kafka",
+            servers.kafka,
+            "--redis",
+            url,
+            "--checkpoint-dir" if role == "aggregator" else "--log-level",
+            str(tmp_path / "ckpt") if role == "aggregator" else "info",
+            stdout=out,
+            stderr=out,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+    try:
+        async with asyncio.timeout(90):
+            code = await proc.wait()
+        assert code == 1
+        lines = [line for line in log.read_text().splitlines() if not line.startswith("{")]
+        assert any(line.startswith(f"worldlm: Redis at {url} is unreachable") for line in lines)
+        assert not any("Traceback" in line for line in lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

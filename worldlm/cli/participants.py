@@ -323,7 +323,7 @@ def _serve_one(
         participant.stop = stop
         await participant.run()
 
-    with _usage_errors():
+    with _usage_errors(), server_errors(kafka, redis):
         run_until_signal(main)
 
 
