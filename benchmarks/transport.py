@@ -16,10 +16,12 @@
 
 Producer and consumer run concurrently, timed from the first byte encoded to the last record
 consumed. Trials are paired and alternate their order (ours first in even trials, raw first in
-odd ones); every pair is printed, and the median of the paired ratios reported. Each trial's
+odd ones); every pair is printed, and the median of the paired ratios reported. ``--warmup``
+pairs (1 by default) run first and are printed but not counted: the first pair on a fresh
+broker and process was the lowest of its run in 3 of 4 runs before it existed. Each trial's
 topic is deleted after it, so the in-memory broker does not grow through the run.
 
-    python benchmarks/transport.py [--megabytes 100] [--trials 7] [--chunk-kib 768]
+    python benchmarks/transport.py [--megabytes 100] [--trials 7] [--warmup 1] [--chunk-kib 768]
         [--raw-source records|zeros] [--security none|sign|seal|both] [--presets tiny,20m,...]
     python benchmarks/transport.py --codecs-only [--megabytes 100] [--trials 3]
 """
@@ -213,7 +215,7 @@ async def ratio(
         records = [records[0]] + [bytes(len(records[1]))] * (len(records) - 1)
     security = Security.of(args.security)
     raw_times, ours_times, ratios = [], [], []
-    for trial in range(trials):
+    for trial in range(-args.warmup, trials):  # negative: warm-up pairs, printed, not counted
         got: dict[str, float] = {}
         order = order_of(trial, ("ours",))
         for which in order:
@@ -223,14 +225,18 @@ async def ratio(
                 )
             else:
                 got[which] = await raw_trial(settings, f"raw-{trial}", records)
-        ours_times.append(got["ours"])
-        raw_times.append(got["raw"])
-        ratios.append(got["raw"] / got["ours"])
+        pair = got["raw"] / got["ours"]
+        name = f"warm-up {trial + args.warmup} (not counted)" if trial < 0 else f"trial {trial}"
         print(
-            f"trial {trial} ({'/'.join(order)}): raw {total / got['raw'] / 1e6:7.1f} MB/s   "
-            f"ours {total / got['ours'] / 1e6:7.1f} MB/s   ratio {ratios[-1]:.3f}",
+            f"{name} ({'/'.join(order)}): raw {total / got['raw'] / 1e6:7.1f} MB/s   "
+            f"ours {total / got['ours'] / 1e6:7.1f} MB/s   ratio {pair:.3f}",
             flush=True,
         )
+        if trial < 0:
+            continue
+        ours_times.append(got["ours"])
+        raw_times.append(got["raw"])
+        ratios.append(pair)
     raw, ours = statistics.median(raw_times), statistics.median(ours_times)
     print(
         f"payload {total / 1e6:.1f} MB in {len(records) - 1} chunks of {args.chunk_kib} KiB "
@@ -342,6 +348,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--megabytes", type=int, default=100, help="0: skip (a)-(c)")
     parser.add_argument("--trials", type=int, default=7)
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="(a)/(b) pairs run first and not counted"
+    )
     parser.add_argument("--chunk-kib", type=int, default=768)
     parser.add_argument("--raw-source", choices=("records", "zeros"), default="records")
     parser.add_argument("--security", choices=("none", "sign", "seal", "both"), default="none")
