@@ -23,7 +23,6 @@ import asyncio
 import os
 import statistics
 import time
-from pathlib import Path
 
 from aiokafka import TopicPartition
 
@@ -32,16 +31,11 @@ from brokers.embedded import EmbeddedKafka
 from brokers.kafka import KafkaSettings, PartitionReader, Producer
 from worldlm.logs import configure
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` (this process when None)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def own_cpu_s() -> float:
+    """User + system CPU seconds of this process."""
+    t = os.times()
+    return t.user + t.system
 
 
 async def idle_cost(kafka: EmbeddedKafka, wait: int, readers: int, seconds: float) -> tuple:
@@ -60,10 +54,10 @@ async def idle_cost(kafka: EmbeddedKafka, wait: int, readers: int, seconds: floa
         await reader.start()
     tasks = [asyncio.create_task(follow(r)) for r in started]
     await asyncio.sleep(1.0)  # settle: assignment, first fetches
-    ours, broker, t0 = cpu_s(None), cpu_s(kafka.pid), time.monotonic()
+    ours, broker, t0 = own_cpu_s(), kafka.cpu_seconds(), time.monotonic()
     await asyncio.sleep(seconds)
     elapsed = time.monotonic() - t0
-    ours, broker = (cpu_s(None) - ours) / elapsed, (cpu_s(kafka.pid) - broker) / elapsed
+    ours, broker = (own_cpu_s() - ours) / elapsed, (kafka.cpu_seconds() - broker) / elapsed
     stop.set()
     await asyncio.gather(*tasks)
     for reader in started:

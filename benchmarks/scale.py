@@ -140,17 +140,6 @@ def _socket_ports() -> list[int]:
     return ports
 
 
-def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` (0 when it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -202,15 +191,15 @@ async def measure(
     h = parse(raw, known_partitions=known)
     # (wall, process CPU, servers' CPU, report)
     seen: list[tuple[float, float, float, MetricsReport]] = []
-    pids: list[int | None] = []
+    running: list[EmbeddedKafka | EmbeddedRedis] = []
 
     def on_report(report: MetricsReport) -> None:
-        servers_cpu = sum(_cpu_s(pid) for pid in pids) if report.node == "root" else 0.0
+        servers_cpu = sum(s.cpu_seconds() for s in running) if report.node == "root" else 0.0
         seen.append((time.perf_counter(), time.process_time(), servers_cpu, report))
 
     async with EmbeddedKafka() as kafka_server, EmbeddedRedis() as redis_server:
         servers = Servers(kafka_server.bootstrap, redis_server.url)
-        pids[:] = [kafka_server.pid, redis_server.pid]
+        running[:] = [kafka_server, redis_server]
         kafka_port = int(servers.kafka.rsplit(":", 1)[1])
         redis_port = int(servers.redis.split(":")[2].split("/")[0])
         peak = {kafka_port: 0, redis_port: 0}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -182,3 +183,15 @@ class ServerProcess(Service):
     def pid(self) -> int | None:
         """The server's process id while it runs."""
         return self._proc.pid if self.running and self._proc is not None else None
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used (Linux ``/proc``; 0 when it is not
+        running or cannot be read): benchmarks count the servers' share of a machine."""
+        if self.pid is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -314,10 +314,14 @@ class Replay:
     def _broadcast(self, fid: str) -> None:
         core = self.cores[fid]
         self.on_broadcast(fid, core.meta.version, core.meta.round, core.weights)
-        if self.hierarchy.federations[fid].children:  # kept for a child that takes it later
-            kept = {n: t.clone() for n, t in core.weights.items()}
-            self.broadcasts[fid][core.meta.version] = (kept, core.meta.final)
-        for child in self.hierarchy.federations[fid].children:
+        children = self.hierarchy.federations[fid].children
+        if children:  # kept for a child that takes it later (cores never change tensors in place)
+            kept = self.broadcasts[fid]
+            kept[core.meta.version] = (dict(core.weights), core.meta.final)
+            taken = min(self.cores[c].meta.parent_version for c in children)
+            for version in [v for v in kept if v <= taken]:  # no child takes these any more
+                del kept[version]
+        for child in children:
             sub, wanted = self.cores[child], self._wanted(child)
             if wanted is not None and wanted != core.meta.version:
                 continue  # the recording says the child took another broadcast

@@ -96,14 +96,12 @@ class RunWatch:
     async def wait_for(self, predicate: Callable[[MetricsReport], bool]) -> MetricsReport:
         """The first metrics report (seen so far or to come) that satisfies ``predicate``
         (bound it with a timeout)."""
-        found: list[MetricsReport] = []
-
-        def check() -> bool:
-            found[:] = [r for r in self.reports if predicate(r)][:1]
-            return bool(found)
-
-        await self.until(check)
-        return found[0]
+        async with self._changed:
+            while True:
+                for report in self.reports:
+                    if predicate(report):
+                        return report
+                await self._changed.wait()
 
     # -- what was seen ------------------------------------------------------------------
 
