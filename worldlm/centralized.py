@@ -43,7 +43,8 @@ def train_centralized(
         for c in clients:
             bench = learners[c].bench
             val[c].append((rnd, bench.evaluate(weights).perplexity))
-            if rnd == rounds and bench.data.test is not None:  # held out: the final model only
+            # Held out: the final model only, unless the run asks for it at every evaluation.
+            if (rnd == rounds or h.run.test_each_eval) and bench.data.test is not None:
                 test[c].append((rnd, bench.evaluate(weights, test=True).perplexity))
         if rnd == rounds:
             break

@@ -28,7 +28,7 @@ at load, and every mistake is one :class:`ConfigError` naming the file and the p
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -37,19 +37,23 @@ from typing import Any
 
 import msgspec
 
-from schemas.topics import check_name
-from worldlm.compression import check_compression
+from worldlm.config_checks import check as _check
+from worldlm.config_checks import check_id as _check_name
+from worldlm.config_checks import check_policy as _check_policy
+from worldlm.config_checks import check_run as _check_run
 from worldlm.config_schema import (
     AttentionConfig,
     ClientConfig,
     ConfigError,
     DPConfig,
     Policy,
+    RecordDPConfig,
     ResidualConfig,
     RunConfig,
     ScheduleConfig,
     _FederationFile,
 )
+from worldlm.dp_feasibility import check as check_member_dp
 
 __all__ = [
     "AttentionConfig",
@@ -60,6 +64,7 @@ __all__ = [
     "Federation",
     "Hierarchy",
     "Policy",
+    "RecordDPConfig",
     "ResidualConfig",
     "RunConfig",
     "ScheduleConfig",
@@ -92,6 +97,9 @@ class Client:
     shard: int
     shards: int
     keep_key_layers: bool
+    #: At most this many training tokens (the start of the client's shuffled shard's stream;
+    #: None: all of it). Validation and test text are not capped.
+    train_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,15 @@ class Hierarchy:
 
     def client_policy(self, client: str) -> Policy:
         return self.federations[self.clients[client].federation].policy
+
+    def client_rounds(self, client: str) -> int:
+        """Local training rounds ``client`` runs over the whole run: ``run.rounds`` times the
+        ``internal_rounds`` of every federation on its path below the root."""
+        rounds, fed = self.run.rounds, self.federations[self.clients[client].federation]
+        while fed.parent is not None:
+            rounds *= fed.policy.internal_rounds
+            fed = self.federations[fed.parent]
+        return rounds
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -251,9 +268,22 @@ def parse(
             raise ConfigError(
                 f"{source}: {where}: shard and shards go together (set both or neither)"
             )
+        if c.train_tokens is not None:
+            _check(
+                c.train_tokens > run.seq_len,
+                source,
+                f"{where}.train_tokens",
+                f"must exceed run.seq_len ({run.seq_len}): a batch needs one window",
+            )
         per_partition.setdefault(c.partition, []).append(cid)
         clients[cid] = Client(
-            cid, c.federation, c.partition, c.shard or 0, c.shards or 0, c.keep_key_layers
+            cid,
+            c.federation,
+            c.partition,
+            c.shard or 0,
+            c.shards or 0,
+            c.keep_key_layers,
+            c.train_tokens,
         )
     # Unset shards: the clients of one partition split it evenly, in file order.
     for sharing in per_partition.values():
@@ -262,9 +292,7 @@ def parse(
             shards = cl.shards or len(sharing)
             shard = cl.shard if cl.shards else i
             _check(0 <= shard < shards, source, f"clients.{cid}.shard", f"must be in [0, {shards})")
-            clients[cid] = Client(
-                cid, cl.federation, cl.partition, shard, shards, cl.keep_key_layers
-            )
+            clients[cid] = dataclasses.replace(cl, shard=shard, shards=shards)
         holders: dict[tuple[int, int], str] = {}
         for cid in sharing:
             slot = (clients[cid].shard, clients[cid].shards)
@@ -298,62 +326,6 @@ def parse(
                     raise ConfigError(
                         f"{source}: federations.{fid}.residual.links: unknown federation {other!r}"
                     )
+    # Last: it builds the model (on the meta device) to count what each DP edge noises.
+    check_member_dp(hierarchy)
     return hierarchy
-
-
-def _check(ok: bool, source: str, where: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{source}: {where}: {message}")
-
-
-def _check_name(value: str, source: str, where: str) -> None:
-    try:
-        check_name("id", value)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {where}: {exc}") from None
-
-
-def _check_run(run: RunConfig, source: str) -> None:
-    _check(run.heartbeat_s > 0, source, "run.heartbeat_s", "must be positive")
-    _check(run.partitions >= 1, source, "run.partitions", "must be at least 1")
-    _check(run.chunk_kib >= 1, source, "run.chunk_kib", "must be at least 1")
-    window = run.replay_window_h
-    _check(window > 0 or window == -1, source, "run.replay_window_h", "must be positive or -1")
-    _check(run.eval_batches >= 1, source, "run.eval_batches", "must be at least 1")
-    _check(run.eval_every >= 0, source, "run.eval_every", "must be 0 (final only) or more")
-    # Every client evaluates on its validation split, so it cannot be empty.
-    _check(0 < run.val_fraction < 1, source, "run.val_fraction", "must be in (0, 1)")
-    _check(
-        0 <= run.test_fraction < 1 - run.val_fraction,
-        source,
-        "run.test_fraction",
-        "must be in [0, 1 - val_fraction)",
-    )
-    _check(math.isfinite(run.lr) and run.lr > 0, source, "run.lr", "must be positive")
-
-
-def _check_policy(p: Policy, source: str, where: str) -> None:
-    s = p.schedule
-    _check(0 < s.quorum <= 1, source, f"{where}.schedule.quorum", "must be in (0, 1]")
-    _check(s.min_quorum >= 1, source, f"{where}.schedule.min_quorum", "must be at least 1")
-    _check(s.deadline_s > 0, source, f"{where}.schedule.deadline_s", "must be positive")
-    _check(s.buffer >= 1, source, f"{where}.schedule.buffer", "must be at least 1")
-    _check(s.staleness_bound >= 0, source, f"{where}.schedule.staleness_bound", "must be >= 0")
-    _check(p.internal_rounds >= 1, source, f"{where}.internal_rounds", "must be at least 1")
-    _check(p.local_steps >= 1, source, f"{where}.local_steps", "must be at least 1")
-    _check(p.attention.tau > 0, source, f"{where}.attention.tau", "must be positive")
-    _check(0 <= p.attention.eps <= 1, source, f"{where}.attention.eps", "must be in [0, 1]")
-    if p.residual is not None:
-        _check(0 < p.residual.gamma <= 1, source, f"{where}.residual.gamma", "must be in (0, 1]")
-    if (problem := check_compression(p.compression)) is not None:
-        _check(False, source, f"{where}.compression.{problem[0]}", problem[1])
-    if p.dp is not None:
-        _check(p.dp.clip_norm > 0, source, f"{where}.dp.clip_norm", "must be positive")
-        _check(p.dp.noise_multiplier >= 0, source, f"{where}.dp.noise_multiplier", "must be >= 0")
-        _check(0 < p.dp.delta < 1, source, f"{where}.dp.delta", "must be in (0, 1)")
-    _check(
-        math.isfinite(p.server_lr) and p.server_lr > 0,
-        source,
-        f"{where}.server_lr",
-        "must be positive",
-    )

@@ -40,6 +40,10 @@ class RunConfig(_Strict, frozen=True):
     #: Clients evaluate the received model on validation text every ``eval_every``-th round
     #: they train (1: every round; 0: only the final model); the final model always.
     eval_every: int = 1
+    #: Also read the held-out split at every validation evaluation (not only on the final
+    #: model), so a study can report each client's test figure at its best validation round
+    #: (early stopping). Needs ``test_fraction`` > 0.
+    test_each_eval: bool = False
     heartbeat_s: float = 2.0
     chunk_kib: int = 768
     partitions: int = 4
@@ -82,9 +86,29 @@ class ResidualConfig(_Strict, frozen=True):
 
 
 class DPConfig(_Strict, frozen=True):
+    """Member-level DP on the edge from a federation to its members (DP-FedAvg)."""
+
     clip_norm: float = 1.0
     noise_multiplier: float = 1.0
     delta: float = 1e-5
+    #: Refuse the config when the noise in a round's average is predicted to exceed this many
+    #: clipped updates: sigma*sqrt(d)/n above it (worldlm/dp_feasibility.py).
+    max_noise_ratio: float = 1.0
+    #: Load a config the check refuses (a ``dp_forced`` warning says so): a study of the
+    #: regime where DP drowns the update, or a test of DP's mechanics.
+    force: bool = False
+
+
+class RecordDPConfig(_Strict, frozen=True):
+    """Record-level DP: DP-SGD in each client's local training (worldlm/training/private.py),
+    (epsilon, delta) accounted over the client's own examples for its whole run."""
+
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    #: Per-example L2 clip of the gradient.
+    clip_norm: float = 1.0
+    #: None: the smallest one that meets the epsilon target over the client's run.
+    noise_multiplier: float | None = None
 
 
 class ScheduleConfig(_Strict, frozen=True):
@@ -111,6 +135,8 @@ class Policy(_Strict, frozen=True):
     attention: AttentionConfig = AttentionConfig()
     residual: ResidualConfig | None = ResidualConfig()
     dp: DPConfig | None = None
+    #: DP-SGD inside this federation's own clients (their local training).
+    record_dp: RecordDPConfig | None = None
     schedule: ScheduleConfig = ScheduleConfig()
     internal_rounds: int = 1
     local_steps: int = 10
@@ -153,3 +179,5 @@ class ClientConfig(_Strict, frozen=True):
     shard: int | None = None
     shards: int | None = None
     keep_key_layers: bool = False
+    #: A cap on the client's training tokens (the start of its shard's shuffled stream).
+    train_tokens: int | None = None

@@ -48,7 +48,11 @@ def population(raw: dict[str, Any], shards: int) -> dict[str, Any]:
 
 
 def with_client_dp(raw: dict[str, Any], clip: float, sigma: float, delta: float) -> dict[str, Any]:
-    """DP on the edge of every federation that has clients (not on federation -> parent)."""
+    """DP on the edge of every federation that has clients (not on federation -> parent).
+
+    Forced: the study measures what DP does at a population the load-time check
+    (worldlm/dp_feasibility.py) predicts too small, divergence included.
+    """
     out = {**raw, "federations": {f: dict(t) for f, t in raw["federations"].items()}}
     leaves = {t["federation"] for t in raw["clients"].values()}
     for fid in leaves:
@@ -56,6 +60,7 @@ def with_client_dp(raw: dict[str, Any], clip: float, sigma: float, delta: float)
             "clip_norm": clip,
             "noise_multiplier": sigma,
             "delta": delta,
+            "force": True,
         }
     return out
 

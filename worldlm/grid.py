@@ -56,6 +56,9 @@ class CellResult:
     epsilon: float = 0.0  # the largest (epsilon at delta) any federation of the cell spent
     #: mean bytes a client put on the wire per update (after its edge's codec); 0: unknown
     bytes_per_update: float = 0.0
+    #: every held-out figure a client measured (only the final one unless
+    #: ``run.test_each_eval``), by the round of the validation figure it was measured with
+    test_curve: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def run_cell(
     train_s = 0.0
     epsilon = 0.0
     sent: list[float] = []
-    method = cell.method.removesuffix("+dp")
+    method = cell.method.split("+")[0]  # "worldlm+dp": the method under a variant
     for h in method_configs(raw, method, known_partitions=known, then=job.then):
         budgets |= client_budget(h)
         if method == "centralized":
@@ -129,9 +132,9 @@ def run_cell(
         for r in result.reports:
             if r.role == "client" and "bytes_out" in r.values:
                 sent.append(r.values["bytes_out"])
-            if r.role == "aggregator":
-                spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
-                epsilon = max([epsilon, *spent])
+            # Member-level DP is spent by aggregators, record-level DP by clients.
+            spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
+            epsilon = max([epsilon, *spent])
         val |= curves_from_reports(result.reports, "val_ppl")
         test |= curves_from_reports(result.reports, "test_ppl")
     wall = time.perf_counter() - started
@@ -141,6 +144,7 @@ def run_cell(
         budgets,
         epsilon,
         sum(sent) / len(sent) if sent else 0.0,
+        test,
     )
 
 
@@ -154,7 +158,8 @@ def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
     data = {
         "cell": cell.__dict__,
         "val": {c: [list(p) for p in pts] for c, pts in result.val.curve.items()},
-        "test": {c: [[0, p]] for c, p in result.test.final.items()},
+        "test": {c: [list(p) for p in pts] for c, pts in result.test_curve.items()}
+        or {c: [[0, p]] for c, p in result.test.final.items()},
         "wall_s": result.val.wall_s,
         "train_s": result.val.train_s,
         "budget": result.budget,
@@ -173,13 +178,14 @@ def load_cell(path: Path) -> CellResult:
         return {c: [(int(r), float(p)) for r, p in pts] for c, pts in d.items()}
 
     wall, train = data["wall_s"], data["train_s"]
-    val = curves(data["val"])
+    val, test = curves(data["val"]), curves(data["test"])
     return CellResult(
         MethodResult(val, wall, train),
-        MethodResult(val, wall, train, held_out=_finals(curves(data["test"])) or None),
+        MethodResult(val, wall, train, held_out=_finals(test) or None),
         data.get("budget", {}),
         data.get("epsilon", 0.0),
         data.get("bytes_per_update", 0.0),
+        test,
     )
 
 

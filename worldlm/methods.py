@@ -37,15 +37,9 @@ class Method:
 
 
 def client_budget(h: Hierarchy) -> dict[str, int]:
-    """Local training rounds each client runs under ``h``: its whole path to the root."""
-    budget = {}
-    for cid, client in h.clients.items():
-        rounds, fed = h.run.rounds, h.federations[client.federation]
-        while fed.parent is not None:
-            rounds *= fed.policy.internal_rounds
-            fed = h.federations[fed.parent]
-        budget[cid] = rounds
-    return budget
+    """Local training rounds each client runs under ``h``: its whole path to the root
+    (:meth:`Hierarchy.client_rounds`)."""
+    return {cid: h.client_rounds(cid) for cid in h.clients}
 
 
 def uniform_budget(h: Hierarchy) -> int:

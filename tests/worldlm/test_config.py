@@ -189,6 +189,8 @@ MISTAKES: list[tuple[str, dict[str, Any], str]] = [
         "cycle root -> b -> root",
     ),
     ("residual link to itself", {"federations.a.residual.links": ["a"]}, "link to itself"),
+    ("token cap under a window", {"clients.c0.train_tokens": 64}, "clients.c0.train_tokens"),
+    ("test at every eval, no test", {"run.test_each_eval": True}, "run.test_each_eval"),
 ]  # fmt: skip
 
 

@@ -11,7 +11,22 @@ import typer
 from worldlm.cli.participants import run_until_signal, single_threaded_torch
 
 
+def logs_configure(level: str) -> None:
+    from worldlm import logs
+
+    logs.configure(level=level)
+
+
 def experiment(
+    study: Annotated[
+        str,
+        typer.Option(
+            "--study",
+            help="table: the paper's table (settings x methods x seeds x rates); "
+            "regimes: where joining pays, mapped over tokens and clients per federation "
+            "(docs/regimes.md).",
+        ),
+    ] = "table",
     config: Annotated[
         list[Path] | None,
         typer.Option(
@@ -35,9 +50,10 @@ def experiment(
     lrs: Annotated[
         str, typer.Option("--lrs", help="Learning-rate grid, comma-separated.")
     ] = "0.001,0.003,0.01",
-    out: Annotated[Path, typer.Option("--out", help="Reports and cells go here.")] = Path(
-        "out/experiment"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Reports and cells go here (out/experiment, out/regimes)."),
+    ] = None,
     dp: Annotated[
         bool, typer.Option("--dp/--no-dp", help="DP at a population on the first setting.")
     ] = True,
@@ -53,6 +69,28 @@ def experiment(
     """Run every method on every data setting over seeds and a learning-rate grid, on the
     simulator; resumable (cells already in OUT/cells are reused). Writes OUT/report.md,
     OUT/summary.json and per setting OUT/<setting>/report.{md,json} and perplexity.png."""
+    if study not in ("table", "regimes"):
+        raise typer.BadParameter("choose table or regimes", param_hint="--study")
+    if study == "regimes":
+        from worldlm.cli.regimes import run_regimes
+
+        if config is not None and len(config) > 1:
+            raise typer.BadParameter("the regime study takes one tree", param_hint="--config")
+        if full or methods:
+            raise typer.BadParameter(
+                "--full and --methods belong to the table", param_hint="--study"
+            )
+        logs_configure(log_level)
+        single_threaded_torch()
+        return run_regimes(
+            out=out or Path("out/regimes"),
+            config=config[0] if config else None,
+            seeds=seeds,
+            quick=quick,
+            processes=processes,
+            dp=dp,
+        )
+    out = out or Path("out/experiment")
     import asyncio
 
     from tqdm import tqdm

@@ -33,7 +33,9 @@ def _dp(value: str | None) -> DPConfig | bool | None:
         ) from None
     if clip <= 0 or noise < 0:
         raise typer.BadParameter("clip must be positive and noise >= 0", param_hint="--dp")
-    return DPConfig(clip_norm=clip, noise_multiplier=noise)
+    # Forced: a what-if replay is an analysis of what this DP would have done to the recorded
+    # updates, divergence included; the population check warns (dp_forced) instead of refusing.
+    return DPConfig(clip_norm=clip, noise_multiplier=noise, force=True)
 
 
 def replay(
@@ -87,6 +89,10 @@ def replay(
             staleness_bound=staleness_bound,
             dp=_dp(dp),
         )
+        if dp not in (None, "off"):
+            from worldlm.dp_feasibility import check as check_member_dp
+
+            check_member_dp(hierarchy)  # what_if skips parse: the forced DP is logged here
     own = hierarchy == recorded_config
     setting = "the run's own config" if own else _setting(other, strategy, staleness_bound, dp)
     try:

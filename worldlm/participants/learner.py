@@ -55,6 +55,10 @@ class LearnerRound:
                 "train_cpu_s": self.train_cpu_s,
                 "samples": float(self.result.num_samples),
             }
+        if self.result is not None and self.result.privacy is not None:
+            # Record-level DP: what this client has spent so far, at the policy's delta.
+            spent = self.result.privacy
+            values |= {"record_epsilon": spent.epsilon, "record_sigma": spent.sigma}
         return values
 
 
@@ -66,11 +70,13 @@ class Learner:
             raise KeyError(f"unknown client {client_id!r}; known: {sorted(hierarchy.clients)}")
         self.client = hierarchy.clients[client_id]
         policy = hierarchy.client_policy(client_id)
-        self.bench = Workbench(hierarchy.run, self.client, policy)
+        rounds = hierarchy.client_rounds(client_id)
+        self.bench = Workbench(hierarchy.run, self.client, policy, rounds=rounds)
         self._key = key_names(hierarchy.run, policy)
         self._own_key: dict[str, torch.Tensor] = {}
         self.compressor = Compressor(policy.compression)
         self._every = hierarchy.run.eval_every
+        self._test_each = hierarchy.run.test_each_eval
         self._trained = 0  # rounds trained so far
 
     def evaluates(self, final: bool) -> bool:
@@ -89,8 +95,11 @@ class Learner:
         weights = self.model(received)
         cpu = time.thread_time()
         evaluation = self.bench.evaluate(weights) if self.evaluates(final) else None
-        # The held-out split is read once, on the final model: it reports, it never steers.
-        has_test = final and self.bench.data.test is not None
+        # The held-out split is read on the final model (or with every validation evaluation
+        # under ``run.test_each_eval``): it reports, it never steers.
+        has_test = self.bench.data.test is not None and (
+            final or (evaluation is not None and self._test_each)
+        )
         test = self.bench.evaluate(weights, test=True) if has_test else None
         eval_cpu_s, cpu = time.thread_time() - cpu, time.thread_time()
         if final:

@@ -16,10 +16,16 @@ weights would push them back towards this client's previous optimum. Set
 
 The learning rate is constant within a call; schedules across rounds belong to the caller,
 which can pass a new `TrainConfig` (``dataclasses.replace(config, lr=...)``).
+
+Record-level DP: with ``TrainConfig.privacy`` set, each step is a DP-SGD step instead
+(`worldlm.training.private`: Poisson-sampled examples, per-example clipping, Gaussian noise,
+no global gradient clip), and each result carries the ε spent so far. Without it, the loop
+above runs unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 
 from worldlm.training.batches import check_stream, sample_starts
 from worldlm.training.layers import tied_aliases
+from worldlm.training.private import PrivacySpent, RecordDP, RecordPrivacy, examples
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class TrainConfig:
     gradient norm (None or 0 disables it). Weight decay applies to matrices and embeddings
     only, not to norms and biases (the nanoGPT convention). `seed` seeds batch sampling (and
     dropout, if the model has any): two trainers with the same seed and inputs return the same
-    delta.
+    delta. `privacy` switches local training to DP-SGD (see the module docstring).
     """
 
     steps: int = 50
@@ -51,6 +58,7 @@ class TrainConfig:
     eps: float = 1e-8
     seed: int = 0
     persist_optimizer: bool = False
+    privacy: RecordPrivacy | None = None
 
     def __post_init__(self) -> None:
         for field in ("steps", "batch_size", "seq_len"):
@@ -66,13 +74,17 @@ class LocalResult:
 
     `delta` maps every name of the given weights to ``trained − given`` in float32, on the CPU.
     `num_samples` is the number of sequences seen (steps × batch_size), the FedAvg weight.
-    `train_loss` is the mean training loss over the steps.
+    `train_loss` is the mean training loss over the steps. Under record-level DP,
+    `num_samples` is the expected count (steps × q·N: the realised one depends on the data),
+    `train_loss` the mean over the examples sampled (NaN if none was), and `privacy` what the
+    client has spent so far.
     """
 
     delta: dict[str, torch.Tensor]
     num_samples: int
     train_loss: float
     steps: int
+    privacy: PrivacySpent | None = None
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -120,6 +132,7 @@ class LocalTrainer:
         self._aliases = tied_aliases(model)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._optimizer: torch.optim.AdamW | None = None
+        self._record: RecordDP | None = None  # built on the first private round (needs N)
 
     def train(
         self, weights: Mapping[str, torch.Tensor], tokens: torch.Tensor, *, seed: int | None = None
@@ -143,6 +156,8 @@ class LocalTrainer:
             optimizer = make_optimizer(model, cfg)
             if cfg.persist_optimizer:
                 self._optimizer = optimizer
+        if cfg.privacy is not None:
+            return self._train_private(given, tokens, optimizer, cfg.privacy)
         params = [p for group in optimizer.param_groups for p in group["params"]]
 
         # All of this round's window offsets in one draw; the loop only indexes.
@@ -174,6 +189,49 @@ class LocalTrainer:
             num_samples=cfg.steps * cfg.batch_size,
             train_loss=float(loss_sum) / cfg.steps,
             steps=cfg.steps,
+        )
+
+    def _train_private(
+        self,
+        given: Mapping[str, torch.Tensor],
+        tokens: torch.Tensor,
+        optimizer: torch.optim.AdamW,
+        privacy: RecordPrivacy,
+    ) -> LocalResult:
+        """`config.steps` DP-SGD steps (`worldlm.training.private`) from the loaded weights."""
+        cfg, model = self.config, self.model
+        windows = examples(tokens.to(self.device, torch.long), cfg.seq_len)
+        if self._record is None:
+            self._record = RecordDP(privacy, windows.shape[0], cfg.batch_size)
+        record = self._record
+        if record.num_examples != windows.shape[0]:
+            raise ValueError(
+                f"record-level DP accounts over one stream of {record.num_examples} examples; "
+                f"got {windows.shape[0]}"
+            )
+        # Sampling draws from the trainer's generator; noise from a device generator seeded
+        # by it (a seed fixes both, and GPU noise needs no host-to-device copy).
+        noise = torch.Generator(self.device)
+        noise.manual_seed(int(torch.randint(2**62, (1,), generator=self._generator)))
+        dropout_seed = int(torch.randint(2**62, (1,), generator=self._generator))
+        loss_sum = torch.zeros((), device=self.device)
+        sampled = 0
+        rng_devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(dropout_seed)
+            model.train()
+            for _ in range(cfg.steps):
+                step_loss, size = record.step(model, windows, self._generator, noise)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum += step_loss
+                sampled += size
+        return LocalResult(
+            delta=self._delta(given),
+            num_samples=round(cfg.steps * record.expected_batch),
+            train_loss=float(loss_sum) / sampled if sampled else math.nan,
+            steps=cfg.steps,
+            privacy=record.spent(),
         )
 
     def _detach_from_model(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ from worldlm.training.corpus import client_split
 from worldlm.training.evaluate import EvalResult, evaluate
 from worldlm.training.layers import default_key_patterns, split_parameters, tied_aliases
 from worldlm.training.model import ModelConfig, build_model, load_pretrained
+from worldlm.training.private import RecordPrivacy
 from worldlm.training.tokenizer import encode_documents, load_tokenizer
 from worldlm.training.trainer import LocalResult, LocalTrainer, TrainConfig
 
@@ -78,7 +79,8 @@ class ClientData:
 
 
 def client_data(run: RunConfig, client: Client) -> ClientData:
-    """The client's token streams; its validation split is fixed by (partition, shard, seed).
+    """The client's token streams; its validation split is fixed by (partition, shard, seed),
+    its training stream capped at ``client.train_tokens``.
 
     Cached by what the split depends on (the streams are never written to), so the many runs
     of an experiment tokenize each client's text once per seed.
@@ -91,6 +93,7 @@ def client_data(run: RunConfig, client: Client) -> ClientData:
         run.test_fraction,
         run.seed,
         run.corpus,
+        client.train_tokens,
     )
 
 
@@ -103,6 +106,7 @@ def _client_data(
     test_fraction: float,
     seed: int,
     corpus: str | None,
+    train_tokens: int | None = None,
 ) -> ClientData:
     split = client_split(
         partition,
@@ -114,17 +118,39 @@ def _client_data(
         test_fraction=test_fraction,
     )
     tokenizer = load_tokenizer()
+    train = encode_documents(tokenizer, split.train)
+    if train_tokens is not None and train.numel() > train_tokens:
+        # The start of the stream: its documents were shuffled by the seed, so a smaller cap
+        # holds a prefix of a larger one's text (the data axis of a study is nested).
+        train = train[:train_tokens].clone()
     return ClientData(
-        encode_documents(tokenizer, split.train),
+        train,
         encode_documents(tokenizer, split.validation),
         encode_documents(tokenizer, split.test) if split.test else None,
     )
 
 
-class Workbench:
-    """One client's model, data and trainer."""
+def record_privacy(policy: Policy, rounds: int | None) -> RecordPrivacy | None:
+    """The trainer's record-level DP setting under ``policy`` (None: no record-level DP),
+    for a client that trains ``rounds`` local rounds over the whole run."""
+    r = policy.record_dp
+    if r is None:
+        return None
+    steps = rounds * policy.local_steps if rounds is not None else None
+    return RecordPrivacy(r.epsilon, r.delta, r.clip_norm, r.noise_multiplier, steps)
 
-    def __init__(self, run: RunConfig, client: Client, policy: Policy) -> None:
+
+class Workbench:
+    """One client's model, data and trainer.
+
+    ``rounds`` is the client's number of local rounds over the whole run
+    (``Hierarchy.client_rounds``): record-level DP derives its noise for that many; without
+    it, a policy with ``record_dp`` and no ``noise_multiplier`` cannot train.
+    """
+
+    def __init__(
+        self, run: RunConfig, client: Client, policy: Policy, *, rounds: int | None = None
+    ) -> None:
         self.run = run
         self.data = client_data(run, client)
         self.model = make_model(run)
@@ -136,6 +162,7 @@ class Workbench:
                 batch_size=run.batch_size,
                 seq_len=run.seq_len,
                 seed=client_seed(run, client.id),
+                privacy=record_privacy(policy, rounds),
             ),
         )
 

@@ -53,7 +53,8 @@ def tree() -> Hierarchy:
             "federations": {
                 "root": {},
                 "latin": {"parent": "root"},
-                "slavic": {"parent": "root", "dp": {"noise_multiplier": 1.0}},
+                # force: one member cannot carry DP noise; only the DP flag is under test
+                "slavic": {"parent": "root", "dp": {"noise_multiplier": 1.0, "force": True}},
             },
             "clients": {
                 "fr-0": {"federation": "latin", "partition": "p"},

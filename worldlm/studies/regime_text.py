@@ -1,0 +1,176 @@
+"""The regime study's report.md: the map as tables, the crossovers in words, every cell."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from worldlm.studies.regime_report import _cell, _label
+from worldlm.studies.regimes import RegimeStudy, Tokens, point_name
+
+
+def _cap(t: Tokens) -> str:
+    return "whole shard" if t is None else f"{t:,}"
+
+
+def markdown(study: RegimeStudy, data: dict[str, Any], command: str) -> str:
+    pts = data["points"]
+    budget = study.budget
+    steps = budget["rounds"] * 2 * budget["local_steps"]
+    lines = [
+        "# Where joining a federation pays: the regime map",
+        "",
+        f"Command: `{command}`"
+        + (f" ({data['study']['wall_s'] / 60:.1f} min)" if data["study"].get("wall_s") else "")
+        + ".",
+        "",
+        f"Tree: `{study.config.name}` (a root over three federations, one English domain each). "
+        f"A point of the map: N clients per federation, each holding shard i < N of "
+        f"{study.shards} disjoint shards of its federation's domain, capped at T training "
+        f"tokens. Budget per client, every method: {steps} local steps of "
+        f"{budget['batch_size']} x {budget['seq_len']} tokens "
+        f"({steps * budget['batch_size'] * budget['seq_len']:,} tokens seen); learning rate "
+        f"{study.lr:g} for every method; {study.seeds} seeds. Figure: each client's test "
+        "perplexity (its own held-out documents) at its best validation round (early "
+        "stopping; final-model figures below), mean over clients, mean ± 95% CI over seeds. "
+        "Ratio: over local-only's, paired by seed (< 1: the method beats training alone).",
+        "",
+    ]
+    for n in study.clients:
+        row = [(t, pts[point_name(n, t)]) for t in study.tokens]
+        lines += [
+            f"## {n} clients per federation",
+            "",
+            "| method | "
+            + " | ".join(f"T = {_cap(t)} ({p['tokens']:,.0f})" for t, p in row)
+            + " |",
+            "|---|" + "---|" * len(row),
+        ]
+        for m in study.methods_at(n):
+            cells = []
+            for _, p in row:
+                f = p["methods"][m]
+                ratio = "" if m == "local" else f"; **{_cell(f['vs_local'])}x**"
+                cells.append(f"{_cell(f['early'], 0)}{ratio}")
+            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+        lines += ["", *_crossover_lines(study, data, n), ""]
+    lines += _local_lines(study, pts)
+    lines += _misplaced_lines(study, pts)
+    lines += _dp_lines(study, pts)
+    lines += _final_lines(study, pts)
+    return "\n".join(lines) + "\n"
+
+
+def _crossover_lines(study: RegimeStudy, data: dict[str, Any], n: int) -> list[str]:
+    out = []
+    for m, c in data["crossovers"][str(n)].items():
+        if c["crossings"]:
+            parts = [
+                f"{'beats' if x['pays_below'] else 'loses to'} local-only below about "
+                f"{x['tokens']:,} tokens per client"
+                for x in c["crossings"]
+            ]
+            out.append(f"- {_label(m)}: " + "; ".join(parts) + ".")
+        elif c["everywhere"] == "pays":
+            out.append(f"- {_label(m)}: beats local-only at every T measured.")
+        elif c["everywhere"] == "loses":
+            out.append(f"- {_label(m)}: loses to local-only at every T measured.")
+    return out
+
+
+def _local_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Local-only passes its best validation point",
+        "",
+        "Share of local-only clients whose best validation round comes before their last "
+        "(over clients and seeds), and the mean best round (of the last): where the share is "
+        "high the budget outlasts what a client's own text can teach (curves: `curves.png`).",
+        "",
+        "| N | " + " | ".join(f"T = {_cap(t)}" for t in study.tokens) + " |",
+        "|---|" + "---|" * len(study.tokens),
+    ]
+    for n in study.clients:
+        cells = []
+        for t in study.tokens:
+            f = pts[point_name(n, t)]["methods"]["local"]
+            cells.append(
+                f"{f['past_best']:.0%}, round {f['best_round']:.1f} of {f['last_round']:.0f}"
+            )
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _misplaced_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
+    ns = [n for n in study.clients if n >= study.misplaced]
+    if not ns:
+        return []
+    lines = [
+        "## The misplaced tree",
+        "",
+        "The same clients regrouped so that each federation holds a mix of the three domains "
+        "(client i of federation j moves to federation (j + i) mod 3); perplexity over "
+        "WorldLM's on the tree as written, paired by seed (> 1: the grouping matters).",
+        "",
+        "| N | " + " | ".join(f"T = {_cap(t)}" for t in study.tokens) + " |",
+        "|---|" + "---|" * len(study.tokens),
+    ]
+    for n in ns:
+        cells = [
+            _cell(pts[point_name(n, t)]["methods"]["worldlm_misplaced"]["vs_worldlm"])
+            for t in study.tokens
+        ]
+        lines.append(f"| {n} | " + " | ".join(f"{c}x" for c in cells) + " |")
+    return [*lines, ""]
+
+
+def _dp_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
+    if study.dp is None:
+        return []
+    dp = study.dp
+    lines = [
+        "## Record-level DP",
+        "",
+        f"DP-SGD inside every client (per-example clip {dp.clip_norm:g}, Poisson sampling, "
+        f"noise from the opacus RDP accountant for epsilon {dp.epsilon:g} at delta "
+        f"{dp.delta:g} over the client's whole budget), N = {min(study.clients)}.",
+        "",
+        "| T | method | test ppl | / same method without DP | / local-only (no DP) "
+        "| epsilon spent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n, t in study.points():
+        if not study.dp_point(n, t):
+            continue
+        for m in study.dp_methods():
+            f = pts[point_name(n, t)]["methods"][m]
+            eps = f["epsilon"]
+            lines.append(
+                f"| {_cap(t)} | {_label(m)} | {_cell(f['early'], 0)} | {_cell(f['vs_no_dp'])}x "
+                f"| {_cell(f['vs_local'])}x | {'-' if math.isnan(eps) else f'{eps:.2f}'} |"
+            )
+    return [*lines, ""]
+
+
+def _final_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Final-model figures (no early stopping)",
+        "",
+        "Test perplexity of the final model; ratio to local-only's final model, paired.",
+        "",
+    ]
+    for n in study.clients:
+        lines += [
+            f"**{n} clients per federation**",
+            "",
+            "| method | " + " | ".join(f"T = {_cap(t)}" for t in study.tokens) + " |",
+            "|---|" + "---|" * len(study.tokens),
+        ]
+        for m in study.methods_at(n):
+            cells = []
+            for t in study.tokens:
+                f = pts[point_name(n, t)]["methods"][m]
+                ratio = "" if m == "local" else f"; {_cell(f['vs_local_final'])}x"
+                cells.append(f"{_cell(f['final'], 0)}{ratio}")
+            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
