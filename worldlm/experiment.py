@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from worldlm.config import parse
+from worldlm.dp_feasibility import noise_ratio
 from worldlm.dp_study import DPStudy, clip_rule, noise_for, population, with_client_dp
 from worldlm.grid import (
     QUICK,
@@ -277,9 +277,9 @@ class Experiment:
             spent[key] = max(spent.get(key, 0.0), got.epsilon)
         members = {f.id: len(f.clients) for f in h.federations.values() if f.clients}
         params = sum(w.numel() for w in initial_weights(h.run).values() if w.is_floating_point())
-        # The noise a federation's average carries, against the clipped update it hides: the
-        # Gaussian's norm sigma*C*sqrt(d)/n over C (n members). Above ~1 the noise dominates.
-        noise_to_signal = sigma * math.sqrt(params) / min(members.values())
+        # The noise a federation's average carries, against the clipped update it hides (the
+        # rule the config check refuses by; this study forces it: worldlm/dp_feasibility.py).
+        noise_to_signal = noise_ratio(sigma, params, min(members.values()))
         comparison = Comparison(
             results,
             groups={c: cl.federation for c, cl in h.clients.items()},

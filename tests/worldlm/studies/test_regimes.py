@@ -14,7 +14,13 @@ from worldlm.config import parse
 from worldlm.grid import CellResult, setting_raw
 from worldlm.report import MethodResult
 from worldlm.studies.regime_report import crossovers, write
-from worldlm.studies.regimes import RegimeStudy, best_round_scores, point_name, population
+from worldlm.studies.regimes import (
+    RecordDPCells,
+    RegimeStudy,
+    best_round_scores,
+    point_name,
+    population,
+)
 from worldlm.training.workbench import client_data
 
 TINY = {"rounds": 1, "local_steps": 1, "eval_batches": 1, "seq_len": 16, "batch_size": 2}
@@ -95,20 +101,20 @@ def test_a_tiny_map_runs_end_to_end_and_its_report_has_every_section(tmp_path: P
         RegimeStudy(),
         tokens=(64, None),
         clients=(2,),
-        methods=("worldlm", "fedavg", "local"),
+        methods=("worldlm", "local"),
         misplaced=2,
         seeds=2,
         budget=TINY,
-        dp=None,
+        dp=RecordDPCells(epsilon=8.0, methods=("worldlm",)),
     )
     done: list[str] = []
     study.run(tmp_path, processes=1, on_done=lambda cell: done.append(cell.method))
-    assert len(done) == len(study.jobs()) == 2 * 2 * 4
+    assert len(done) == len(study.jobs()) == 2 * 2 * (3 + 1)  # 2 caps x 2 seeds x methods
     text = write(study, tmp_path, command="worldlm experiment --study regimes (test)")
     data = json.loads((tmp_path / "report.json").read_text())
     for t in (64, None):
         figures = data["points"][point_name(2, t)]["methods"]
-        assert set(figures) == {"worldlm", "fedavg", "local", "worldlm_misplaced"}
+        assert set(figures) == {"worldlm", "local", "worldlm_misplaced", "worldlm+rdp"}
         for f in figures.values():
             assert math.isfinite(f["early"]["mean"]) and f["early"]["n"] == 2
             # evaluated before each of the budget's 2 client rounds and on the final model
@@ -119,9 +125,14 @@ def test_a_tiny_map_runs_end_to_end_and_its_report_has_every_section(tmp_path: P
     assert {c: [r for r, _ in pts] for c, pts in cell.test_curve.items()} == {
         c: [r for r, _ in pts] for c, pts in cell.val.curve.items()
     }
+    for t in (64, None):  # record-level DP at both ends: spent within the target
+        private = data["points"][point_name(2, t)]["methods"]["worldlm+rdp"]
+        assert 0 < private["epsilon"] <= 8.0
+        assert math.isfinite(private["vs_no_dp"]["mean"])
     assert data["points"][point_name(2, 64)]["tokens"] == 64
     assert data["points"][point_name(2, None)]["tokens"] > 64
-    for heading in ("## 2 clients per federation", "## Local-only passes", "## The misplaced"):
+    headings = ("## 2 clients", "## Local-only passes", "## The misplaced", "## Record-level DP")
+    for heading in headings:
         assert heading in text
     assert (tmp_path / "regimes.png").stat().st_size > 0
     assert (tmp_path / "curves.png").stat().st_size > 0
