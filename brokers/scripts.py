@@ -2,7 +2,8 @@
 
 Each script's header documents its KEYS and ARGV. Time inside scripts is the Redis server's
 clock. :class:`brokers.state.RedisState` registers and calls them, and nothing else does
-(``SET_RESIDUAL`` is :class:`brokers.residuals.ResidualCache`'s).
+(``SET_RESIDUAL`` is :class:`brokers.residuals.ResidualCache`'s, ``APPEND_REVOCATION``
+:class:`brokers.revocations.Revocations`').
 """
 
 from __future__ import annotations
@@ -160,3 +161,20 @@ redis.call('EXPIRE', KEYS[1], ARGV[7])
 return {old_gen, old_parts}
 """
 )
+
+# KEYS[1] the run's revocation list; ARGV[1] the list's length the entry was linked against,
+# ARGV[2] the signed entry, ARGV[3] TTL seconds
+# -> {the new length, or -1 if the list changed since it was read; 1 if a value that was not
+#     a list was removed first (someone else's write: nothing in it was signed), else 0}
+APPEND_REVOCATION = """
+local cleared = 0
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'list' and kind ~= 'none' then
+  redis.call('DEL', KEYS[1])
+  cleared = 1
+end
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[1]) then return {-1, cleared} end
+local n = redis.call('RPUSH', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {n, cleared}
+"""

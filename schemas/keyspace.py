@@ -72,8 +72,9 @@ class Keyspace:
         return f"{self.ns}:residual:{federation}:{generation}:{index}"
 
     def revoked_keys(self) -> str:
-        """Hash: fingerprint of a revoked signing key -> its owner (``brokers.revocations``)."""
-        return f"{self.ns}:keys:revoked"
+        """List: the run's revocation chain, admin-signed entries appended in order
+        (``schemas.revocation``, ``brokers.revocations``)."""
+        return f"{self.ns}:keys:revocations"
 
     # -- glob patterns of key families, for Redis ACLs (ids hold no glob characters) ------
 

@@ -10,7 +10,10 @@ reads its own ``up``, writes its own ``down``, and, one level up, writes its par
 reads its parent's ``down``. In Redis a client touches its federation's membership and reads
 its model pointer; an aggregator owns every key of its federation, joins its parent's
 membership, reads its parent's model pointer and the residual caches its policy links to;
-both read the run's list of revoked signing keys (the operator writes it).
+both read the run's revocation chain (the admin appends to it, signed: a write by anyone
+else does not count; on Redis 7 the read-only pattern ``%R~`` keeps participants from writing
+it at all, while on Redis 6, which has none, the pattern is read-write and the signature
+check is the fence).
 Nobody reads a sibling's traffic or keys. The run-wide topics are written by participants and
 read by the observer (the dashboard, the runner's metrics collector) only, because dead
 letters carry the first bytes of rejected updates of every federation.
@@ -42,6 +45,7 @@ _CLIENT = (
     *("time", "zscore", "zadd", "hset", "expire"),  # the heartbeat script
     *("multi", "exec", "zrem", "hdel"),  # a clean leave
     "hgetall",  # the model pointer
+    "lrange",  # the revocation chain
 )
 _AGGREGATOR = (
     *_CLIENT,

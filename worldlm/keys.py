@@ -2,11 +2,14 @@
 
 ``<dir>/<id>.key`` is the signing private key (PKCS#8 PEM, mode 0600), ``<dir>/<id>.pub``
 its public key (SubjectPublicKeyInfo PEM); ``<id>.xkey`` and ``<id>.xpub`` are the sealing
-pair (X25519, same formats; ``schemas.sealing``). A participant loads its own private keys
-and every public key in the directory; in a real deployment each machine gets its own
-private keys and everyone's public keys. ``worldlm keys generate`` writes a directory for
-every participant of a config; ``rotate_signing_key`` replaces one participant's signing
-pair, and participants re-read the directory when its files change (:func:`key_stamp`).
+pair (X25519, same formats; ``schemas.sealing``). ``admin.key`` / ``admin.pub`` are the run
+admin's signing pair: revocations are valid only when it signed them (``schemas.revocation``),
+so ``admin`` is no participant's name. A participant loads its own private keys, every
+public key in the directory and the admin's public key, never ``admin.key``; in a real
+deployment each machine gets its own private keys and everyone's public keys, and the admin
+key stays with the operator. ``worldlm keys generate`` writes a directory for every
+participant of a config; ``rotate_signing_key`` replaces one participant's signing pair, and
+participants re-read the directory when its files change (:func:`key_stamp`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from schemas.revocation import ADMIN
 from schemas.signing import fingerprint
 
 #: File suffixes of the key directory: signing private/public, sealing private/public.
@@ -42,6 +46,8 @@ class Keyring:
     public: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     sealer: X25519PrivateKey | None = None
     seal_public: dict[str, X25519PublicKey] = field(default_factory=dict)
+    #: the run admin's key, which signs revocations (None: no ``admin.pub`` here)
+    admin: Ed25519PublicKey | None = None
 
 
 def _read_private(path: Path, kind: Any) -> Any:  # kind: an abstract key class
@@ -91,6 +97,7 @@ def load_keyring(directory: str | Path, owner: str) -> Keyring:
     if not private.exists():
         raise KeyFileError(f"no private key for {owner!r}: {private} is missing")
     public = {p.stem: _read_public(p, Ed25519PublicKey) for p in sorted(directory.glob("*.pub"))}
+    admin = public.pop(ADMIN, None)
     sealing = directory / f"{owner}.xkey"
     return Keyring(
         owner,
@@ -98,7 +105,32 @@ def load_keyring(directory: str | Path, owner: str) -> Keyring:
         public,
         _read_private(sealing, X25519PrivateKey) if sealing.exists() else None,
         {p.stem: _read_public(p, X25519PublicKey) for p in sorted(directory.glob("*.xpub"))},
+        admin,
     )
+
+
+def load_admin_key(directory: str | Path) -> Ed25519PrivateKey:
+    """The run admin's private signing key, which signs revocations (``admin.key``)."""
+    path = Path(directory) / f"{ADMIN}.key"
+    if not path.exists():
+        raise KeyFileError(
+            f"revocations are signed by the run's admin key and {path} is missing "
+            "(worldlm keys generate writes it; revoke where it is kept)"
+        )
+    key: Ed25519PrivateKey = _read_private(path, Ed25519PrivateKey)
+    return key
+
+
+def generate_admin_key(directory: str | Path, *, overwrite: bool = False) -> bool:
+    """Write the run admin's signing pair (``admin.key``, ``admin.pub``) unless there is one
+    (or ``overwrite``); True if written. A new admin key makes the revocations signed with
+    the old one count no more for readers that start after it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if not overwrite and (directory / f"{ADMIN}.key").exists():
+        return False
+    _write_pair(directory, ADMIN, Ed25519PrivateKey.generate(), "key/pub")
+    return True
 
 
 def _write_pair(
@@ -141,14 +173,18 @@ def rotate_signing_key(directory: str | Path, owner: str) -> tuple[str, str]:
 def generate_keys(
     directory: str | Path, owners: Iterable[str], *, overwrite: bool = False
 ) -> list[str]:
-    """Write a signing and a sealing pair per owner into ``directory``; return the owners
-    given new keys.
+    """Write a signing and a sealing pair per owner into ``directory``, and the admin's
+    signing pair if it has none (never replaced here: :func:`generate_admin_key` does that);
+    return the owners given new keys.
 
     Existing pairs are kept unless ``overwrite``: a new key locks its participant out until
     its new public key reaches its readers.
     """
+    owners = list(owners)
+    if ADMIN in owners:
+        raise KeyFileError(f"{ADMIN!r} names the run admin's key; rename that participant")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    generate_admin_key(directory)
     created: list[str] = []
     for owner in owners:
         new = False

@@ -174,3 +174,16 @@ def test_kafka_commands_create_every_topic_then_grant_each_principal() -> None:
     assert ("User:r1.latin", "Read", t.down("root")) in grants_
     assert ("User:r1.latin", "Write", t.up("root")) in grants_
     assert not [g for g in grants_ if g[0] == "User:r1.fr-0" and "slavic" in g[2]]
+
+
+def test_the_revocation_chain_is_read_only_to_participants_on_redis_7() -> None:
+    chain = Keyspace(RUN).revoked_keys()
+    appends = {"rpush", "lpush", "rpushx", "lset", "linsert", "ltrim", "lrem", "rpop", "lpop"}
+    for g in grants(tree()):
+        if g.role == "observer":
+            continue
+        assert "lrange" in g.commands and not appends & set(g.commands), g.node
+        rules = redis_rules(g, "pw")
+        assert f"%R~{chain}" in rules and f"~{chain}" not in rules
+        # Redis 6 has no read-only patterns: the admin's signature is the fence there.
+        assert f"~{chain}" in redis_rules(g, "pw", read_only=False)

@@ -58,3 +58,48 @@ def test_generate_writes_a_sealing_pair_and_rotation_changes_only_the_signing_ke
     assert old == before != new == public_fingerprint(tmp_path, "en-0")
     assert (tmp_path / "en-0.xpub").read_bytes() == sealing and key_stamp(tmp_path) != stamp
     assert stat.S_IMODE((tmp_path / "en-0.key").stat().st_mode) == 0o600
+
+
+def test_the_admin_pair_is_written_once_and_participants_load_only_its_public_key(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from worldlm.cli import app
+    from worldlm.config import parse
+    from worldlm.keys import load_admin_key
+    from worldlm.participants.keychain import Keychain
+
+    generate_keys(tmp_path, ["root", "en-0"])
+    assert stat.S_IMODE((tmp_path / "admin.key").stat().st_mode) == 0o600
+    ring = load_keyring(tmp_path, "en-0")
+    assert sorted(ring.public) == ["en-0", "root"] and ring.admin is not None
+    message = b"an entry"
+    ring.admin.verify(load_admin_key(tmp_path).sign(message), message)  # raises if not a pair
+    before = (tmp_path / "admin.pub").read_bytes()
+    generate_keys(tmp_path, ["de-0"])
+    assert (tmp_path / "admin.pub").read_bytes() == before  # kept: its chain stays valid
+    with pytest.raises(KeyFileError, match="admin"):
+        generate_keys(tmp_path, ["admin"])
+    # A signing participant without the admin's public key cannot tell a revocation from a
+    # forgery: it stops at start, naming the file.
+    (tmp_path / "admin.pub").unlink()
+    raw = {
+        "run": {"id": "r", "signing": "required"},
+        "federations": {"root": {}},
+        "clients": {"en-0": {"federation": "root", "partition": "lang-en"}},
+    }
+    with pytest.raises(KeyFileError, match=r"admin\.pub is missing"):
+        Keychain(parse(raw).run, str(tmp_path), "en-0")
+    # Revoking needs the admin's private key: without it, a usage error naming --keys.
+    (tmp_path / "admin.key").unlink()
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[run]\nid = "r"\n[federations.root]\n[clients.en-0]\nfederation = "root"\n'
+        'partition = "lang-en"\n'
+    )
+    args = ["keys", "revoke", "--config", str(config), "--keys", str(tmp_path), "--id", "en-0"]
+    result = CliRunner().invoke(
+        app, [*args, "--redis", "redis://127.0.0.1:1/0"], env={"COLUMNS": "1000"}
+    )
+    assert result.exit_code == 2 and "admin.key is missing" in result.output, result.output

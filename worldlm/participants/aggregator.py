@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from brokers.deltas import Received
-from brokers.revocations import Revocations
 from schemas.delta import new_update_id
 from schemas.errors import WireError
 from schemas.messages import RoundEvent
@@ -76,7 +75,6 @@ class AggregatorParticipant:
             unsealer=self.node.unsealer,
             reload_keys=self.node.keys.reload if self.node.keys is not None else None,
         )
-        self.revocations = Revocations(self.node.state)
         self._parent: BroadcastFollower | None = None
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
         self.books = RoundBooks(self.node)  # the shell's part of each round's accounting
@@ -114,6 +112,7 @@ class AggregatorParticipant:
                     keys=node.public_keys,
                     unsealer=node.unsealer,
                     on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
+                    revocations=node.revocations,
                 )
                 await self._parent.start(self.stop)
             await node.join()
@@ -200,8 +199,8 @@ class AggregatorParticipant:
         """Offer what the intake read to the core; the senders of the admitted updates."""
         arrived = []
         revoked: set[str] = set()
-        if self.node.public_keys is not None and any(isinstance(i, Received) for i in found):
-            revoked = set(await self.revocations.revoked())  # the list as of this batch
+        if any(isinstance(i, Received) for i in found):
+            revoked = set(await self.node.revocations.revoked())  # the chain as of this batch
         for item in found:
             if isinstance(item, Received):
                 if (sender := await self._offer(item, revoked)) is not None:
@@ -394,6 +393,7 @@ class AggregatorParticipant:
             return
         self.core.restore(snapshot)
         meta = snapshot.meta
+        self.node.revocations.recall(meta.revocations)  # never un-revoke across a restart
         self.node.log.info(
             "aggregator_resumed",
             round=meta.round,
@@ -405,4 +405,5 @@ class AggregatorParticipant:
     def _save(self, model: bool = True) -> None:
         if self.lease.lost:  # the checkpoint is the new leader's now
             raise Stopped
+        self.core.meta.revocations = self.node.revocations.saved  # outlives a restart
         self.checkpoint.save_snapshot(self.core.snapshot(), model=model)

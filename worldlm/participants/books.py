@@ -56,6 +56,10 @@ class RoundBooks:
             "round_dead_lettered": closed.values["round_dead_lettered"] + self.dead_letters,
             # linked residual-cache entries skipped because they did not open (run total)
             "residual_unreadable": float(node.counters["residual_unreadable"]),
+            # revocation entries ignored (not the admin's, or out of place) and lists found
+            # no longer extending what this reader verified (run totals)
+            "revocations_ignored": float(node.counters["revocations_ignored"]),
+            "revocations_tampered": float(node.counters["revocations_tampered"]),
         }
         ledger = msgspec.structs.replace(
             closed.ledger,

@@ -86,6 +86,8 @@ class Meta:
     awaiting_parent: bool = False
     submit_id: str = ""
     samples: int = 0
+    #: the revocation chain the shell verified (``schemas.revocation.ChainMemory``)
+    revocations: dict[str, Any] = field(default_factory=dict)
     #: the model file this JSON part goes with
     model_file: str = "model.safetensors"
 

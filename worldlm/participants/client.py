@@ -50,6 +50,7 @@ class ClientParticipant:
             keys=node.public_keys,
             unsealer=node.unsealer,
             on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
+            revocations=node.revocations,
         )
         pending: set[asyncio.Future[Any]] = set()
         try:

@@ -72,6 +72,7 @@ class BroadcastFollower:
         keys: Mapping[str, Ed25519PublicKey] | None = None,
         unsealer: Unsealer | None = None,
         on_rejected: Callable[[Rejected], Awaitable[None]] | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.settings = settings
         self.on_rejected = on_rejected  # a record of the federation that could not be used
@@ -79,6 +80,7 @@ class BroadcastFollower:
         self.federation = federation
         self.topic = topic  # the federation's broadcast topic
         self.keys = keys  # verify each broadcast's signature with these (None: unsigned run)
+        self.revocations = revocations  # the participant's reader of the revocation chain
         self._key = federation.encode()
         self._records: Subscription | None = None
         self._receiver = DeltaReceiver(Reassembler(unsealer=unsealer))
@@ -142,8 +144,8 @@ class BroadcastFollower:
                 return newest
 
     async def _revoked(self) -> set[str]:
-        """The revocation list, in a signing run (one read per complete broadcast)."""
-        return set(await Revocations(self.state).revoked()) if self.keys is not None else set()
+        """The revoked keys, in a signing run (one read per complete broadcast)."""
+        return set(await self.revocations.revoked()) if self.revocations is not None else set()
 
     def _broadcast(self, received: Received, revoked: set[str]) -> Broadcast | None:
         m = received.delta.manifest

@@ -37,6 +37,11 @@ class Keychain:
         self.ring = load_keyring(directory, owner)
         self._stamp = key_stamp(directory)
         self.reloads = 0
+        if self.signing and self.ring.admin is None:
+            raise KeyFileError(
+                f"no admin public key: {directory}/admin.pub is missing (revocations are "
+                "valid only when the run's admin key signed them; worldlm keys generate)"
+            )
         if self.sealing:
             if self.ring.sealer is None:
                 raise KeyFileError(f"no sealing key for {owner!r}: {directory}/{owner}.xkey")
@@ -46,6 +51,7 @@ class Keychain:
                         f"no sealing public key for {rid!r}: {directory}/{rid}.xpub is missing"
                     )
         self._unsealer = self._make_unsealer()
+        self._admin = self.ring.admin
 
     def _make_unsealer(self) -> Unsealer | None:
         sealer = self.ring.sealer
@@ -60,6 +66,12 @@ class Keychain:
     def public(self) -> dict[str, Ed25519PublicKey] | None:
         """Keys to verify others' deltas with (None when the run does not sign)."""
         return self.ring.public if self.signing else None
+
+    @property
+    def admin(self) -> Ed25519PublicKey | None:
+        """The run admin's key, which revocations must be signed by (None: unsigned run).
+        Kept from the start: a reload does not change whose signature counts."""
+        return self._admin if self.signing else None
 
     @property
     def unsealer(self) -> Unsealer | None:

@@ -21,6 +21,7 @@ from brokers.access import server_version, set_users
 from brokers.admin import ensure_topics
 from brokers.deltas import Published, publish_delta
 from brokers.kafka import KafkaSettings, Producer
+from brokers.revocations import Revocations
 from brokers.state import RedisState
 from schemas.codec import encode
 from schemas.delta import encode_delta
@@ -167,6 +168,8 @@ class Node:
             node=node_id, role=role, member_of=federation
         )
         self._heartbeat: Beat | None = None
+        admin = self.keys.admin if self.keys is not None else None  # None: revokes nothing
+        self.revocations = Revocations(self.state, admin, counters=self.counters, log=self.log)
 
     @property
     def signer(self) -> Ed25519PrivateKey | None:
