@@ -15,9 +15,10 @@ updates give other models. The limit: the clients' later updates were trained fr
 *recorded* broadcasts, so a replay answers "what would this round's aggregate have been from
 the same updates", not what a whole run under the other setting would have done. An update
 refused here but folded live can leave a round with nothing to fold: it is skipped (the
-model stays), and a federation waiting for a submission that never comes stalls the replay
-there (:attr:`Replay.stalled`). A close is fed the residual-cache entries its ledger names
-(which one a live close read depends on timing), so runs with residual links replay too.
+model stays; a round that was empty live closes empty here too), and a federation waiting
+for a submission that never comes stalls the replay there (:attr:`Replay.stalled`). A close
+is fed the residual-cache entries its ledger names (which one a live close read depends on
+timing), so runs with residual links replay too.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ class Replay:
             assert offer is not None
             core.offer(offer)
         recorded = tuple(sorted(self.updates[i].sender for i in r.ledger.folded))
-        if not core.pending:
+        if not core.pending and recorded:  # (a round empty live closes empty here too)
             self.replayed.append(
                 ReplayedRound(
                     fid, r.round, core.meta.version, (), recorded, True, "", {"skipped": 1.0}
@@ -282,8 +283,9 @@ class Replay:
         )
         if closed.exchange:
             s = core.submission()
-            offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
-            self.submissions[(fid, s.round)] = offer
+            if s is not None:  # None: the exchange's rounds were empty, live as here
+                offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
+                self.submissions[(fid, s.round)] = offer
             self._take_recorded(fid)  # the broadcast it took may be out already
         else:
             self._broadcast(fid)

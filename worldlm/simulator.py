@@ -171,8 +171,9 @@ class Simulation:
             parent = self.hierarchy.federations[fid].parent
             assert parent is not None
             s = core.submission()
-            offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
-            self._queue.append(_Update(parent, offer))
+            if s is not None:  # None: the rounds were empty (never here: no deadline fires)
+                offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
+                self._queue.append(_Update(parent, offer))
         else:
             self._broadcast(fid)
             if not closed.final:

@@ -17,6 +17,7 @@ import tomli_w
 import torch
 
 from brokers.embedded import Servers
+from schemas.messages import RoundLedger
 from tests.worldlm.participants.helpers import WORLDLM, endpoints, raw_config
 from worldlm.config import Hierarchy, load, parse
 from worldlm.participants.checkpoint import Checkpoint
@@ -135,6 +136,17 @@ def test_a_round_missing_from_the_recording_stalls_the_replay_and_says_where(
     assert len(replayed) == len(rounds) - 2  # latin's last round and the root's last
     [(fid, round_, why)] = replay.stalled
     assert (fid, round_) == ("root", 1) and why.startswith("waits for")
+
+
+def test_a_round_that_closed_empty_live_closes_empty_in_the_replay(run_id: str) -> None:
+    """A live round whose deadline passed with nothing to fold advanced the version; its
+    replay does too (a skipped round would leave every later version one short)."""
+    h = parse(raw_config(run_id, federations={"root": {}}, clients={"en-0": ("root", "lang-en")}))
+    empty = RecordedRound("root", 0, RoundLedger(), live=1, values={"arrived": 0.0})
+    replay = Replay(h, [empty], {})
+    [round_] = replay.run()
+    assert (round_.round, round_.version, round_.folded, round_.skipped) == (0, 1, (), False)
+    assert replay.cores["root"].counters["rounds_empty"] == 1 and not replay.stalled
 
 
 def siblings_raw(run_id: str) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """A run can always be stopped: SIGTERM ends `worldlm run` within seconds at any phase, server
 start-up included, and its embedded broker and redis-server never outlive it; a run whose
-Redis dies ends in seconds with one clear error."""
+Redis dies ends in seconds with one clear error. The exit status tells a stopped run from a
+completed one: 143 after SIGTERM, 130 after SIGINT (0 only at the end, 1 for a failure)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -13,7 +15,20 @@ import pytest
 import tomli_w
 
 from brokers.embedded import EmbeddedRedis, Servers
-from tests.worldlm.participants.helpers import WORLDLM, flat_raw, poll
+from tests.worldlm.participants.helpers import (
+    WORLDLM,
+    flat_raw,
+    log_events,
+    participant_process,
+    poll,
+)
+
+#: The status of a command a signal stopped: 128 + the signal, as a shell reports it.
+STATUS = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+def logged(log: Path, event: str) -> bool:
+    return any(e["event"] == event for e in log_events(log))
 
 
 def children(pid: int) -> set[int]:
@@ -41,16 +56,25 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("phase", ["server_start", "training"])
-async def test_sigterm_ends_a_run_in_seconds_and_leaves_no_server_behind(
-    tmp_path: Path, run_id: str, phase: str
+@pytest.mark.parametrize(
+    ("phase", "sig"),
+    [
+        ("server_start", signal.SIGTERM),
+        ("training", signal.SIGTERM),
+        ("training", signal.SIGINT),
+    ],
+    ids=["server_start-SIGTERM", "training-SIGTERM", "training-SIGINT"],
+)
+async def test_a_signal_ends_a_run_in_seconds_with_its_status_and_leaves_no_server_behind(
+    tmp_path: Path, run_id: str, phase: str, sig: signal.Signals
 ) -> None:
     config = tmp_path / "run.toml"
     config.write_text(tomli_w.dumps(flat_raw(run_id, rounds=50, local_steps=5)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    log = (tmp_path / "run.log").open("wb")
+    log_path = tmp_path / "run.log"
+    log = log_path.open("wb")
     proc = await asyncio.create_subprocess_exec(
-        WORLDLM, "run", str(config), stdout=log, stderr=log, env=env
+        WORLDLM, "run", str(config), "--log-level", "info", stdout=log, stderr=log, env=env
     )
     try:
         servers: set[int] = set()
@@ -60,12 +84,21 @@ async def test_sigterm_ends_a_run_in_seconds_and_leaves_no_server_behind(
             while len(servers) < wanted:
                 servers = children(proc.pid)
                 await asyncio.sleep(0.02)
-        if phase == "training":
-            await asyncio.sleep(8.0)
-        proc.send_signal(signal.SIGTERM)
+        if phase == "training":  # a client has trained and published an update
+
+            async def trained() -> bool:
+                return logged(log_path, "client_round")
+
+            async with asyncio.timeout(120):
+                await poll(trained)
+        proc.send_signal(sig)
         async with asyncio.timeout(30):  # grace 10 s, then cancelled; servers stop in <= 5 s
-            await proc.wait()
-        assert "stopping (SIGTERM)" in (tmp_path / "run.log").read_text()
+            code = await proc.wait()
+        text = log_path.read_text()
+        assert f"stopping ({sig.name})" in text
+        assert code == STATUS[sig], text[-3000:]  # stopped, not completed
+        if phase == "training":
+            assert re.search(r"stopped after [\d.]+s\b", text)
 
         async def all_gone() -> bool:
             return not any(alive(pid) for pid in servers)
@@ -161,3 +194,33 @@ async def test_one_participant_whose_redis_is_gone_ends_with_one_clear_error(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_participant_a_signal_stops_exits_with_its_status(
+    servers: Servers, tmp_path: Path, run_id: str
+) -> None:
+    """`worldlm aggregator` and `worldlm client` stopped mid-run (once the client has trained):
+    143 after SIGTERM, 130 after SIGINT, each after its clean stop."""
+    config = tmp_path / "run.toml"
+    config.write_text(tomli_w.dumps(flat_raw(run_id, rounds=50, local_steps=2)))
+    common = ["--config", str(config), "--kafka", servers.kafka, "--redis", servers.redis]
+    aggregator_log, client_log = tmp_path / "aggregator.log", tmp_path / "client.log"
+    async with (
+        participant_process(
+            ["aggregator", "--node", "root", "--checkpoint-dir", str(tmp_path / "ckpt"), *common],
+            aggregator_log,
+        ) as aggregator,
+        participant_process(["client", "--node", "en-0", *common], client_log) as client,
+    ):
+
+        async def trained() -> bool:
+            return logged(client_log, "client_round")
+
+        async with asyncio.timeout(120):
+            await poll(trained)
+        client.send_signal(signal.SIGINT)
+        aggregator.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            codes = await asyncio.gather(client.wait(), aggregator.wait())
+    assert codes == [130, 143], (client_log.read_text()[-2000:], aggregator_log.read_text()[-2000:])
+    assert logged(client_log, "client_stopped") and logged(aggregator_log, "aggregator_stopped")

@@ -41,7 +41,8 @@ class ChurnObservation:
 def past_deadline(times: RoundTimes, deadline_s: float) -> bool:
     """A round that did not close on its quorum before its deadline."""
     seconds = times.seconds
-    return times.reason == "deadline" or (seconds is not None and seconds > deadline_s)
+    by_deadline = times.reason in ("deadline", "empty")
+    return by_deadline or (seconds is not None and seconds > deadline_s)
 
 
 def judge(index: int, o: ChurnObservation) -> Trial:
@@ -60,7 +61,7 @@ def judge(index: int, o: ChurnObservation) -> Trial:
         "rounds": o.rounds,
         "rounds_closed": closed,
         "past_deadline": late,
-        "closed_by_deadline": sum(t.reason == "deadline" for t in o.times),
+        "closed_by_deadline": sum(t.reason in ("deadline", "empty") for t in o.times),
         "slowest_round_s": round(slowest, 2),
         "kills": o.kills,
         "completed": completed,

@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from worldlm.cli.participants import run_until_signal, single_threaded_torch
+from worldlm.cli.participants import single_threaded_torch
+from worldlm.cli.stopping import run_until_signal
 
 
 def _commit() -> str:

@@ -37,15 +37,18 @@ def dashboard(
     Reads the run's metrics, event and dead-letter topics from offset 0 and polls Redis; never
     talks to participants. The page is at http://HOST:PORT/, Prometheus metrics at /metrics.
     """
-    from worldlm.cli.participants import load_config, run_until_signal
+    from worldlm.cli.participants import load_config
+    from worldlm.cli.stopping import Stop, run_until_signal
     from worldlm.dashboard import Dashboard
     from worldlm.dashboard.stream import discover_runs
 
     logs.configure(level=log_level)
     hierarchy = load_config(config, run) if config is not None else None
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: Stop) -> None:
         from brokers.kafka import KafkaSettings
+
+        stop.complete()  # it serves until a signal: that is its normal end (status 0)
 
         run_id = run or (hierarchy.run.id if hierarchy is not None else None)
         while run_id is None and not stop.is_set():

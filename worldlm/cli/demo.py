@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from worldlm.cli.participants import run_until_signal, single_threaded_torch
+from worldlm.cli.participants import single_threaded_torch
+from worldlm.cli.stopping import Stop, run_until_signal
 
 
 def demo(
@@ -78,11 +79,12 @@ def demo(
             stop=stop,
         )
 
+    stop = Stop()
     try:
-        outcome = run_until_signal(main)
+        outcome = run_until_signal(main, stop)
     except SimulationStopped:
         typer.echo("stopped before the report was complete", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(stop.status) from None
     typer.echo("")
     for figures in outcome.report["methods"].values():
         mean, half = figures["mean"]["mean"], figures["mean"]["ci95"]

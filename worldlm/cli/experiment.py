@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from worldlm.cli.participants import run_until_signal, single_threaded_torch
+from worldlm.cli.participants import single_threaded_torch
+from worldlm.cli.stopping import Stop, run_until_signal
 
 
 def logs_configure(level: str) -> None:
@@ -163,11 +164,12 @@ def experiment(
     import time
 
     started = time.perf_counter()
+    stop = Stop()
     try:
-        summary = run_until_signal(main)
+        summary = run_until_signal(main, stop)
     except SimulationStopped:
         typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(stop.status) from None
     # this invocation's wall time (cells a previous invocation left cost it nothing)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     summary["processes"] = processes or default_processes()

@@ -3,28 +3,28 @@
 ``run`` starts every participant of a config in one process (on embedded servers, or on the
 given ``--kafka``/``--redis``). ``client`` and ``aggregator`` run one participant as its own
 process against given servers: what docker-compose runs, one service per participant.
-SIGINT and SIGTERM stop a participant cleanly (it leaves its federation and says so).
+SIGINT and SIGTERM stop a participant cleanly (it leaves its federation and says so); the
+exit status is 0 only for a completed run, 130/143 for one a signal stopped, 1 for a failure
+(worldlm/cli/stopping.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
 from worldlm import logs
 from worldlm.cli.spread import ShareOpt, WorkerOpt, WorkersOpt
+from worldlm.cli.stopping import Stop, run_until_signal
 
 if TYPE_CHECKING:
     from worldlm.config import Hierarchy
     from worldlm.participants.node import Endpoints
-
-T = TypeVar("T")
 
 KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap address host:port.")]
 RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL redis://host:port/db.")]
@@ -136,49 +136,6 @@ def single_threaded_torch() -> None:
     torch.set_num_threads(1)
 
 
-#: After SIGINT/SIGTERM, how long a clean stop may take before the run is cancelled.
-STOP_GRACE_S = 10.0
-
-
-def run_until_signal(main: Callable[[asyncio.Event], Awaitable[T]]) -> T:
-    """Run ``main(stop)``; the first SIGINT/SIGTERM sets ``stop`` so it can shut down cleanly.
-
-    Stopping always finishes: if ``main`` has not returned ``STOP_GRACE_S`` after the first
-    signal, or at a second signal, it is cancelled, which unwinds every context it holds
-    (embedded servers included, even mid start-up); the process then exits with 130.
-    """
-
-    async def runner() -> T:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        received: list[int] = []
-
-        def cancel() -> None:
-            if not task.done():
-                typer.echo("stopping: cancelled", err=True)
-                task.cancel()
-
-        def on_signal(sig: signal.Signals) -> None:
-            received.append(sig)
-            stop.set()
-            if len(received) == 1:
-                typer.echo(f"stopping ({sig.name}); again to force", err=True)
-                loop.call_later(STOP_GRACE_S, cancel)
-            else:
-                cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal, sig)
-        return await main(stop)
-
-    try:
-        return asyncio.run(runner())
-    except asyncio.CancelledError:
-        raise typer.Exit(130) from None
-
-
 def run(
     config: Annotated[Path, typer.Argument(help="Hierarchy config (TOML).")],
     kafka: KafkaOpt = None,
@@ -234,7 +191,7 @@ def run(
     single_threaded_torch()
     hierarchy = load_config(config, run_id)
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: Stop) -> None:
         async with (
             servers(kafka, redis, durable) as (k, r),
             contextlib.AsyncExitStack() as stack,
@@ -281,11 +238,15 @@ def run(
             for client, ppl in sorted(finals.items()):
                 typer.echo(f"{client:>16}  final validation perplexity {ppl:9.2f}")
             if isinstance(result, SpreadResult):
-                typer.echo(spread.summary(result))
+                typer.echo(spread.summary(result, stopped=stop.is_set()))
                 if result.failures:
                     raise typer.Exit(1)
             else:
-                typer.echo(f"done in {result.wall_s:.1f}s")
+                typer.echo(
+                    f"{'stopped after' if stop.is_set() else 'done in'} {result.wall_s:.1f}s"
+                )
+            if not stop.is_set():  # the root's final round: a signal from now on is no failure
+                stop.complete()
             if board is not None and not stop.is_set():
                 typer.echo(f"dashboard still at {board.url}; Ctrl-C to stop", err=True)
                 await stop.wait()
@@ -316,12 +277,14 @@ def _serve_one(
     hierarchy = load_config(config, run_id)
     endpoints = Endpoints(kafka, redis, str(keys) if keys else None)
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: Stop) -> None:
         participant = make(hierarchy, endpoints)  # a missing key fails here, before any I/O
         if hierarchy.run.isolation != "acl":  # else topics and users are the operator's
             await prepare_run(hierarchy, endpoints)
         participant.stop = stop
         await participant.run()
+        if not stop.is_set():  # it ran to the end
+            stop.complete()
 
     with _usage_errors(), server_errors(kafka, redis):
         run_until_signal(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from worldlm.cli.participants import run_until_signal
+from worldlm.cli.stopping import Stop, run_until_signal
 
 
 def run_regimes(
@@ -65,9 +65,10 @@ def run_regimes(
             )
 
     started = time.perf_counter()
+    stop = Stop()
     try:
-        run_until_signal(main)
+        run_until_signal(main, stop)
     except SimulationStopped:
         typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(stop.status) from None
     typer.echo(write(study, out, command=command, wall_s=time.perf_counter() - started))

@@ -40,7 +40,10 @@ def simulate(
         hierarchy = replace(hierarchy, run=msgspec.structs.replace(hierarchy.run, seed=seed))
     with RoundProgress(hierarchy, desc="simulate") as progress:
         simulation = Simulation(hierarchy, on_report=progress.update, workers=workers)
-        result = simulation.run()
+        try:
+            result = simulation.run()
+        except KeyboardInterrupt:  # interrupted like `worldlm run`: 130 (SIGTERM kills: 143)
+            raise typer.Exit(130) from None
     finals = result.final_ppl()
     for client, ppl in sorted(finals.items()):
         typer.echo(f"{client:>16}  final validation perplexity {ppl:9.2f}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -123,13 +124,14 @@ async def spread(
     )
 
 
-def summary(result: SpreadResult) -> str:
-    """The parent's last line: how long, on how many workers, and which of them failed."""
+def summary(result: SpreadResult, *, stopped: bool = False) -> str:
+    """The parent's last line: how long, on how many workers, and which of them failed
+    (``stopped``: a signal ended the run before it was done)."""
     count = len(result.exits)
     if result.failures:
         why = "; ".join(e.describe() for e in result.failures)
         return f"failed after {result.wall_s:.1f}s on {count} workers: {why}"
-    return f"done in {result.wall_s:.1f}s on {count} workers"
+    return f"{'stopped after' if stopped else 'done in'} {result.wall_s:.1f}s on {count} workers"
 
 
 def run_share(
@@ -148,10 +150,10 @@ def run_share(
     from worldlm.cli.participants import (
         _usage_errors,
         load_config,
-        run_until_signal,
         server_errors,
         single_threaded_torch,
     )
+    from worldlm.cli.stopping import Stop, run_until_signal
     from worldlm.participants.node import Endpoints, prepare_run
     from worldlm.participants.runner import make_participants, run_participants
     from worldlm.participants.shares import assignment
@@ -168,7 +170,7 @@ def run_share(
     mine = assignment(hierarchy, share)
     endpoints = Endpoints(kafka, redis, str(keys) if keys else None)
 
-    async def main(stop: asyncio.Event) -> None:
+    async def main(stop: Stop) -> None:
         started = time.perf_counter()
         participants = make_participants(  # a missing key fails here, before any I/O
             hierarchy,
@@ -183,10 +185,17 @@ def run_share(
             if link is not None:  # the parent prepared the run; start when it says so
                 await link.open()
                 link.ready()
+                # The parent's going away (its pipe closed) stops a share as its SIGTERM does.
                 if not await _first(link.released(), stop):
+                    stop.interrupt(signal.SIGTERM)
                     return
+
+                def parent_gone(w: asyncio.Task[None]) -> None:
+                    if not w.cancelled():  # cancelled: our own end, below
+                        stop.interrupt(signal.SIGTERM)
+
                 watch = asyncio.create_task(link.closed(), name="parent-link")
-                watch.add_done_callback(lambda _: stop.set())
+                watch.add_done_callback(parent_gone)
             elif hierarchy.run.isolation != "acl":  # else topics and users are the operator's
                 await prepare_run(hierarchy, endpoints)
             with server_errors(kafka, redis):
@@ -197,7 +206,10 @@ def run_share(
             if link is not None:
                 link.close()
         elapsed = time.perf_counter() - started
-        typer.echo(f"share {share} ({mine.describe()}): done in {elapsed:.1f}s", err=True)
+        ended = "stopped after" if stop.is_set() else "done in"
+        typer.echo(f"share {share} ({mine.describe()}): {ended} {elapsed:.1f}s", err=True)
+        if not stop.is_set():
+            stop.complete()
 
     with _usage_errors():
         run_until_signal(main)

@@ -18,12 +18,11 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from brokers.deltas import Received
 from schemas.delta import new_update_id
 from schemas.errors import WireError
-from schemas.messages import RoundEvent
 from schemas.sealing import SealError
 from worldlm.config import Hierarchy
 from worldlm.participants.books import RoundBooks
@@ -180,7 +179,7 @@ class AggregatorParticipant:
                     await self.node.expire_members(self.id)
                 elif not arrived:
                     continue
-                if arrived or (core.open and core.pending):
+                if arrived or core.open:  # an open round closes by its deadline, even empty
                     live = len((await self.node.state.roster(self.id)).live)
                     await self._show_arrivals(arrived, live)
                     reason = core.close_reason(time.time(), live)
@@ -256,13 +255,13 @@ class AggregatorParticipant:
         if core.pending:  # arrivals after a restart are shown again
             live = len((await self.node.state.roster(self.id)).live)
             await self._show_arrivals([p.sender for p in core.pending], live)
-        await self._event("opened", self.core.meta.round)
+        await self.books.event("opened", core.meta.round, core.meta.version)
 
     async def _close(self, reason: str, live: int) -> None:
         node, core = self.node, self.core
         started = time.perf_counter()
         residuals = {}
-        for other in self.hierarchy.residual_links(self.id) if core.key else ():
+        for other in self.hierarchy.residual_links(self.id) if core.key and core.pending else ():
             try:
                 cached = await node.state.residuals.get(other, unsealer=node.unsealer)
             except SealError as exc:  # not sealed to us, tampered, or unsealed in a sealed run
@@ -284,7 +283,7 @@ class AggregatorParticipant:
         self._save()
         self.checkpoint.drop_pending(keep=set())
         await node.state.close_round(self.id, closed.round, reason, self.id)
-        await self._event("closed", closed.round, reason, len(closed.folded))
+        await self.books.event("closed", closed.round, closed.version, reason, len(closed.folded))
         end = core.meta.offsets.get(self.intake.name, 0)
         aggregate_s = time.perf_counter() - started
         values, ledger = self.books.close(closed, core, self.intake, end, aggregate_s)
@@ -306,31 +305,35 @@ class AggregatorParticipant:
                 await self._open_round()
 
     async def _submit(self) -> None:
-        """Send the backbone to the parent; its broadcast is awaited alongside intake."""
+        """Send the backbone to the parent (nothing after rounds that were all empty); the
+        parent's broadcast is awaited alongside intake."""
         assert self._parent is not None and self.fed.parent is not None
-        node, core = self.node, self.core
+        node, core, parent = self.node, self.core, self.fed.parent
         submission = core.submission()
-        self._save(model=False)  # the submission id survives a restart
-        published = await node.publish(
-            node.topics.up(self.fed.parent),
-            self.fed.parent,
-            submission.wire,
-            codecs=submission.codecs,
-            to=[self.fed.parent],
-            federation=self.fed.parent,
-            kind="update",
-            base_version=submission.base_version,
-            sample_count=submission.samples,
-            round=submission.round,
-            update_id=submission.update_id,
-        )
-        node.log.info(
-            "submitted_to_parent",
-            parent=self.fed.parent,
-            base=submission.base_version,
-            bytes=published.bytes,
-            tensors=len(submission.delta),
-        )
+        if submission is None:
+            node.log.info("submission_skipped", parent=parent, round=core.meta.round)
+        else:
+            self._save(model=False)  # the submission id survives a restart
+            published = await node.publish(
+                node.topics.up(parent),
+                parent,
+                submission.wire,
+                codecs=submission.codecs,
+                to=[parent],
+                federation=parent,
+                kind="update",
+                base_version=submission.base_version,
+                sample_count=submission.samples,
+                round=submission.round,
+                update_id=submission.update_id,
+            )
+            node.log.info(
+                "submitted_to_parent",
+                parent=parent,
+                base=submission.base_version,
+                bytes=published.bytes,
+                tensors=len(submission.delta),
+            )
         self._parent_wait = asyncio.create_task(
             self._parent.next(core.meta.parent_version), name=f"parent-{self.id}"
         )
@@ -373,15 +376,6 @@ class AggregatorParticipant:
             round=meta.round,
             final=meta.final,
             bytes=published.bytes,
-        )
-
-    async def _event(
-        self, action: Literal["opened", "closed"], round: int, reason: str = "", arrived: int = 0
-    ) -> None:
-        envelope = self.node.envelope(self.id)
-        version = self.core.meta.version
-        await self.node.event(
-            RoundEvent(envelope, round, action, reason, arrived, arrived, version=version)
         )
 
     # -- checkpoints ---------------------------------------------------------------------

@@ -9,9 +9,11 @@ cover. At the close the two parts make the round's metrics and its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
+
+from schemas.messages import RoundEvent
 
 if TYPE_CHECKING:
     from schemas.messages import RoundLedger
@@ -37,6 +39,19 @@ class RoundBooks:
     async def refused(self, record: Source, refusal: Rejected) -> None:
         """Dead-letter an update the core refused (the core counted it already)."""
         await self.node.dead_letter(record, refusal.reason, refusal.detail, count=False)
+
+    async def event(
+        self,
+        action: Literal["opened", "closed"],
+        round: int,
+        version: int,
+        reason: str = "",
+        arrived: int = 0,
+    ) -> None:
+        """Announce a round's opening or close (its reason and what it folded) to the run."""
+        envelope = self.node.envelope(self.node.id)
+        event = RoundEvent(envelope, round, action, reason, arrived, arrived, version=version)
+        await self.node.event(event)
 
     def close(
         self, closed: Closed, core: FederationCore, intake: Intake, end: int, aggregate_s: float

@@ -35,6 +35,7 @@ from worldlm.participants.rounds import (
     Rejected,
     Snapshot,
     Submission,
+    figures,
 )
 from worldlm.strategies import (
     AggregateResult,
@@ -219,19 +220,24 @@ class FederationCore:
         return max(self.schedule.min_quorum, math.ceil(live * self.schedule.quorum - 1e-9))
 
     def close_reason(self, now: float, live: int) -> str | None:
-        """Why the open round closes now (``quorum``, ``deadline``, ``buffer``), or None."""
-        if not self.open or not self.pending:
+        """Why the open round closes now: ``quorum`` (sync) or ``buffer`` (async) once enough
+        arrived; else past ``deadline_s``, whether or not anything arrived, ``deadline`` with
+        what is pending or ``empty`` with nothing (silent members must not hang a parent)."""
+        if not self.open:
             return None
-        if self.schedule.mode == "async":
-            return "buffer" if len(self.pending) >= self.schedule.buffer else None
-        if len({p.sender for p in self.pending}) >= self.quorum(live):
+        if self.pending and self.schedule.mode == "async":
+            if len(self.pending) >= self.schedule.buffer:
+                return "buffer"
+        elif self.pending and len({p.sender for p in self.pending}) >= self.quorum(live):
             return "quorum"
         if now - self.meta.round_opened > self.schedule.deadline_s:
-            return "deadline"
+            return "deadline" if self.pending else "empty"
         return None
 
     def close(self, reason: str, residuals: Sequence[ResidualEntry], live: int) -> Closed:
-        """Aggregate the pending updates into a new model version."""
+        """Aggregate the pending updates into a new model version. With nothing pending the
+        model stays (no strategy call, residual read or write: momentum and the privacy
+        accountant do not move), but the version and round advance as after any close."""
         meta = self.meta
         # Sorted by sender: the fold order, and so the result, does not depend on arrival.
         ordered = sorted(self.pending, key=lambda p: p.sender)
@@ -239,11 +245,15 @@ class FederationCore:
             Update(p.sender, p.delta, p.samples, staleness=meta.version - p.base_version)
             for p in ordered
         ]
-        residuals = list(residuals) if self.key else []
+        residuals = list(residuals) if self.key and updates else []
         context = RoundContext(
             residuals, sample_rate=min(1.0, len(updates) / max(live, 1)), round=meta.round
         )
-        result: AggregateResult = self.strategy.aggregate(self.weights, updates, context)
+        if updates:
+            result = self.strategy.aggregate(self.weights, updates, context)
+        else:
+            result = AggregateResult(self.weights, aggregated=False)
+            self.counters["rounds_empty"] += 1
         for rejection in result.rejected:
             self.counters["rejected"] += 1
             self.counters[f"rejected_{rejection.reason}"] += 1
@@ -261,41 +271,24 @@ class FederationCore:
             self.fed.parent is not None and meta.rounds_since_submit >= self.policy.internal_rounds
         )
         meta.awaiting_parent = exchange
+        if exchange and not meta.samples:  # nothing folded since the parent's broadcast
+            self.counters["submissions_skipped"] += 1
         meta.final = self.fed.parent is None and meta.round >= self.hierarchy.run.rounds
-        stale = [u.staleness for u in updates]
         folded = tuple(p.update_id for p in ordered)
         by_sender = {p.sender: p.update_id for p in ordered}
         declined = tuple(by_sender[r.sender] for r in result.rejected if r.sender in by_sender)
         read = {e.federation: e.round for e in residuals if e.round is not None}
         took = meta.parent_version if self.fed.parent is not None else None
         ledger, self.ledger = self.ledger.seal(folded, declined, read, took), Ledger()
-        values = {
-            "members": float(live),
-            "arrived": float(len(updates)),
-            "accepted": float(len(result.accepted)),
-            "rejected": float(self.counters["rejected"]),
-            "duplicates": float(self.counters["updates_duplicate"]),
-            "staleness_mean": sum(stale) / len(stale) if stale else 0.0,
-            "staleness_max": float(max(stale, default=0)),
-            "residuals": float(len(residuals)),
-            "version": float(meta.version),
-            # this round's own accounting (the ledger names the ids)
-            "round_accepted": float(len(folded) - len(declined)),
-            "round_duplicates": float(len(ledger.duplicates)),
-            "round_dead_lettered": float(ledger.dead_lettered),
-        }
-        values |= {
-            k: float(v)
-            for k, v in result.info.items()
-            if isinstance(v, float | int) and math.isfinite(v)
-        }
+        values = figures(live, updates, result, self.counters, len(residuals), meta.version, ledger)
+        new_key = bool(self.key and updates)  # an empty round has nothing new for the cache
         return Closed(
             round=closed_round,
             reason=reason,
             version=meta.version,
             folded=folded,
             rejected=result.rejected,
-            residual={n: self.weights[n] for n in sorted(self.key)} if self.key else None,
+            residual={n: self.weights[n] for n in sorted(self.key)} if new_key else None,
             exchange=exchange,
             final=meta.final,
             values=values,
@@ -304,15 +297,21 @@ class FederationCore:
 
     # -- the parent ----------------------------------------------------------------------
 
-    def submission(self) -> Submission:
+    def submission(self) -> Submission | None:
         """The update for the parent: only the backbone (K never leaves the federation).
 
         Its id is fixed until the parent's broadcast is taken, so a resubmission after a
         restart is deduplicated by the parent. It is compressed in the parent's codec, and
         its residual adopted only when the parent's broadcast is taken, so a resubmission
         compresses identically.
+
+        None when the rounds since the parent's last broadcast were all empty: nothing to send
+        (zero samples would be refused as ``no_samples``); the federation only waits for the
+        parent's next broadcast, which the parent's own deadline guarantees.
         """
         assert self.meta.awaiting_parent, "submit only after a round that ends the exchange"
+        if not self.meta.samples:
+            return None
         sent = self._compressed()
         return Submission(
             self.meta.submit_id,
@@ -339,7 +338,7 @@ class FederationCore:
     def take_parent(self, weights: Mapping[str, torch.Tensor], version: int, final: bool) -> None:
         """The parent's broadcast arrived: take its backbone, keep our key layers."""
         meta = self.meta
-        if meta.awaiting_parent and self.compressor.active:
+        if meta.awaiting_parent and meta.samples and self.compressor.active:
             self.compressor.commit(self._compressed())  # the submission counted as sent
         self._outgoing = None
         self.weights = take_parent(self.weights, weights, self.key)

@@ -4,14 +4,16 @@ submission to the parent, and the snapshot a checkpoint stores. Plain values, no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from schemas.messages import RoundLedger, TensorCodec
-from worldlm.strategies import Rejection
+from worldlm.strategies import AggregateResult, Rejection, Update
 
 if TYPE_CHECKING:
     from worldlm.participants.checkpoint import Meta
@@ -154,3 +156,39 @@ class Snapshot:
     strategy: dict[str, object]
     pending: list[Pending] = field(default_factory=list)
     feedback: Weights = field(default_factory=dict)
+
+
+def figures(
+    live: int,
+    updates: Sequence[Update],
+    result: AggregateResult,
+    counters: Counter[str],
+    residuals: int,
+    version: int,
+    ledger: RoundLedger,
+) -> dict[str, float]:
+    """A closed round's metrics: this round's, the run's totals so far, the strategy's."""
+    stale = [u.staleness for u in updates]
+    values = {
+        "members": float(live),
+        "arrived": float(len(updates)),
+        "accepted": float(len(result.accepted)),
+        "rejected": float(counters["rejected"]),
+        "duplicates": float(counters["updates_duplicate"]),
+        "staleness_mean": sum(stale) / len(stale) if stale else 0.0,
+        "staleness_max": float(max(stale, default=0)),
+        "residuals": float(residuals),
+        "version": float(version),
+        # this round's own accounting (the ledger names the ids)
+        "round_accepted": float(len(ledger.folded) - len(ledger.declined)),
+        "round_duplicates": float(len(ledger.duplicates)),
+        "round_dead_lettered": float(ledger.dead_lettered),
+        # run totals: rounds closed with nothing to fold, exchanges with nothing to send
+        "rounds_empty": float(counters["rounds_empty"]),
+        "submissions_skipped": float(counters["submissions_skipped"]),
+    }
+    return values | {
+        k: float(v)
+        for k, v in result.info.items()
+        if isinstance(v, float | int) and math.isfinite(v)
+    }

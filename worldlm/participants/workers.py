@@ -10,10 +10,11 @@ carries the end: a child stops cleanly when its stdin closes, so no child outliv
 parent, even a parent killed with SIGKILL.
 
 Stopping: at its first SIGINT/SIGTERM the parent sends SIGTERM to every child (a clean stop:
-participants leave their federations); a child still running ``TERM_GRACE_S`` later is
-killed. A child that fails (a non-zero status, a signal, an exit before ``ready``) is
-announced with its participants and the others are stopped: without its share the run's
-federations would only wait on deadlines.
+participants leave their federations; the child exits 143, no failure); a child still running
+``TERM_GRACE_S`` later is killed. A child that fails (a non-zero status, a signal, an exit
+before ``ready``) is announced with its participants and the others are stopped: without its
+share the run's federations would only wait on deadlines. The parent's own status
+(worldlm/cli/stopping.py): 1 when a child failed, else 130/143 when a signal stopped it, else 0.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ TERM_GRACE_S = 15.0
 #: its children get after a second SIGTERM (which forces their stop) before SIGKILL.
 KILL_AFTER_S = 5.0
 
+#: The status of a child a signal stopped cleanly (worldlm/cli/stopping.py): 128 + signal.
+INTERRUPTED = {s: 128 + s for s in (signal.SIGINT, signal.SIGTERM)}
+
 Announce = Callable[[str], None]
 
 
@@ -64,6 +68,9 @@ class WorkerExit:
         who = f"worker {self.assignment.share} (pid {self.pid}; {self.assignment.describe()})"
         if self.returncode < 0:
             return f"{who} was killed by {signal.Signals(-self.returncode).name}"
+        if self.returncode in INTERRUPTED.values():  # a signal not from its parent stopped it
+            sig = signal.Signals(self.returncode - 128).name
+            return f"{who} was stopped by {sig} (status {self.returncode})"
         if self.returncode != 0:
             return f"{who} exited with status {self.returncode}"
         return f"{who} exited" + ("" if self.ready else " before it was ready")
@@ -231,10 +238,10 @@ class WorkerPool:
 
 
 def _failed(ended: WorkerExit, *, stopping: bool) -> bool:
-    """Once asked to stop, a child may end before it was released, or by the SIGTERM itself
-    (still importing, before its handler): neither is a failure."""
+    """Once asked to stop, a child may end before it was released, by the SIGTERM itself
+    (still importing, before its handler), or interrupted by it (143): none is a failure."""
     if stopping:
-        return ended.returncode not in (0, -signal.SIGTERM)
+        return ended.returncode not in (0, -signal.SIGTERM, INTERRUPTED[signal.SIGTERM])
     return ended.returncode != 0 or not ended.ready
 
 

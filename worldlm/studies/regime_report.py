@@ -36,7 +36,9 @@ def tokens_per_client(study: RegimeStudy, clients: int, tokens: Tokens) -> float
     from worldlm.training.workbench import client_data
 
     raw = setting_raw(study.config, 0, study.lr, study.budget)
-    h = parse(population(raw, clients, study.shards, tokens))
+    shards = study.shards_at(clients, tokens)
+    assert shards is not None, (clients, tokens)
+    h = parse(population(raw, clients, shards, tokens))
     sizes = [client_data(h.run, c).train.numel() for c in h.clients.values()]
     return statistics.fmean(sizes)
 
@@ -83,6 +85,7 @@ def collect(study: RegimeStudy, out: Path) -> dict[str, Any]:
         points[name] = {
             "clients": n,
             "cap": t,
+            "shards": study.shards_at(n, t),
             "tokens": tokens_per_client(study, n, t),
             "methods": figures,
         }
@@ -99,7 +102,7 @@ def crossovers(study: RegimeStudy, points: dict[str, Any]) -> dict[str, dict[str
     between neighbouring caps), or on which side of 1 it stays."""
     out: dict[str, dict[str, Any]] = {}
     for n in study.clients:
-        row = [points[point_name(n, t)] for t in study.tokens]
+        row = [points[point_name(n, t)] for t in study.tokens_at(n)]
         for m in study.methods_at(n):
             if m == "local":
                 continue
@@ -166,7 +169,7 @@ def plot_map(path: Path, study: RegimeStudy, data: dict[str, Any]) -> None:
     fig, axes = plt.subplots(1, len(study.clients), figsize=(6 * len(study.clients), 4.6))
     axes = axes if len(study.clients) > 1 else [axes]
     for ax, n in zip(axes, study.clients, strict=True):
-        row = [data["points"][point_name(n, t)] for t in study.tokens]
+        row = [data["points"][point_name(n, t)] for t in study.tokens_at(n)]
         xs = [p["tokens"] for p in row]
         for i, m in enumerate(study.methods_at(n)):
             figs = [p["methods"][m]["vs_local"] for p in row]
@@ -196,12 +199,12 @@ def plot_curves(path: Path, study: RegimeStudy, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ends = [study.tokens[0], study.tokens[-1]]
     fig, axes = plt.subplots(
         len(study.clients), 2, figsize=(12, 4.2 * len(study.clients)), squeeze=False
     )
     for row, n in enumerate(study.clients):
-        for col, t in enumerate(ends):
+        caps = study.tokens_at(n)
+        for col, t in enumerate((caps[0], caps[-1])):
             ax = axes[row][col]
             for i, m in enumerate(study.methods_at(n)):
                 curves = [

@@ -13,6 +13,18 @@ def _cap(t: Tokens) -> str:
     return "whole shard" if t is None else f"{t:,}"
 
 
+def _column(study: RegimeStudy, t: Tokens) -> str:
+    """A T column's heading, naming the shards where the cap needs larger ones."""
+    at = (study.shards_at(n, t) for n in study.clients)
+    wider = sorted({s for s in at if s is not None and s != study.shards})
+    shards = f" (shards of {', '.join(str(s) for s in wider)})" if wider else ""
+    return f"T = {_cap(t)}{shards}"
+
+
+def _by_n(study: RegimeStudy, pts: dict[str, Any], n: int, t: Tokens) -> dict[str, Any] | None:
+    return pts[point_name(n, t)] if t in study.tokens_at(n) else None
+
+
 def markdown(study: RegimeStudy, data: dict[str, Any], command: str) -> str:
     pts = data["points"]
     budget = study.budget
@@ -26,8 +38,9 @@ def markdown(study: RegimeStudy, data: dict[str, Any], command: str) -> str:
         "",
         f"Tree: `{study.config.name}` (a root over three federations, one English domain each). "
         f"A point of the map: N clients per federation, each holding shard i < N of "
-        f"{study.shards} disjoint shards of its federation's domain, capped at T training "
-        f"tokens. Budget per client, every method: {steps} local steps of "
+        f"{study.shards} disjoint shards of its federation's domain (of N shards where a cap "
+        f"exceeds {study.nested_cap:,} tokens), capped at T training tokens. Budget per "
+        f"client, every method: {steps} local steps of "
         f"{budget['batch_size']} x {budget['seq_len']} tokens "
         f"({steps * budget['batch_size'] * budget['seq_len']:,} tokens seen); learning rate "
         f"{study.lr:g} for every method; {study.seeds} seeds. Figure: each client's test "
@@ -37,12 +50,12 @@ def markdown(study: RegimeStudy, data: dict[str, Any], command: str) -> str:
         "",
     ]
     for n in study.clients:
-        row = [(t, pts[point_name(n, t)]) for t in study.tokens]
+        row = [(t, pts[point_name(n, t)]) for t in study.tokens_at(n)]
         lines += [
             f"## {n} clients per federation",
             "",
             "| method | "
-            + " | ".join(f"T = {_cap(t)} ({p['tokens']:,.0f})" for t, p in row)
+            + " | ".join(f"{_column(study, t)}: {p['tokens']:,.0f}" for t, p in row)
             + " |",
             "|---|" + "---|" * len(row),
         ]
@@ -86,13 +99,16 @@ def _local_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
         "(over clients and seeds), and the mean best round (of the last): where the share is "
         "high the budget outlasts what a client's own text can teach (curves: `curves.png`).",
         "",
-        "| N | " + " | ".join(f"T = {_cap(t)}" for t in study.tokens) + " |",
+        "| N | " + " | ".join(_column(study, t) for t in study.tokens) + " |",
         "|---|" + "---|" * len(study.tokens),
     ]
     for n in study.clients:
         cells = []
         for t in study.tokens:
-            f = pts[point_name(n, t)]["methods"]["local"]
+            if (point := _by_n(study, pts, n, t)) is None:
+                cells.append("-")
+                continue
+            f = point["methods"]["local"]
             cells.append(
                 f"{f['past_best']:.0%}, round {f['best_round']:.1f} of {f['last_round']:.0f}"
             )
@@ -111,15 +127,17 @@ def _misplaced_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
         "(client i of federation j moves to federation (j + i) mod 3); perplexity over "
         "WorldLM's on the tree as written, paired by seed (> 1: the grouping matters).",
         "",
-        "| N | " + " | ".join(f"T = {_cap(t)}" for t in study.tokens) + " |",
+        "| N | " + " | ".join(_column(study, t) for t in study.tokens) + " |",
         "|---|" + "---|" * len(study.tokens),
     ]
     for n in ns:
         cells = [
-            _cell(pts[point_name(n, t)]["methods"]["worldlm_misplaced"]["vs_worldlm"])
+            "-"
+            if (point := _by_n(study, pts, n, t)) is None
+            else f"{_cell(point['methods']['worldlm_misplaced']['vs_worldlm'])}x"
             for t in study.tokens
         ]
-        lines.append(f"| {n} | " + " | ".join(f"{c}x" for c in cells) + " |")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
 
@@ -162,12 +180,12 @@ def _final_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
         lines += [
             f"**{n} clients per federation**",
             "",
-            "| method | " + " | ".join(f"T = {_cap(t)}" for t in study.tokens) + " |",
-            "|---|" + "---|" * len(study.tokens),
+            "| method | " + " | ".join(_column(study, t) for t in study.tokens_at(n)) + " |",
+            "|---|" + "---|" * len(study.tokens_at(n)),
         ]
         for m in study.methods_at(n):
             cells = []
-            for t in study.tokens:
+            for t in study.tokens_at(n):
                 f = pts[point_name(n, t)]["methods"][m]
                 ratio = "" if m == "local" else f"; {_cell(f['vs_local_final'])}x"
                 cells.append(f"{_cell(f['final'], 0)}{ratio}")

@@ -70,9 +70,15 @@ class RecordDPCells:
 class RegimeStudy:
     """The map's axes, methods, seeds and budget; ``cells()`` lists every job."""
 
-    tokens: tuple[Tokens, ...] = (512, 2048, None)
+    tokens: tuple[Tokens, ...] = (512, 2048, None, 65536)
     clients: tuple[int, ...] = (2, 8)
     shards: int = 8
+    #: The largest cap every client's shard of ``shards`` holds (the smallest shard of the
+    #: shipped partitions at 8 shards has 16.9k training tokens). A larger cap needs a larger
+    #: shard: the point's N clients hold N shards (shard i of 8 lies inside shard i of N when
+    #: N divides 8, so the text still nests; the held-out documents are the larger shard's).
+    #: Where N is ``shards`` itself there is no larger shard, and no such point.
+    nested_cap: int = 16384
     methods: tuple[str, ...] = REGIME_METHODS
     #: the misplaced tree runs where a federation has this many members or more
     misplaced: int = 8
@@ -96,21 +102,37 @@ class RegimeStudy:
     def dp_methods(self) -> tuple[str, ...]:
         return tuple(f"{m}+rdp" for m in self.dp.methods) if self.dp is not None else ()
 
+    def shards_at(self, clients: int, tokens: Tokens) -> int | None:
+        """How many shards a partition is dealt into at this point (None: no such point)."""
+        if tokens is None or tokens <= self.nested_cap:
+            return self.shards
+        wider = clients < self.shards and self.shards % clients == 0
+        return clients if wider else None
+
+    def tokens_at(self, clients: int) -> list[Tokens]:
+        """The caps of the map's row for ``clients`` per federation, in axis order."""
+        return [t for t in self.tokens if self.shards_at(clients, t) is not None]
+
     def dp_point(self, clients: int, tokens: Tokens) -> bool:
-        """Whether the record-level DP cells run at this point of the map."""
-        ends = {self.tokens[0], self.tokens[-1]}
-        return self.dp is not None and clients == min(self.clients) and tokens in ends
+        """Whether the record-level DP cells run at this point of the map: both ends of the
+        row with the fewest clients per federation."""
+        if self.dp is None or clients != min(self.clients):
+            return False
+        row = self.tokens_at(clients)
+        return tokens in (row[0], row[-1])
 
     def points(self) -> Iterator[tuple[int, Tokens]]:
         for n in self.clients:
-            for t in self.tokens:
+            for t in self.tokens_at(n):
                 yield n, t
 
     def jobs(self) -> list[Job]:
         """Every cell, the costliest first (most clients, then DP) so the pool ends evenly."""
         jobs = []
         for n, t in sorted(self.points(), key=lambda p: -p[0]):
-            prepare = functools.partial(population, clients=n, shards=self.shards, tokens=t)
+            shards = self.shards_at(n, t)
+            assert shards is not None  # points() yields only points that exist
+            prepare = functools.partial(population, clients=n, shards=shards, tokens=t)
             for seed in range(self.seeds):
                 if self.dp_point(n, t):
                     assert self.dp is not None

@@ -57,6 +57,7 @@ def test_kill_rows_hold_the_issue_targets() -> None:
 def test_a_round_closed_at_its_deadline_or_later_waited_past_it() -> None:
     assert not churn.past_deadline(RoundTimes(0.0, 5.0, "quorum"), 30.0)
     assert churn.past_deadline(RoundTimes(0.0, 30.1, "deadline"), 30.0)
+    assert churn.past_deadline(RoundTimes(0.0, 30.1, "empty"), 30.0)  # nothing came at all
     assert churn.past_deadline(RoundTimes(0.0, 31.0, "quorum"), 30.0)
     times = [RoundTimes(0.0, 2.0, "quorum"), RoundTimes(2.0, 33.0, "deadline")]
     trial = churn.judge(0, churn.ChurnObservation(3, times, 30.0, 6, {"root": 0}))

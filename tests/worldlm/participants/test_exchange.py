@@ -18,6 +18,7 @@ from tests.worldlm.participants.helpers import endpoints, hierarchy, poll, setti
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
+from worldlm.participants.runner import run_participants
 from worldlm.training.workbench import initial_weights
 
 
@@ -72,3 +73,38 @@ async def test_a_child_update_published_while_waiting_for_the_parent_is_admitted
         assert latin.core.meta.awaiting_parent  # admitted during the wait, not after it
         for p in participants:
             p.stop.set()
+
+
+async def test_a_federation_whose_only_client_never_comes_ends_the_run_by_deadlines(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    """slavic's only client never starts: its rounds close empty at their deadline, it
+    submits nothing, and the root's rounds close by theirs; the whole run ends (before empty
+    rounds closed, slavic waited for ever and so did the run)."""
+    h = hierarchy(
+        run_id,
+        federations={"root": {}, "latin": {"parent": "root"}, "slavic": {"parent": "root"}},
+        clients={"fr-0": ("latin", "lang-fr"), "ru-0": ("slavic", "lang-ru")},
+        rounds=2,
+        defaults={
+            "internal_rounds": 1,
+            "local_steps": 1,
+            "residual": {"links": "none"},
+            "schedule": {"deadline_s": 4.0},
+        },
+    )
+    ep = endpoints(servers)
+    await prepare_run(h, ep)
+    aggregators = [
+        AggregatorParticipant(h, ep, f, checkpoint_dir=tmp_path)
+        for f in ("root", "latin", "slavic")
+    ]
+    client = ClientParticipant(h, ep, "fr-0")  # ru-0 never comes
+    async with asyncio.timeout(120):
+        await run_participants([*aggregators, client])
+    root, latin, slavic = (a.core for a in aggregators)
+    assert root.meta.final and latin.meta.final and slavic.meta.final
+    assert slavic.counters["rounds_empty"] >= 1 and slavic.counters["submissions_skipped"] >= 1
+    assert slavic.counters["rounds_empty"] == slavic.counters["rounds_closed"]
+    assert root.counters["rejected"] == 0  # nothing bogus went up
+    assert client.rounds >= 1  # latin's member trained meanwhile

@@ -141,7 +141,7 @@ def test_a_newer_update_from_the_same_member_replaces_its_older_one() -> None:
 def test_sync_closes_at_the_quorum_of_live_members_or_at_the_deadline() -> None:
     c = core(tree(schedule={"quorum": 0.5, "deadline_s": 10.0}))
     c.open_round(100.0)
-    assert c.close_reason(100.0, live=2) is None  # nothing pending: nothing to close
+    assert c.close_reason(100.0, live=2) is None  # nothing pending, and not yet its deadline
     c.offer(offer(c, "fr-0"))
     assert c.close_reason(101.0, live=2) == "quorum"  # 1 of 2 at quorum 0.5
     full = core(tree(schedule={"deadline_s": 10.0, "min_quorum": 2}))
@@ -149,6 +149,96 @@ def test_sync_closes_at_the_quorum_of_live_members_or_at_the_deadline() -> None:
     full.offer(offer(full, "fr-0"))
     assert full.close_reason(105.0, live=1) is None  # min_quorum 2 although one is live
     assert full.close_reason(110.5, live=1) == "deadline"
+
+
+def test_a_sync_round_with_nothing_pending_closes_empty_at_its_deadline_keeping_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    c = core(tree(schedule={"deadline_s": 10.0}))
+    before = {n: t.clone() for n, t in c.weights.items()}
+    c.open_round(100.0)
+    assert c.close_reason(105.0, live=2) is None  # before its deadline it stays open
+    assert c.close_reason(110.0, live=2) is None
+    assert c.close_reason(110.5, live=2) == "empty"
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the strategy is not called on zero updates")
+
+    monkeypatch.setattr(c.strategy, "aggregate", refuse)
+    cached = {n: t + 1.0 for n, t in c.weights.items() if n in c.key}
+    closed = c.close("empty", c.residual_entries({"slavic": (0, cached)}), live=2)
+    assert same(c.weights, before)  # the model stays
+    assert (closed.reason, closed.round, closed.version, c.meta.round) == ("empty", 0, 1, 1)
+    assert closed.folded == () and closed.residual is None  # nothing new for the cache
+    assert closed.ledger.residuals == {} and closed.values["residuals"] == 0.0
+    assert c.counters["rounds_empty"] == c.counters["rounds_closed"] == 1
+    assert closed.values["rounds_empty"] == 1.0 and closed.values["arrived"] == 0.0
+    assert not closed.exchange and c.open  # one of latin's two internal rounds
+    # The next round goes on as after any close: an update on the new version closes it.
+    monkeypatch.undo()
+    c.open_round(200.0)
+    c.offer(offer(c, "fr-0"))
+    c.offer(offer(c, "es-0"))
+    assert c.close_reason(200.0, live=2) == "quorum"
+    assert c.close("quorum", [], 2).exchange and c.submission() is not None
+
+
+def test_a_federation_whose_members_fell_silent_still_ends_the_run_by_deadlines() -> None:
+    """A shell's loop on a clock: latin's members send nothing. Before empty rounds closed,
+    latin's round stayed open for ever and the run never ended (this loop ran out)."""
+    h = tree(schedule={"deadline_s": 10.0})
+    root, latin = core(h, "root"), core(h, "latin")
+    start = {n: t.clone() for n, t in root.weights.items()}
+    reasons: dict[str, list[str]] = {"root": [], "latin": []}
+    root.open_round(0.0), latin.open_round(0.0)
+    for now in map(float, range(200)):
+        for c, live in ((latin, 2), (root, 1)):
+            reason = c.close_reason(now, live)
+            if reason is None:
+                continue
+            reasons[c.id].append(reason)
+            closed = c.close(reason, [], live)
+            if closed.exchange:
+                assert c.submission() is None  # nothing folded: nothing goes up
+                continue
+            c.open_round(now)
+            if c is root and latin.meta.awaiting_parent:  # the broadcast, taken by latin
+                latin.take_parent(root.weights, root.meta.version, root.meta.final)
+                latin.open_round(now)
+        if root.meta.final and latin.meta.final:
+            break
+    assert root.meta.final and latin.meta.final, reasons
+    assert reasons == {"root": ["empty", "empty"], "latin": ["empty", "empty"]}
+    assert root.counters["rounds_empty"] == 2 and latin.counters["submissions_skipped"] == 1
+    assert root.counters["rejected"] == 0  # no bogus zero-sample update reached the parent
+    assert same(root.weights, start) and same(latin.weights, start)
+
+
+def test_an_exchange_after_an_empty_round_submits_what_the_other_rounds_folded() -> None:
+    c = core(tree(schedule={"deadline_s": 10.0}))
+    base = {n: t.clone() for n, t in c.weights.items()}
+    c.offer(offer(c, "fr-0", 1))
+    c.close("quorum", [], 2)
+    c.open_round(0.0)
+    closed = c.close(c.close_reason(11.0, live=2) or "", [], 2)
+    assert closed.reason == "empty" and closed.exchange
+    s = c.submission()
+    assert s is not None and s.samples == 10 and c.counters["submissions_skipped"] == 0
+    for name, d in s.delta.items():
+        assert torch.equal(d, c.weights[name] - base[name]), name
+
+
+def test_an_async_round_closes_at_its_deadline_with_a_partial_or_an_empty_buffer() -> None:
+    c = core(tree(schedule={"mode": "async", "buffer": 2, "deadline_s": 10.0}))
+    c.open_round(0.0)
+    assert c.close_reason(5.0, live=2) is None
+    assert c.close_reason(10.5, live=2) == "empty"
+    c.close("empty", [], 2)
+    c.open_round(10.5)
+    c.offer(offer(c, "fr-0"))
+    assert c.close_reason(15.0, live=2) is None  # the buffer is not full yet
+    assert c.close_reason(21.0, live=2) == "deadline"  # a member short: it does not wait
+    assert len(c.close("deadline", [], 2).folded) == 1 and c.counters["rounds_empty"] == 1
 
 
 def test_async_closes_when_its_buffer_is_full() -> None:

@@ -139,3 +139,18 @@ def test_a_tiny_map_runs_end_to_end_and_its_report_has_every_section(tmp_path: P
     done.clear()
     study.run(tmp_path, processes=1, on_done=lambda cell: done.append(cell.method))
     assert done == []  # every cell reused
+
+
+def test_a_cap_beyond_the_nested_shards_takes_larger_shards_that_still_hold_the_text() -> None:
+    study = RegimeStudy()
+    assert study.shards_at(2, 65536) == 2 and study.shards_at(8, 65536) is None
+    assert study.tokens_at(8)[-1] is None and study.tokens_at(2)[-1] == 65536
+    assert study.dp_point(2, 65536) and study.dp_point(2, 512) and not study.dp_point(2, None)
+    raw = setting_raw(study.config, 0, study.lr, study.budget)
+    wide = parse(population(raw, 2, 2, 65536))
+    narrow = parse(population(raw, 2, 8, None))
+    for cid in ("drama-0", "speeches-1"):
+        big = client_data(wide.run, wide.clients[cid])
+        small = client_data(narrow.run, narrow.clients[cid])
+        # a half partition: up to the cap, several times an eighth's whole shard
+        assert 65536 >= big.train.numel() > 3 * small.train.numel()
