@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,8 @@ def write(study: RegimeStudy, out: Path, *, command: str, wall_s: float | None =
         "dp": None if study.dp is None else study.dp.__dict__,
         "config": study.config.name,
         "wall_s": wall_s,
+        "written": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": _commit(),
     }
     (out / "report.json").write_text(json.dumps(json_safe(data), indent=2))
     plot_map(out / "regimes.png", study, data)
@@ -156,6 +160,21 @@ def write(study: RegimeStudy, out: Path, *, command: str, wall_s: float | None =
     text = markdown(study, data, command)
     (out / "report.md").write_text(text)
     return text
+
+
+def _commit() -> str | None:
+    """The checkout's commit, when the study runs from one (named in the report)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).parent,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 def plot_map(path: Path, study: RegimeStudy, data: dict[str, Any]) -> None:

@@ -32,8 +32,14 @@ def markdown(study: RegimeStudy, data: dict[str, Any], command: str) -> str:
     lines = [
         "# Where joining a federation pays: the regime map",
         "",
-        f"Command: `{command}`"
-        + (f" ({data['study']['wall_s'] / 60:.1f} min)" if data["study"].get("wall_s") else "")
+        f"Command: `{command}`, written {data['study']['written']}"
+        + (f" at commit {data['study']['commit']}" if data["study"].get("commit") else "")
+        + (
+            f"; this invocation took {data['study']['wall_s'] / 60:.1f} min (cells an earlier "
+            "one left on disk cost it nothing)"
+            if data["study"].get("wall_s")
+            else ""
+        )
         + ".",
         "",
         f"Tree: `{study.config.name}` (a root over three federations, one English domain each). "
