@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -58,17 +59,25 @@ async def send_zero(producer: Producer, h: Hierarchy, keys: Path, sender: str, b
     await publish_delta(producer, Topics(h.run.id).up("root"), "root", delta)
 
 
-async def test_a_revoked_key_is_refused_from_the_next_round_and_a_rotated_one_counts(
+async def signing_run(
     servers: Servers, run_id: str, tmp_path: Path
-) -> None:
+) -> tuple[dict[str, Any], Hierarchy, Path, Endpoints]:
+    """A flat 3-round signing run's config, keys (admin's included) and prepared topics."""
     raw = flat_raw(run_id, rounds=3)
     raw["run"]["signing"] = "required"
     h = parse(raw)
     keys = tmp_path / "keys"
     generate_keys(keys, [*h.federations, *h.clients])
     ep = Endpoints(servers.kafka, servers.redis, str(keys))
-    topics, kafka = Topics(run_id), settings(servers, h)
     await prepare_run(h, ep)
+    return raw, h, keys, ep
+
+
+async def test_a_revoked_key_is_refused_from_the_next_round_and_a_rotated_one_counts(
+    servers: Servers, run_id: str, tmp_path: Path
+) -> None:
+    raw, h, keys, ep = await signing_run(servers, run_id, tmp_path)
+    topics, kafka = Topics(run_id), settings(servers, h)
 
     async def send(producer: Producer, sender: str, base: int) -> None:
         await send_zero(producer, h, keys, sender, base)
@@ -125,14 +134,8 @@ async def test_a_revoked_key_is_refused_from_the_next_round_and_a_rotated_one_co
 async def test_forged_revocations_are_ignored_and_erasing_the_list_restores_no_key(
     servers: Servers, run_id: str, tmp_path: Path
 ) -> None:
-    raw = flat_raw(run_id, rounds=3)
-    raw["run"]["signing"] = "required"
-    h = parse(raw)
-    keys = tmp_path / "keys"
-    generate_keys(keys, [*h.federations, *h.clients])
-    ep = Endpoints(servers.kafka, servers.redis, str(keys))
+    raw, h, keys, ep = await signing_run(servers, run_id, tmp_path)
     topics, kafka = Topics(run_id), settings(servers, h)
-    await prepare_run(h, ep)
     config = tmp_path / "run.toml"
     config.write_text(tomli_w.dumps(raw))
     victim = public_fingerprint(keys, "de-0")
