@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worldlm.methods import METHODS
 from worldlm.report import interval, json_safe
+from worldlm.studies.regime_text import label, markdown
 from worldlm.studies.regimes import RegimeStudy, Tokens, best_round_scores, point_name
 
 Figure = dict[str, float]
@@ -124,22 +124,8 @@ def crossovers(study: RegimeStudy, points: dict[str, Any]) -> dict[str, dict[str
     return out
 
 
-def _label(method: str) -> str:
-    base = method.split("+")[0]
-    return METHODS[base].label + (" + record DP" if method.endswith("+rdp") else "")
-
-
-def _cell(f: Figure, digits: int = 2) -> str:
-    if math.isnan(f["mean"]):
-        return "-"
-    ci = "" if math.isnan(f["ci95"]) else f" ± {f['ci95']:.{digits}f}"
-    return f"{f['mean']:.{digits}f}{ci}"
-
-
 def write(study: RegimeStudy, out: Path, *, command: str, wall_s: float | None = None) -> str:
     """Collect, then write report.json, report.md and both figures; return the markdown."""
-    from worldlm.studies.regime_text import markdown
-
     data = collect(study, out)
     data["study"] = {
         "tokens": list(study.tokens),
@@ -194,7 +180,7 @@ def plot_map(path: Path, study: RegimeStudy, data: dict[str, Any]) -> None:
             figs = [p["methods"][m]["vs_local"] for p in row]
             ys = [f["mean"] for f in figs]
             hs = [0.0 if math.isnan(f["ci95"]) else f["ci95"] for f in figs]
-            ax.plot(xs, ys, marker="o", label=_label(m), color=f"C{i}")
+            ax.plot(xs, ys, marker="o", label=label(m), color=f"C{i}")
             ax.fill_between(
                 xs, [y - h for y, h in zip(ys, hs, strict=True)],
                 [y + h for y, h in zip(ys, hs, strict=True)], alpha=0.12, color=f"C{i}",
@@ -232,7 +218,7 @@ def plot_curves(path: Path, study: RegimeStudy, out: Path) -> None:
                 rounds = sorted(set.intersection(*(set(c) for c in curves)))
                 stats = [interval([c[r] for c in curves]) for r in rounds]
                 ys = [y for y, _ in stats]
-                ax.plot(rounds, ys, marker="o", markersize=3, label=_label(m), color=f"C{i}")
+                ax.plot(rounds, ys, marker="o", markersize=3, label=label(m), color=f"C{i}")
                 if m == "local" and ys:
                     best = min(range(len(ys)), key=ys.__getitem__)
                     ax.plot(rounds[best], ys[best], marker="*", markersize=14, color=f"C{i}")

@@ -5,8 +5,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from worldlm.studies.regime_report import _cell, _label
+from worldlm.methods import METHODS
 from worldlm.studies.regimes import RegimeStudy, Tokens, point_name
+
+Figure = dict[str, float]
+
+
+def label(method: str) -> str:
+    base = method.split("+")[0]
+    return METHODS[base].label + (" + record DP" if method.endswith("+rdp") else "")
+
+
+def cell(f: Figure, digits: int = 2) -> str:
+    if math.isnan(f["mean"]):
+        return "-"
+    ci = "" if math.isnan(f["ci95"]) else f" ± {f['ci95']:.{digits}f}"
+    return f"{f['mean']:.{digits}f}{ci}"
 
 
 def _cap(t: Tokens) -> str:
@@ -69,9 +83,9 @@ def markdown(study: RegimeStudy, data: dict[str, Any], command: str) -> str:
             cells = []
             for _, p in row:
                 f = p["methods"][m]
-                ratio = "" if m == "local" else f"; **{_cell(f['vs_local'])}x**"
-                cells.append(f"{_cell(f['early'], 0)}{ratio}")
-            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+                ratio = "" if m == "local" else f"; **{cell(f['vs_local'])}x**"
+                cells.append(f"{cell(f['early'], 0)}{ratio}")
+            lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
         lines += ["", *_crossover_lines(study, data, n), ""]
     lines += _local_lines(study, pts)
     lines += _misplaced_lines(study, pts)
@@ -89,11 +103,11 @@ def _crossover_lines(study: RegimeStudy, data: dict[str, Any], n: int) -> list[s
                 f"{x['tokens']:,} tokens per client"
                 for x in c["crossings"]
             ]
-            out.append(f"- {_label(m)}: " + "; ".join(parts) + ".")
+            out.append(f"- {label(m)}: " + "; ".join(parts) + ".")
         elif c["everywhere"] == "pays":
-            out.append(f"- {_label(m)}: beats local-only at every T measured.")
+            out.append(f"- {label(m)}: beats local-only at every T measured.")
         elif c["everywhere"] == "loses":
-            out.append(f"- {_label(m)}: loses to local-only at every T measured.")
+            out.append(f"- {label(m)}: loses to local-only at every T measured.")
     return out
 
 
@@ -140,7 +154,7 @@ def _misplaced_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
         cells = [
             "-"
             if (point := _by_n(study, pts, n, t)) is None
-            else f"{_cell(point['methods']['worldlm_misplaced']['vs_worldlm'])}x"
+            else f"{cell(point['methods']['worldlm_misplaced']['vs_worldlm'])}x"
             for t in study.tokens
         ]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
@@ -169,8 +183,8 @@ def _dp_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
             f = pts[point_name(n, t)]["methods"][m]
             eps = f["epsilon"]
             lines.append(
-                f"| {_cap(t)} | {_label(m)} | {_cell(f['early'], 0)} | {_cell(f['vs_no_dp'])}x "
-                f"| {_cell(f['vs_local'])}x | {'-' if math.isnan(eps) else f'{eps:.2f}'} |"
+                f"| {_cap(t)} | {label(m)} | {cell(f['early'], 0)} | {cell(f['vs_no_dp'])}x "
+                f"| {cell(f['vs_local'])}x | {'-' if math.isnan(eps) else f'{eps:.2f}'} |"
             )
     return [*lines, ""]
 
@@ -193,8 +207,8 @@ def _final_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
             cells = []
             for t in study.tokens_at(n):
                 f = pts[point_name(n, t)]["methods"][m]
-                ratio = "" if m == "local" else f"; {_cell(f['vs_local_final'])}x"
-                cells.append(f"{_cell(f['final'], 0)}{ratio}")
-            lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+                ratio = "" if m == "local" else f"; {cell(f['vs_local_final'])}x"
+                cells.append(f"{cell(f['final'], 0)}{ratio}")
+            lines.append(f"| {label(m)} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
