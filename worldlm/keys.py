@@ -86,6 +86,17 @@ def public_fingerprint(directory: str | Path, owner: str) -> str:
     return fingerprint(_read_public(Path(directory) / f"{owner}.pub", Ed25519PublicKey))
 
 
+def load_public_keys(directory: str | Path) -> dict[str, Ed25519PublicKey]:
+    """Every participant's signing public key in ``directory`` (``<id>.pub``, the admin's
+    left out): what a reader holding no private key verifies updates with (``worldlm audit``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise KeyFileError(f"key directory {directory} does not exist")
+    public = {p.stem: _read_public(p, Ed25519PublicKey) for p in sorted(directory.glob("*.pub"))}
+    public.pop(ADMIN, None)
+    return public
+
+
 def load_keyring(directory: str | Path, owner: str) -> Keyring:
     """``owner``'s private key and every ``*.pub`` in ``directory``."""
     directory = Path(directory)

@@ -9,11 +9,12 @@ one, those that have an up topic on the cluster.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from brokers.admin import topic_partitions
 from brokers.deltas import DeltaReceiver, Received
@@ -30,6 +31,7 @@ from schemas.topics import Topics
 from worldlm.audit import Audit, AuditTable
 from worldlm.config import Hierarchy
 from worldlm.keys import load_keyring
+from worldlm.provenance import Provenance
 from worldlm.replay import RecordedRound, RecordedUpdate, ReplayError
 
 #: Empty fetches in a row after which a read ends although no end offset was reported.
@@ -116,20 +118,28 @@ async def audit_run(
     *,
     federations: Sequence[str] | None = None,
     redis: str | None = None,
+    hierarchy: Hierarchy | None = None,
+    keys: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> AuditTable:
     """Read run ``run``'s up, metrics and dead-letter topics and check its accounting; with
     ``redis``, each round also shows how many arrivals its Redis barrier recorded (while the
-    run's keys live)."""
+    run's keys live). With the run's ``hierarchy``, only its participants' updates to their
+    own parents count as published; with ``keys`` (sender -> signing public key), only those
+    whose signature verifies (:mod:`worldlm.provenance`)."""
     topics = Topics(run)
     settings = settings_for(kafka, run)
+    if federations is None and hierarchy is not None:
+        federations = list(hierarchy.federations)
     feds = list(federations or federations_from(topics, await topic_names(settings)))
-    audit = Audit({f: topics.up(f) for f in feds})
+    provenance = Provenance.of(hierarchy, keys) if hierarchy else Provenance(run, keys=keys)
+    audit = Audit({f: topics.up(f) for f in feds}, provenance)
     async for record in records(settings, [topics.up(f) for f in feds]):
         try:
             message = delta_decoder.decode(record.value or b"")
         except WireError:
+            audit.unreadable(record.topic, record.partition, record.offset)
             continue
-        audit.record(record.topic, record.partition, record.offset, message)
+        audit.record(record.topic, record.partition, record.offset, message, key=record.key)
     for report in await metrics(settings, topics):
         audit.report(report)
     for letter in await dead_letters(settings, topics):

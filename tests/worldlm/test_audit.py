@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import torch
 from aiokafka import TopicPartition
 
@@ -16,20 +17,28 @@ from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, Producer
 from schemas.codec import delta_decoder
 from schemas.delta import encode_delta
-from schemas.messages import DeadLetter, DeltaManifest, Envelope, MetricsReport, RoundLedger
+from schemas.messages import (
+    DeadLetter,
+    DeltaChunk,
+    DeltaManifest,
+    Envelope,
+    MetricsReport,
+    RoundLedger,
+)
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import WORLDLM, endpoints, hierarchy, settings
-from worldlm.audit import Audit
+from worldlm.audit import Audit, Flagged
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
+from worldlm.provenance import Provenance
 from worldlm.recording import audit_run, metrics
 from worldlm.training.workbench import initial_weights
 
 UP = "worldlm.r.fed.root.up"
 
 
-def manifest(update_id: str, sender: str = "en-0") -> DeltaManifest:
+def manifest(update_id: str, sender: str = "en-0", chunks: int = 1) -> DeltaManifest:
     return DeltaManifest(
         envelope=Envelope(run="r", sender=sender, federation="root"),
         update_id=update_id,
@@ -38,9 +47,21 @@ def manifest(update_id: str, sender: str = "en-0") -> DeltaManifest:
         total_bytes=0,
         content_hash="",
         chunk_size=1,
-        chunk_count=1,
+        chunk_count=chunks,
         base_version=0,
     )
+
+
+def chunk(update_id: str, sender: str = "en-0", index: int = 0) -> DeltaChunk:
+    envelope = Envelope(run="r", sender=sender, federation="root")
+    return DeltaChunk(envelope, update_id, index, count=1, hash=0, data=memoryview(b""))
+
+
+def publish(audit: Audit, offset: int, update_id: str, partition: int = 0) -> None:
+    """A one-chunk update of en-0 keyed by its federation: the manifest at ``offset``, its
+    chunk right after."""
+    audit.record(UP, partition, offset, manifest(update_id), key=b"root")
+    audit.record(UP, partition, offset + 1, chunk(update_id), key=b"root")
 
 
 def report(round: int, ledger: RoundLedger) -> MetricsReport:
@@ -53,15 +74,19 @@ def report(round: int, ledger: RoundLedger) -> MetricsReport:
     )
 
 
+def ids(flagged: list[Flagged]) -> list[str]:
+    return [f.update_id for f in flagged]
+
+
 def test_every_published_update_accounted_for_passes() -> None:
     audit = Audit({"root": UP})
-    for offset, uid in enumerate(["a", "b", "c", "d"]):
-        audit.record(UP, 0, offset, manifest(uid))
+    for offset, uid in zip([0, 2, 4, 6], ["a", "b", "c", "d"], strict=True):
+        publish(audit, offset, uid)
     audit.report(
-        report(0, RoundLedger(folded=("a",), superseded=("b",), offsets={f"{UP}:0": (0, 2)}))
+        report(0, RoundLedger(folded=("a",), superseded=("b",), offsets={f"{UP}:0": (0, 4)}))
     )
     audit.report(
-        report(1, RoundLedger(folded=("d",), refused={"c": "stale"}, offsets={f"{UP}:0": (2, 4)}))
+        report(1, RoundLedger(folded=("d",), refused={"c": "stale"}, offsets={f"{UP}:0": (4, 8)}))
     )
     table = audit.table()
     assert table.ok and not table.lost and not table.unread
@@ -69,23 +94,28 @@ def test_every_published_update_accounted_for_passes() -> None:
         (0, 2, 1, 1, 0),
         (1, 2, 1, 0, 1),
     ]
+    assert (table.published, table.matched) == ({"root": 4}, {"root": 4})
 
 
 def test_an_update_nobody_accounted_for_is_lost_and_one_past_the_last_close_unread() -> None:
     audit = Audit({"root": UP})
-    for offset, uid in enumerate(["a", "gone", "late"]):
-        audit.record(UP, 0, offset, manifest(uid))
-    audit.report(report(0, RoundLedger(folded=("a",), offsets={f"{UP}:0": (0, 2)})))
+    for offset, uid in zip([0, 2, 4], ["a", "gone", "late"], strict=True):
+        publish(audit, offset, uid)
+    audit.report(report(0, RoundLedger(folded=("a",), offsets={f"{UP}:0": (0, 4)})))
     table = audit.table()
-    assert table.lost == {"root": ["gone"]}
-    assert table.unread == {"root": ["late"]}
+    assert {f: ids(u) for f, u in table.lost.items()} == {"root": ["gone"]}
+    assert {f: ids(u) for f, u in table.unread.items()} == {"root": ["late"]}
     assert not table.ok
-    assert "LOST root gone" in table.render()
+    assert table.problems == [
+        "LOST root gone from en-0 at p0@2: read by its aggregator, never folded, refused or "
+        "dead-lettered"
+    ]
+    assert table.rows[0].published == 2  # a, and gone among the offsets round 0 read
 
 
 def test_a_dead_lettered_update_is_accounted_for_by_the_record_it_names() -> None:
     audit = Audit({"root": UP})
-    audit.record(UP, 1, 7, manifest("x"))
+    publish(audit, 7, "x", partition=1)
     audit.report(report(0, RoundLedger(dead_lettered=1, offsets={f"{UP}:1": (0, 9)})))
     letter = DeadLetter(
         envelope=Envelope(run="r", sender="root", federation=""),
@@ -93,22 +123,92 @@ def test_a_dead_lettered_update_is_accounted_for_by_the_record_it_names() -> Non
         detail="",
         source_topic=UP,
         source_partition=1,
-        source_offset=7,
+        source_offset=8,
     )
     audit.dead_letter(letter)
-    assert audit.table().ok
+    table = audit.table()
+    assert table.ok, table.render()
+    assert table.rows[0].published == 1
 
 
 def test_an_update_folded_in_two_rounds_is_flagged() -> None:
     audit = Audit({"root": UP})
-    audit.record(UP, 0, 0, manifest("a"))
-    audit.report(report(0, RoundLedger(folded=("a",), offsets={f"{UP}:0": (0, 1)})))
-    audit.report(report(1, RoundLedger(folded=("a",), offsets={f"{UP}:0": (1, 1)})))
+    publish(audit, 0, "a")
+    audit.report(report(0, RoundLedger(folded=("a",), offsets={f"{UP}:0": (0, 2)})))
+    audit.report(report(1, RoundLedger(folded=("a",), offsets={f"{UP}:0": (2, 2)})))
     audit.report(report(1, RoundLedger(folded=("a",))))  # the same round again: noted only
     table = audit.table()
     assert table.folded_twice == {"root": {"a": [0, 1]}}
     assert table.repeated_reports == [("root", 1)]
     assert not table.ok
+
+
+def test_a_manifest_short_of_chunks_is_incomplete_and_holds_back_no_round() -> None:
+    """The aggregator's window stays at the first incomplete update (it may commit no
+    further): its rounds are charged with the updates their ledgers name all the same."""
+    audit = Audit({"root": UP})
+    audit.record(UP, 0, 0, manifest("half", chunks=2), key=b"root")
+    audit.record(UP, 0, 1, chunk("half"), key=b"root")
+    audit.record(UP, 0, 2, chunk("orphan", sender="de-0"), key=b"root")
+    for offset, uid in zip([3, 5, 7, 9], ["a", "b", "c", "d"], strict=True):
+        publish(audit, offset, uid)
+    audit.unreadable(UP, 0, 11)
+    audit.report(report(0, RoundLedger(folded=("a", "b"), offsets={f"{UP}:0": (0, 0)})))
+    audit.report(report(1, RoundLedger(folded=("c", "d"), offsets={f"{UP}:0": (0, 0)})))
+    publish(audit, 12, "gone")  # before e, which round 2 folded: read, and nobody decided it
+    audit.record(UP, 0, 14, manifest("e"), key=b"root")
+    audit.record(UP, 0, 15, chunk("e"), key=b"root")
+    audit.report(report(2, RoundLedger(folded=("e",), offsets={f"{UP}:0": (0, 0)})))
+    table = audit.table()
+    rows = [(r.published, r.folded, r.incomplete, r.unreadable) for r in table.rows]
+    assert rows == [(2, 2, 2, 0), (2, 2, 0, 0), (2, 1, 0, 1)]
+    assert [(f.sender, f.update_id, f.reason) for f in table.incomplete] == [
+        ("en-0", "half", "1 of 2 chunks"),
+        ("de-0", "orphan", "1 chunk(s), no manifest"),
+    ]
+    assert {f: ids(u) for f, u in table.lost.items()} == {"root": ["gone"]}
+
+
+def test_records_no_participant_could_have_published_are_foreign_never_lost() -> None:
+    members = {"root": {"en-0", "de-0"}}
+    audit = Audit({"root": UP}, Provenance("r", members))
+    audit.record(UP, 0, 0, manifest("nobodys"), key=b"nobody")
+    audit.record(UP, 0, 1, chunk("nobodys"), key=b"nobody")
+    audit.record(UP, 0, 2, manifest("stranger", sender="mallory"), key=b"root")
+    audit.record(UP, 0, 3, chunk("stranger", sender="mallory"), key=b"root")
+    audit.record(UP, 1, 0, manifest("elsewhere"), key=b"root")  # a partition nobody reads
+    audit.record(UP, 1, 1, chunk("elsewhere"), key=b"root")
+    publish(audit, 4, "a")
+    ledger = RoundLedger(folded=("a",), refused={"stranger": "unknown_sender"})
+    audit.report(report(0, msgspec.structs.replace(ledger, offsets={f"{UP}:0": (0, 6)})))
+    table = audit.table()
+    assert table.ok, table.render()
+    assert [(f.update_id, f.reason) for f in table.foreign] == [
+        ("nobodys", "unread_key"),
+        ("stranger", "not_a_member"),
+        ("elsewhere", "unread_partition"),
+    ]
+    assert (table.rows[0].published, table.rows[0].foreign) == (1, 2)
+    assert not table.lost and not table.unread
+
+
+def test_nothing_published_matching_a_fold_is_not_ok() -> None:
+    audit = Audit({"root": UP})
+    publish(audit, 0, "a")
+    publish(audit, 2, "b")
+    audit.report(report(0, RoundLedger(folded=("x", "y"), offsets={f"{UP}:0": (0, 0)})))
+    table = audit.table()
+    assert not table.ok
+    assert table.folded_unpublished == {
+        "root": {
+            "x": "no update with this id on the up topic",
+            "y": "no update with this id on the up topic",
+        }
+    }
+    assert table.problems[-1] == (
+        "NOTHING MATCHED root: 2 updates published, none matched to a fold or a named refusal"
+    )
+    assert table.render().endswith("NOT OK: 3 problem(s)")
 
 
 # -- on the real servers -----------------------------------------------------------------
@@ -177,6 +277,9 @@ async def test_a_republished_update_is_a_duplicate_not_folded_twice(
     assert (rows[1].published, rows[1].folded, rows[1].duplicates) == (2, 2, 0)
     assert r0.arrived_redis == 2
     assert table.ok and not table.lost and not table.unread and not table.folded_twice
+    # Every update was the run's clients', whole, and matched: nothing foreign or incomplete.
+    assert (table.published, table.matched) == ({"root": 5}, {"root": 5})
+    assert not table.foreign and not table.incomplete and table.unreadable == {"root": 0}
     # The round's metrics carry the same accounting, and the offsets the ledgers cover join up.
     root = sorted(
         (r for r in await metrics(kafka, topics) if r.node == "root"), key=lambda r: r.round
@@ -194,4 +297,4 @@ async def test_a_republished_update_is_a_duplicate_not_folded_twice(
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
-    assert "ok: nothing lost, nothing folded twice" in out.decode()
+    assert "ok: every published update matched to one fold or a named refusal" in out.decode()
