@@ -12,7 +12,9 @@ Tansu's ``s3://`` engine against :mod:`brokers.s3server`, a third child process 
 every object as a file there, so the log survives the broker (killed, restarted on the same
 storage) and the run (a later broker on the same directory serves it again). A durable broker,
 or its object store, that dies on its own is restarted by its supervisor (``brokers/servers.py``)
-on the same port. Why that way and what it costs: docs/durability.md.
+on the same port. Why that way and what it costs: docs/durability.md. One in memory is not
+restarted (it would come back empty); while it runs it is in :data:`brokers.health.forgetful`,
+so this process's broker watches end a run that lost it instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from brokers.health import forgetful
 from brokers.servers import ServerError, ServerProcess, free_port
 
 __all__ = [
@@ -162,8 +165,11 @@ class EmbeddedKafka(ServerProcess):
             if self.store is not None:
                 await asyncio.shield(self.store.stop())
             raise
+        if self.store is None:  # this process's broker watches know its log dies with it
+            forgetful.add(self.bootstrap)
 
     async def stop(self) -> None:
+        forgetful.discard(self.bootstrap)
         try:
             await super().stop()
         finally:

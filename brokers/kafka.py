@@ -22,7 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata, RecordMetadata
 
-from brokers.lifecycle import Service
+from brokers.lifecycle import Once
+from brokers.outage import fail_sends, stop_consumer
 from brokers.security import KafkaSecurity
 from brokers.shared import Shared
 
@@ -56,28 +57,6 @@ def partition_for(key: str | bytes, partitions: int) -> int:
     return (murmur2(raw) & 0x7FFFFFFF) % partitions
 
 
-class _Lifecycle(Service):
-    """Explicit ``start()``, idempotent ``stop()``, ``async with``."""
-
-    _started = False
-
-    async def _start(self) -> None:
-        raise NotImplementedError
-
-    async def _stop(self) -> None:
-        raise NotImplementedError
-
-    async def start(self) -> None:
-        if not self._started:
-            await self._start()
-            self._started = True
-
-    async def stop(self) -> None:
-        if self._started:
-            self._started = False
-            await self._stop()
-
-
 def _aiokafka_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap,
@@ -102,7 +81,7 @@ async def _open_producer(settings: Hashable) -> AIOKafkaProducer:
 producers: Shared[AIOKafkaProducer] = Shared(_open_producer, lambda p: p.stop())
 
 
-class Producer(_Lifecycle):
+class Producer(Once):
     """A producer that sends to explicit partitions and waits for acknowledgements.
 
     ``shared``: the aiokafka producer (and its connections) is the process's one for these
@@ -130,6 +109,11 @@ class Producer(_Lifecycle):
         else:
             self._producer = None
             await producers.release(self._key)
+
+    async def abandon(self, exc: Exception) -> None:
+        """Fail every send still waiting (the broker is gone for good): a stop then needn't."""
+        if self._producer is not None:
+            await fail_sends(self._producer, exc)
 
     @property
     def _client(self) -> AIOKafkaProducer:
@@ -194,7 +178,7 @@ def _consumer(settings: KafkaSettings, group_id: str | None, **extra: object) ->
 TOPIC_CHECK_S = 0.5
 
 
-class PartitionReader(_Lifecycle):
+class PartitionReader(Once):
     """Reads explicitly assigned partitions from explicit offsets; never joins a group.
 
     This is how clients follow broadcasts: no rebalance (seconds on Tansu), and a newcomer
@@ -238,7 +222,7 @@ class PartitionReader(_Lifecycle):
             log.info("reader_waiting_for_topics", topics=sorted({tp.topic for tp in self.waiting}))
 
     async def _stop(self) -> None:
-        await self._consumer.stop()
+        await stop_consumer(self._consumer)
 
     async def _assign_existing(self) -> None:
         """Assign the waiting partitions whose topic exists now, each from its next offset."""
@@ -321,7 +305,7 @@ class PartitionReader(_Lifecycle):
                 yield record
 
 
-class GroupConsumer(_Lifecycle):
+class GroupConsumer(Once):
     """A consumer-group member with manual commits, for roles that need failover.
 
     Commit with :meth:`commit` only after a record's effect is durable.
@@ -338,7 +322,7 @@ class GroupConsumer(_Lifecycle):
         self._consumer.subscribe(self.topics)
 
     async def _stop(self) -> None:
-        await self._consumer.stop()
+        await stop_consumer(self._consumer)
 
     async def fetch(
         self, timeout_ms: int = 200, max_records: int | None = None

@@ -26,3 +26,25 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class Once(Service):
+    """A service whose ``start()`` runs ``_start()`` once and whose ``stop()`` is idempotent."""
+
+    _started = False
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if not self._started:
+            await self._start()
+            self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            self._started = False
+            await self._stop()

@@ -3,7 +3,8 @@
 ``<dir>/<id>.redis`` holds one participant's password (mode 0600), in the key directory next
 to its signing key; ``WORLDLM_REDIS_PASSWORD`` replaces the file for a process that runs one
 participant (a container). Passwords never go in the config. A participant logs in to Redis
-as ``<run>.<id>`` (:func:`worldlm.acl.principal`) with the password put into its Redis URL.
+as ``<run>.<id>`` (:func:`worldlm.acl.principal`) with the password put into its Redis URL;
+:func:`apply_redis_users` gives each its Redis user (an operator's, or the runner's, step).
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import os
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from brokers.access import server_version, set_users
+from worldlm.acl import grants, principals, redis_rules
 from worldlm.keys import KeyFileError
+
+if TYPE_CHECKING:
+    from worldlm.config import Hierarchy
 
 #: Overrides the password file of the one participant a process runs.
 PASSWORD_ENV = "WORLDLM_REDIS_PASSWORD"
@@ -80,3 +87,20 @@ def with_credentials(url: str, user: str, password: str) -> str:
     host = parts.netloc.rsplit("@", 1)[-1]
     login = f"{quote(user, safe='')}:{quote(password, safe='')}@"
     return urlunsplit(parts._replace(netloc=login + host))
+
+
+async def apply_redis_users(hierarchy: Hierarchy, admin_url: str, key_dir: str | None) -> int:
+    """Give every principal of the run its Redis user, password from ``key_dir``; how many."""
+    if key_dir is None:
+        raise KeyFileError(
+            f"run {hierarchy.run.id!r} isolates federations: give the key directory holding "
+            "the participants' Redis passwords (--keys DIR; worldlm keys generate)"
+        )
+    passwords = {p: read_password(key_dir, p) for p in principals(hierarchy)}
+    read_only = await server_version(admin_url) >= (7,)
+    users = {
+        g.principal: redis_rules(g, passwords[g.node], read_only=read_only)
+        for g in grants(hierarchy)
+    }
+    await set_users(admin_url, users)
+    return len(users)

@@ -1,7 +1,8 @@
 """A run can always be stopped: SIGTERM ends `worldlm run` within seconds at any phase, server
 start-up included, and its embedded broker and redis-server never outlive it; a run whose
-Redis dies ends in seconds with one clear error. The exit status tells a stopped run from a
-completed one: 143 after SIGTERM, 130 after SIGINT (0 only at the end, 1 for a failure)."""
+Redis, or whose broker in memory, dies ends in seconds with one clear error. The exit status
+tells a stopped run from a completed one: 143 after SIGTERM, 130 after SIGINT (0 only at the
+end, 1 for a failure)."""
 
 from __future__ import annotations
 
@@ -149,6 +150,65 @@ async def test_a_run_whose_redis_dies_ends_in_seconds_with_one_clear_error(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+async def test_a_run_whose_memory_broker_dies_ends_in_seconds_with_one_line_not_a_flood(
+    tmp_path: Path, run_id: str
+) -> None:
+    """`worldlm run` on its embedded broker in memory, the broker SIGKILLed once the root has
+    closed a round: the run cannot go on (the log is gone), so it exits 1 with one line naming
+    the broker, the round and --durable, within seconds (60 s here, a slow machine), and what
+    it writes meanwhile stays a few lines (it was a hang, or 12 625 lines of aiokafka errors)."""
+    config = tmp_path / "run.toml"
+    config.write_text(tomli_w.dumps(flat_raw(run_id, rounds=50, local_steps=3)))
+    log_path = tmp_path / "run.log"
+    log = log_path.open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        WORLDLM, "run", str(config), "--log-level", "info", stdout=log, stderr=log,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+
+        async def root_closed() -> bool:
+            return any(
+                e["event"] == "round_closed" and e.get("node") == "root"
+                for e in log_events(log_path)
+            )
+
+        async with asyncio.timeout(180):
+            await poll(root_closed)
+        (broker,) = [pid for pid in children(proc.pid) if "tansu" in cmdline(pid)]
+        bootstrap = re.search(r"embedded kafka ([\d.]+:\d+)", log_path.read_text())
+        assert bootstrap is not None
+        before = log_path.stat().st_size
+        os.kill(broker, signal.SIGKILL)
+        async with asyncio.timeout(60):
+            code = await proc.wait()
+        after = log_path.read_bytes()[before:].decode(errors="replace").split("\n")
+        text = log_path.read_text()
+        assert code == 1, text[-3000:]
+        prefix = f"worldlm: Kafka at {bootstrap[1]} unreachable (lost at round "
+        (line,) = [line for line in after if line.startswith(prefix)]
+        assert line.endswith("; the memory broker keeps no log: rerun, or use --durable"), line
+        assert line[len(prefix) :].split(")")[0].isdigit()  # the round the run had reached
+        assert len(after) < 50, "\n".join(after)
+        assert "Traceback" not in text
+        assert [e["reason"] for e in log_events(log_path) if e["event"] == "kafka_gone"] == [
+            "unreachable"
+        ]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()
 
 
 @pytest.mark.parametrize("role", ["client", "aggregator"])

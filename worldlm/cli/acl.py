@@ -58,7 +58,7 @@ def acl(
     hierarchy = load_config(config, run_id)
     with _usage_errors(), _refusals():
         if apply:
-            from worldlm.participants.node import apply_redis_users
+            from worldlm.credentials import apply_redis_users
 
             if redis is None:
                 raise typer.BadParameter("--apply sets users on a Redis: give --redis URL")

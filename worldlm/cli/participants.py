@@ -20,7 +20,7 @@ import typer
 
 from worldlm import logs
 from worldlm.cli.spread import ShareOpt, WorkerOpt, WorkersOpt
-from worldlm.cli.stopping import Stop, run_until_signal
+from worldlm.cli.stopping import ServerLost, Stop, run_until_signal, server_errors
 
 if TYPE_CHECKING:
     from worldlm.config import Hierarchy
@@ -62,26 +62,6 @@ def _usage_errors() -> Iterator[None]:
     except ServerLost as exc:
         typer.echo(f"worldlm: {exc}", err=True)
         raise typer.Exit(1) from None
-
-
-class ServerLost(Exception):
-    """Redis or Kafka stayed unreachable past the retries: the run stopped."""
-
-
-@contextlib.contextmanager
-def server_errors(kafka: str, redis: str) -> Iterator[None]:
-    """A server gone for good is one clear line (the participants have already stopped and
-    logged what they could), not an exception group's traceback."""
-    from aiokafka.errors import KafkaError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    try:
-        yield
-    except* (RedisConnectionError, RedisTimeoutError) as group:
-        raise ServerLost(f"Redis at {redis} is unreachable: {group.exceptions[0]}") from None
-    except* (KafkaError, ConnectionError) as group:
-        raise ServerLost(f"Kafka at {kafka} is unreachable: {group.exceptions[0]!r}") from None
 
 
 def load_config(path: Path, run_id: str | None) -> Hierarchy:
@@ -211,7 +191,11 @@ def run(
                 )
                 typer.echo(f"dashboard: {board.url}", err=True)
             endpoints = Endpoints(k, r, str(keys) if keys else None)
-            with RoundProgress(hierarchy) as progress, server_errors(k, r):
+            root = hierarchy.root.id
+            with (
+                RoundProgress(hierarchy) as progress,
+                server_errors(k, r, lambda: progress.rounds.get(root, 0)),
+            ):
                 result: RunResult
                 if workers > 1:
                     result = await spread.spread(

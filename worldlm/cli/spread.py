@@ -147,13 +147,8 @@ def run_share(
     worker: bool,
 ) -> None:
     """``worldlm run CONFIG --share i/N``: this share's participants, until they end."""
-    from worldlm.cli.participants import (
-        _usage_errors,
-        load_config,
-        server_errors,
-        single_threaded_torch,
-    )
-    from worldlm.cli.stopping import Stop, run_until_signal
+    from worldlm.cli.participants import _usage_errors, load_config, single_threaded_torch
+    from worldlm.cli.stopping import Stop, run_until_signal, server_errors
     from worldlm.participants.node import Endpoints, prepare_run
     from worldlm.participants.runner import make_participants, run_participants
     from worldlm.participants.shares import assignment

@@ -12,8 +12,9 @@ second, or ``STOP_GRACE_S`` without an end, cancels it. The exit status says how
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import typer
@@ -100,3 +101,37 @@ def run_until_signal(main: Callable[[Stop], Awaitable[T]], stop: Stop | None = N
     if stop.interrupted:
         raise typer.Exit(stop.status)
     return result
+
+
+class ServerLost(Exception):
+    """Redis or Kafka stayed unreachable past the retries: the run stopped."""
+
+
+@contextlib.contextmanager
+def server_errors(kafka: str, redis: str, round: Callable[[], int] | None = None) -> Iterator[None]:
+    """A server gone for good is one clear line (the participants have already stopped and
+    logged what they could), not an exception group's traceback; ``round``: the run's."""
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from brokers.liveness import BrokerLost
+
+    redis_lost = (RedisConnectionError, RedisTimeoutError)
+    try:
+        yield
+    except* (BrokerLost, *redis_lost, KafkaError, ConnectionError) as group:
+        if (lost := group.subgroup(BrokerLost)) is not None:  # the broker watch's verdict
+            first = _leaf(lost)
+            assert isinstance(first, BrokerLost)
+            line = first.describe(round() if round is not None else None)
+            memory = "; the memory broker keeps no log: rerun, or use --durable"
+            raise ServerLost(line + ("" if first.keeps_log else memory)) from None
+        if (gone := group.subgroup(redis_lost)) is not None:
+            raise ServerLost(f"Redis at {redis} is unreachable: {_leaf(gone)}") from None
+        raise ServerLost(f"Kafka at {kafka} is unreachable: {_leaf(group)!r}") from None
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -87,11 +87,11 @@ class AggregatorParticipant:
         return self.lease.lost
 
     async def run(self) -> None:
-        """Aggregate until the run's final broadcast, ``stop``, or a lost lead."""
+        """Aggregate until the run's final broadcast, ``stop``, a lost lead or broker."""
         await self.node.start()
         try:
-            if await self.lease.acquire(self.stop):
-                await self._lead()
+            if await self.node.broker.guard(self.lease.acquire(self.stop)):
+                await self.node.broker.guard(self._lead())  # the broker gone ends it
         finally:
             await bounded(self.node.log, "resign", self.lease.release())
             await self.node.stop()

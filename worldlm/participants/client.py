@@ -38,7 +38,8 @@ class ClientParticipant:
         self._hierarchy = hierarchy
 
     async def run(self) -> None:
-        """Participate until the federation's final broadcast or until ``stop`` is set."""
+        """Participate until the federation's final broadcast or until ``stop`` is set;
+        :class:`~brokers.liveness.BrokerLost` when the broker is gone for good."""
         node = self.node
         self.learner = await asyncio.to_thread(Learner, self._hierarchy, self.client.id)
         await node.start()
@@ -52,10 +53,22 @@ class ClientParticipant:
             on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
             revocations=node.revocations,
         )
-        pending: set[asyncio.Future[Any]] = set()
         try:
             await node.join()
             await follower.start(self.stop)
+            await node.broker.guard(self._follow(follower))  # the broker gone ends it
+        except FollowerStopped:
+            pass
+        finally:
+            await bounded(node.log, "leave", node.leave())
+            await bounded(node.log, "follower", follower.stop())
+            node.log.info("client_stopped", rounds=self.rounds, **dict(node.counters))
+            await node.stop()
+
+    async def _follow(self, follower: BroadcastFollower) -> None:
+        """Each broadcast in turn, until the final one or ``stop``."""
+        pending: set[asyncio.Future[Any]] = set()
+        try:
             while not self.stop.is_set():
                 waiter = asyncio.ensure_future(follower.next(self.last_version))
                 stopper = asyncio.ensure_future(self.stop.wait())
@@ -76,17 +89,11 @@ class ClientParticipant:
                 del broadcast, waiter
                 if final:
                     break
-        except FollowerStopped:
-            pass
         finally:
             for task in pending:  # cancelled mid-wait: nothing may be left unretrieved
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-            await bounded(node.log, "leave", node.leave())
-            await bounded(node.log, "follower", follower.stop())
-            node.log.info("client_stopped", rounds=self.rounds, **dict(node.counters))
-            await node.stop()
 
     async def _round(self, broadcast: Broadcast) -> bool:
         """Evaluate, train, publish; True when this was the final broadcast."""

@@ -17,9 +17,9 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from brokers.access import server_version, set_users
 from brokers.admin import ensure_topics
 from brokers.deltas import Published, publish_delta
+from brokers.health import REQUEST_TIMEOUT_MS, BrokerHealth
 from brokers.kafka import KafkaSettings, Producer
 from brokers.revocations import Revocations
 from brokers.state import RedisState
@@ -36,9 +36,9 @@ from schemas.messages import (
 )
 from schemas.sealing import Unsealer
 from schemas.topics import Topics
-from worldlm.acl import grants, principal, principals, redis_rules
+from worldlm.acl import principal
 from worldlm.config import Hierarchy
-from worldlm.credentials import load_password, read_password, with_credentials
+from worldlm.credentials import apply_redis_users, load_password, with_credentials
 from worldlm.keys import KeyFileError
 from worldlm.participants.heartbeats import Beat, heartbeats
 from worldlm.participants.keychain import Keychain
@@ -85,23 +85,6 @@ async def prepare_run(hierarchy: Hierarchy, endpoints: Endpoints) -> None:
     )
     if hierarchy.run.isolation == "acl":
         await apply_redis_users(hierarchy, endpoints.redis, endpoints.key_dir)
-
-
-async def apply_redis_users(hierarchy: Hierarchy, admin_url: str, key_dir: str | None) -> int:
-    """Give every principal of the run its Redis user, password from ``key_dir``; how many."""
-    if key_dir is None:
-        raise KeyFileError(
-            f"run {hierarchy.run.id!r} isolates federations: give the key directory holding "
-            "the participants' Redis passwords (--keys DIR; worldlm keys generate)"
-        )
-    passwords = {p: read_password(key_dir, p) for p in principals(hierarchy)}
-    read_only = await server_version(admin_url) >= (7,)
-    users = {
-        g.principal: redis_rules(g, passwords[g.node], read_only=read_only)
-        for g in grants(hierarchy)
-    }
-    await set_users(admin_url, users)
-    return len(users)
 
 
 async def bounded(
@@ -157,9 +140,11 @@ class Node:
             client_id=f"worldlm-{node_id}",
             partitions=self.run.partitions,
             max_request_size=self.run.chunk_kib * 1024 + 64 * 1024,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,  # a send waits as long as the watch does
         )
-        # The process's producer and Redis pool, shared by every participant in it.
+        # The process's producer, Redis pool and broker watch, shared by its participants.
         self.producer = Producer(self.settings, shared=True)
+        self.broker = BrokerHealth(self.settings)  # the broker gone for good ends the run
         self.state = RedisState(redis, self.keyspace, shared=True)
         self.counters: Counter[str] = Counter()
         # member_of: the federation this node is a member of (its parent for an aggregator,
@@ -212,10 +197,14 @@ class Node:
     async def start(self) -> None:
         await self.producer.start()
         await self.state.start()
+        await self.broker.start()
 
     async def stop(self) -> None:
         await bounded(self.log, "heartbeat", self.stop_heartbeat())
+        if self.broker.gone:  # what is still to send never will be: stopping needn't wait
+            await bounded(self.log, "abandon", self.producer.abandon(self.broker.error()))
         await bounded(self.log, "producer", self.producer.stop())
+        await bounded(self.log, "kafka_health", self.broker.stop())
         await bounded(self.log, "redis", self.state.stop())
 
     # -- membership ----------------------------------------------------------------------
@@ -257,6 +246,7 @@ class Node:
         await self.stop_heartbeat()
         if self.federation:
             await self.state.leave(self.federation, self.id)
+        if self.federation and not self.broker.gone:  # else nobody would read it
             await self.event(
                 MembershipEvent(
                     envelope=self.envelope(), member=self.id, action="left", role=self.role

@@ -19,6 +19,7 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from brokers.kafka import PartitionReader
+from brokers.liveness import BrokerLost
 from schemas.codec import metrics_decoder
 from schemas.errors import WireError
 from schemas.messages import MetricsReport
@@ -141,7 +142,10 @@ def make_participants(
 async def run_participants(
     participants: Sequence[Participant], stop: asyncio.Event | None = None
 ) -> None:
-    """Run ``participants`` as tasks of this process until they end; ``stop`` stops them all."""
+    """Run ``participants`` as tasks of this process until they end; ``stop`` stops them all.
+
+    A broker gone for good ends each of them (its :class:`BrokerLost`, raised once all ended).
+    """
 
     async def relay_stop() -> None:
         if stop is not None:
@@ -149,13 +153,25 @@ async def run_participants(
             for p in participants:
                 p.stop.set()
 
+    lost: list[BrokerLost] = []
+
+    async def run(p: Participant) -> None:
+        try:
+            await p.run()
+        except BrokerLost as exc:  # the others see it too: each stops on its own, cleanly
+            lost.append(exc)
+            for other in participants:  # (and is told to, wherever it waits)
+                other.stop.set()
+
     relay = asyncio.create_task(relay_stop())
     try:
         async with asyncio.TaskGroup() as group:
             for p in participants:
-                group.create_task(p.run(), name=getattr(p, "id", None) or p.node.id)
+                group.create_task(run(p), name=getattr(p, "id", None) or p.node.id)
     finally:
         relay.cancel()
+    if lost:
+        raise lost[0]
 
 
 async def run_hierarchy(

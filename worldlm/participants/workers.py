@@ -284,7 +284,7 @@ async def spread_hierarchy(
             announce,
         )
         async with collecting(hierarchy, endpoints, on_report) as collector, pool:
-            exits = await pool.run(stop)
+            exits = await collector.node.broker.guard(pool.run(stop))  # stops them if gone
     return SpreadResult(
         collector.reports, time.perf_counter() - started, exits=exits, failures=pool.failures
     )

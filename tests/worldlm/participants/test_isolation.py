@@ -20,9 +20,14 @@ from tests.worldlm.participants.helpers import raw_config
 from worldlm.acl import principal, principals
 from worldlm.cli import app
 from worldlm.config import Hierarchy, parse
-from worldlm.credentials import generate_passwords, read_password, with_credentials
+from worldlm.credentials import (
+    apply_redis_users,
+    generate_passwords,
+    read_password,
+    with_credentials,
+)
 from worldlm.keys import generate_keys
-from worldlm.participants.node import Endpoints, apply_redis_users
+from worldlm.participants.node import Endpoints
 from worldlm.participants.runner import run_hierarchy
 
 FEDERATIONS = {"root": {}, "latin": {"parent": "root"}, "slavic": {"parent": "root"}}

@@ -34,10 +34,15 @@ from tests.worldlm.participants.helpers import flat_raw, poll, raw_config, read_
 from worldlm.acl import principal, principals
 from worldlm.cli import app
 from worldlm.config import Hierarchy, parse
-from worldlm.credentials import generate_passwords, read_password, with_credentials
+from worldlm.credentials import (
+    apply_redis_users,
+    generate_passwords,
+    read_password,
+    with_credentials,
+)
 from worldlm.keys import generate_keys, load_keyring, public_fingerprint
 from worldlm.participants.aggregator import AggregatorParticipant
-from worldlm.participants.node import Endpoints, apply_redis_users, prepare_run
+from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
 from worldlm.training.workbench import initial_weights
 
