@@ -68,7 +68,7 @@ class RecordDPCells:
 
 @dataclass(frozen=True)
 class RegimeStudy:
-    """The map's axes, methods, seeds and budget; ``cells()`` lists every job."""
+    """The map's axes, methods, seeds and budget; :meth:`jobs` lists every cell to run."""
 
     tokens: tuple[Tokens, ...] = (512, 2048, None, 65536)
     clients: tuple[int, ...] = (2, 8)
