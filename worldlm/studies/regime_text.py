@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from worldlm.methods import METHODS
@@ -111,54 +112,56 @@ def _crossover_lines(study: RegimeStudy, data: dict[str, Any], n: int) -> list[s
     return out
 
 
-def _local_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
+def _grid(
+    study: RegimeStudy,
+    pts: dict[str, Any],
+    ns: list[int],
+    show: Callable[[dict[str, Any]], str],
+) -> list[str]:
+    """A row per N, a column per T: ``show`` of each point's methods, ``-`` where the point
+    does not exist."""
     lines = [
+        "| N | " + " | ".join(_column(study, t) for t in study.tokens) + " |",
+        "|---|" + "---|" * len(study.tokens),
+    ]
+    for n in ns:
+        cells = [
+            "-" if (point := _by_n(study, pts, n, t)) is None else show(point["methods"])
+            for t in study.tokens
+        ]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _local_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
+    def show(methods: dict[str, Any]) -> str:
+        f = methods["local"]
+        return f"{f['past_best']:.0%}, round {f['best_round']:.1f} of {f['last_round']:.0f}"
+
+    return [
         "## Local-only passes its best validation point",
         "",
         "Share of local-only clients whose best validation round comes before their last "
         "(over clients and seeds), and the mean best round (of the last): where the share is "
         "high the budget outlasts what a client's own text can teach (curves: `curves.png`).",
         "",
-        "| N | " + " | ".join(_column(study, t) for t in study.tokens) + " |",
-        "|---|" + "---|" * len(study.tokens),
+        *_grid(study, pts, list(study.clients), show),
     ]
-    for n in study.clients:
-        cells = []
-        for t in study.tokens:
-            if (point := _by_n(study, pts, n, t)) is None:
-                cells.append("-")
-                continue
-            f = point["methods"]["local"]
-            cells.append(
-                f"{f['past_best']:.0%}, round {f['best_round']:.1f} of {f['last_round']:.0f}"
-            )
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
 
 
 def _misplaced_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
     ns = [n for n in study.clients if n >= study.misplaced]
     if not ns:
         return []
-    lines = [
+    return [
         "## The misplaced tree",
         "",
         "The same clients regrouped so that each federation holds a mix of the three domains "
         "(client i of federation j moves to federation (j + i) mod 3); perplexity over "
         "WorldLM's on the tree as written, paired by seed (> 1: the grouping matters).",
         "",
-        "| N | " + " | ".join(_column(study, t) for t in study.tokens) + " |",
-        "|---|" + "---|" * len(study.tokens),
+        *_grid(study, pts, ns, lambda m: f"{cell(m['worldlm_misplaced']['vs_worldlm'])}x"),
     ]
-    for n in ns:
-        cells = [
-            "-"
-            if (point := _by_n(study, pts, n, t)) is None
-            else f"{cell(point['methods']['worldlm_misplaced']['vs_worldlm'])}x"
-            for t in study.tokens
-        ]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
 
 
 def _dp_lines(study: RegimeStudy, pts: dict[str, Any]) -> list[str]:
