@@ -221,11 +221,18 @@ class RedisState(Service):
             return [bool(joined) for joined in await pipe.execute()]
 
     async def leave(self, federation: str, member: str) -> None:
-        """Remove ``member`` at once (a clean leave)."""
+        """Remove ``member`` at once (a clean leave); it stays named as departed
+        (:meth:`departed`) until it joins again."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keyspace.members(federation), member)
-            pipe.hdel(self.keyspace.member_info(federation), member)
+            pipe.hset(self.keyspace.member_info(federation), member, json.dumps({"left": True}))
             await pipe.execute()
+
+    async def departed(self, federation: str) -> frozenset[str]:
+        """Members that left cleanly and have not joined again (a crashed member is not
+        among them: it never said goodbye)."""
+        info = await self.member_info(federation)
+        return frozenset(m for m, i in info.items() if i.get("left"))
 
     # -- leadership of a federation among aggregator replicas ---------------------------
 

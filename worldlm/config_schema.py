@@ -112,10 +112,14 @@ class RecordDPConfig(_Strict, frozen=True):
 
 
 class ScheduleConfig(_Strict, frozen=True):
-    """``sync``: close at a quorum of live members or at the deadline. ``async``: fold updates
-    as they come, ``buffer`` at a time, discounted by staleness, rejected past the bound."""
+    """``sync``: close at a quorum of the members or at the deadline. ``async``: fold updates
+    as they come, ``buffer`` at a time, discounted by staleness, rejected past the bound.
+    ``wait_for``: the members a sync quorum counts: ``declared`` (every declared member that
+    has not left cleanly: a crashed one is waited for until the deadline) or ``live`` (those
+    heartbeating now)."""
 
     mode: Literal["sync", "async"] = "sync"
+    wait_for: Literal["declared", "live"] = "declared"
     quorum: float = 1.0
     min_quorum: int = 1
     deadline_s: float = 120.0

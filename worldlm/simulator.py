@@ -152,8 +152,8 @@ class Simulation:
             raise RuntimeError(f"{fid} refused {message.offer.sender}: {decision.detail}")
         if not isinstance(decision, Accepted):
             return
-        live = len(self.hierarchy.federations[fid].members)
-        reason = core.close_reason(0.0, live)
+        members = core.expected(len(self.hierarchy.federations[fid].members))  # all alive
+        reason = core.close_reason(0.0, members)
         if reason is None:
             return
         cached = {
@@ -161,7 +161,7 @@ class Simulation:
             for other in self.hierarchy.residual_links(fid)
             if other in self.residuals
         }
-        closed = core.close(reason, core.residual_entries(cached), live)
+        closed = core.close(reason, core.residual_entries(cached), members)
         if closed.residual is not None:
             self.residuals[fid] = (core.meta.round, closed.residual)
         self._report(

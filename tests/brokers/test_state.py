@@ -77,6 +77,12 @@ async def test_leave_removes_member_at_once(state: RedisState) -> None:
     assert (await state.member_info("eu"))["a"] == {"role": "client"}
     await state.leave("eu", "a")
     assert (await state.roster("eu")).live == ()
+    assert await state.departed("eu") == {"a"}  # a clean leave is named: not waited for
+    await state.heartbeat("eu", "b", ttl_s=0.3)  # b dies without a word: never departed
+    await state.heartbeat("eu", "a", ttl_s=30, role="client")  # a comes back
+    await asyncio.sleep(0.5)
+    assert await state.purge_expired("eu") == ["b"]
+    assert await state.departed("eu") == frozenset()
 
 
 async def test_model_version_pointer_only_moves_forward(state: RedisState) -> None:

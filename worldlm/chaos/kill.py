@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from worldlm.chaos.fleet import Fleet, Members
 from worldlm.chaos.trials import Setting, Stage, bounded_trial, trial_rng
+from worldlm.chaos.uninterrupted import differing, not_comparable
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row, total
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.recording import audit_run, recorded_run
@@ -53,6 +54,10 @@ class KillObservation:
     folded_twice: int
     unread: int
     reproduced: bool | None  # None: the replay could not run
+    #: every final model is the uninterrupted run's (None: the config's weights depend on
+    #: timing, see ``uninterrupted.not_comparable``)
+    uninterrupted: bool | None = None
+    problems: tuple[str, ...] = ()  # the audit's other findings (unmatched, unpublished)
 
 
 def judge(index: int, o: KillObservation) -> Trial:
@@ -68,6 +73,9 @@ def judge(index: int, o: KillObservation) -> Trial:
         problems.append(f"{o.folded_twice} update(s) folded twice")
     if o.reproduced is False:
         problems.append("replay does not reproduce the recorded models")
+    if o.uninterrupted is False:
+        problems.append("the final models are not the uninterrupted run's")
+    problems += list(o.problems)
     figures: dict[str, Figure] = {
         "target": o.target,
         "killed_round": o.killed_round,
@@ -79,6 +87,7 @@ def judge(index: int, o: KillObservation) -> Trial:
         "folded_twice": o.folded_twice,
         "unread": o.unread,
         "reproduced": "n/a" if o.reproduced is None else o.reproduced,
+        "uninterrupted": "n/a" if o.uninterrupted is None else o.uninterrupted,
     }
     return Trial(SCENARIO, index, not problems, "; ".join(problems), figures=figures)
 
@@ -93,8 +102,18 @@ def summarize(trials: list[Trial]) -> list[Row]:
         count_row(SCENARIO, "updates lost", total(trials, "lost")),
         count_row(SCENARIO, "updates counted twice", total(trials, "folded_twice")),
         ratio_row(SCENARIO, "models reproduced by replay", reproduced, n),
+        *_uninterrupted_row(trials),
         count_row(SCENARIO, "hung trials", sum(bool(t.figures.get("hung")) for t in trials)),
     ]
+
+
+def _uninterrupted_row(trials: list[Trial]) -> list[Row]:
+    """Runs at the uninterrupted run's weights, among those whose config makes it a test."""
+    held = [t for t in trials if t.figures.get("uninterrupted") in (True, False)]
+    if not held:
+        return []
+    same = sum(t.figures["uninterrupted"] is True for t in held)
+    return [ratio_row(SCENARIO, "runs at the uninterrupted weights, bit for bit", same, len(held))]
 
 
 async def run(setting: Setting, trials: int, *, limit_s: float = 180.0) -> ScenarioResult:
@@ -152,8 +171,12 @@ async def _trial(setting: Setting, index: int, stage: Stage, durations: list[flo
             seconds = watch.round(target, r).seconds
             if seconds is not None and r != kill_round:
                 durations.append(seconds)
+    comparable = not_comparable(h) is None
+    if comparable:
+        stage("comparing with the uninterrupted run")
+    unequal = await asyncio.to_thread(differing, h, fleet.checkpoints) if comparable else None
     stage("auditing the recording")
-    table = await audit_run(servers.kafka, config.run_id, federations=feds)
+    table = await audit_run(servers.kafka, config.run_id, hierarchy=h)
     stage("replaying the recording")
     try:
         recorded = await recorded_run(servers.kafka, h, None)
@@ -179,5 +202,7 @@ async def _trial(setting: Setting, index: int, stage: Stage, durations: list[flo
         folded_twice=sum(len(ids) for ids in table.folded_twice.values()),
         unread=sum(len(ids) for ids in table.unread.values()),
         reproduced=reproduced,
+        uninterrupted=None if unequal is None else not unequal,
+        problems=tuple(p for p in table.problems if not p.startswith(("LOST", "FOLDED TWICE"))),
     )
     return judge(index, observation)

@@ -20,20 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from brokers.deltas import Received
 from schemas.delta import new_update_id
-from schemas.errors import WireError
 from schemas.sealing import SealError
 from worldlm.config import Hierarchy
+from worldlm.participants.admission import Admission
+from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.federation import (
-    Accepted,
     FederationCore,
 )
-from worldlm.participants.federation import Rejected as Refused
 from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
-from worldlm.participants.intake import Intake, Source
+from worldlm.participants.intake import Intake
 from worldlm.participants.lease import Lease
 from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.training.workbench import initial_weights
@@ -77,6 +75,15 @@ class AggregatorParticipant:
         self._parent: BroadcastFollower | None = None
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
         self.books = RoundBooks(self.node)  # the shell's part of each round's accounting
+        self.announcer = Announcer(self.node, federation, self.books)
+        self.admission = Admission(
+            self.node,
+            self.core,
+            self.intake,
+            self.checkpoint,
+            self.books,
+            lambda: self._save(model=False),
+        )
 
     @property
     def token(self) -> str:
@@ -115,6 +122,9 @@ class AggregatorParticipant:
                 )
                 await self._parent.start(self.stop)
             await node.join()
+            if core.meta.unreported:  # saved, maybe not announced, before a restart
+                await self.announcer.resume(Notice.from_json(core.meta.unreported))
+                core.meta.unreported = {}
             if core.meta.final:
                 return
             pointer = await node.state.model_version(self.id)
@@ -135,8 +145,12 @@ class AggregatorParticipant:
             await bounded(node.log, "intake", self.intake.stop())
             if self._parent is not None:
                 await bounded(node.log, "parent_follower", self._parent.stop())
-            if not self.lease.lost:  # else the membership is the new leader's
+            if self.lease.lost:  # the membership is the new leader's
+                pass
+            elif core.meta.final:
                 await bounded(node.log, "leave", node.leave())
+            else:  # the federation stays a member of its parent: a replacement resumes it
+                await bounded(node.log, "heartbeat", node.stop_heartbeat())
             node.log.info("aggregator_stopped", **self.books.summary(core, self.intake))
 
     async def _loop(self) -> None:
@@ -166,7 +180,7 @@ class AggregatorParticipant:
                 if reading.done():
                     found, offsets[name] = reading.result()
                     reading = None
-                    arrived = await self._admit(found)
+                    arrived = await self.admission.admit(found)
                 if self._parent_wait is not None and self._parent_wait.done():
                     broadcast, self._parent_wait = self._parent_wait.result(), None
                     assert broadcast is not None  # next() without a timeout waits for one
@@ -180,11 +194,11 @@ class AggregatorParticipant:
                 elif not arrived:
                     continue
                 if arrived or core.open:  # an open round closes by its deadline, even empty
-                    live = len((await self.node.state.roster(self.id)).live)
-                    await self._show_arrivals(arrived, live)
-                    reason = core.close_reason(time.time(), live)
+                    members = await self.admission.members()
+                    await self.admission.show(arrived, members)
+                    reason = core.close_reason(time.time(), members)
                     if reason is not None:
-                        await self._close(reason, live)
+                        await self._close(reason, members)
         finally:
             for task in (reading, stopping):
                 if task is not None:
@@ -192,72 +206,18 @@ class AggregatorParticipant:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
 
-    # -- intake --------------------------------------------------------------------------
-
-    async def _admit(self, found: list[Any]) -> list[str]:
-        """Offer what the intake read to the core; the senders of the admitted updates."""
-        arrived = []
-        revoked: set[str] = set()
-        if any(isinstance(i, Received) for i in found):
-            revoked = set(await self.node.revocations.revoked())  # the chain as of this batch
-        for item in found:
-            if isinstance(item, Received):
-                if (sender := await self._offer(item, revoked)) is not None:
-                    arrived.append(sender)
-            else:
-                record, rejected = item
-                await self.books.dead_letter(record, rejected.reason, rejected.detail)
-        for update_id in self.intake.take_repeats():
-            self.core.repeated(update_id)
-        return arrived
-
-    async def _offer(self, received: Received, revoked: set[str]) -> str | None:
-        """Offer one update to the core; its sender if admitted (durably), else None."""
-        node, m = self.node, received.delta.manifest
-        source = Source(received.topic, received.partition, received.first_offset)
-        try:
-            offer = self.intake.offer(received, revoked)
-        except WireError as exc:  # e.g. a malformed codec map: refused, counted here
-            await self.books.dead_letter(source, exc.reason, str(exc))
-            return None
-        decision = self.core.offer(offer)
-        if isinstance(decision, Refused):
-            await self.books.refused(source, decision)
-            return None
-        if not isinstance(decision, Accepted):
-            return None  # a duplicate: already folded or pending
-        # Durable first, then the offset that delivered it.
-        self.checkpoint.save_pending(m.update_id, self.core.pending[-1].delta)
-        self.core.meta.offsets[self.intake.name] = self.intake.safe_after(received)
-        self._save(model=False)
-        self.books.bytes_in += m.total_bytes
-        await node.state.record_staleness(self.id, decision.sender, decision.staleness)
-        node.log.info(
-            "update_accepted",
-            sender=decision.sender,
-            staleness=decision.staleness,
-            round=self.core.meta.round,
-        )
-        return decision.sender
-
-    async def _show_arrivals(self, senders: list[str], live: int) -> None:
-        """Arrivals are shown in Redis for others to see (idempotent); the quorum is the
-        core's, the script only records it."""
-        quorum = self.core.quorum(live)
-        for sender in senders:
-            await self.node.state.arrive(self.id, self.core.meta.round, sender, quorum=quorum)
-
     # -- rounds --------------------------------------------------------------------------
 
     async def _open_round(self) -> None:
         core = self.core
         core.open_round(time.time())
         if core.pending:  # arrivals after a restart are shown again
-            live = len((await self.node.state.roster(self.id)).live)
-            await self._show_arrivals([p.sender for p in core.pending], live)
+            await self.admission.show(
+                [p.sender for p in core.pending], await self.admission.members()
+            )
         await self.books.event("opened", core.meta.round, core.meta.version)
 
-    async def _close(self, reason: str, live: int) -> None:
+    async def _close(self, reason: str, members: int) -> None:
         node, core = self.node, self.core
         started = time.perf_counter()
         residuals = {}
@@ -272,7 +232,9 @@ class AggregatorParticipant:
                 continue
             if cached is not None:
                 residuals[other] = (cached.round, cached.tensors)
-        closed = await asyncio.to_thread(core.close, reason, core.residual_entries(residuals), live)
+        closed = await asyncio.to_thread(
+            core.close, reason, core.residual_entries(residuals), members
+        )
         for rejection in closed.rejected:
             node.log.warning("update_declined", sender=rejection.sender, reason=rejection.reason)
         if closed.residual is not None:
@@ -280,14 +242,18 @@ class AggregatorParticipant:
             await node.state.residuals.put(
                 self.id, core.meta.round, closed.residual, seal_to=readers
             )
-        self._save()
-        self.checkpoint.drop_pending(keep=set())
-        await node.state.close_round(self.id, closed.round, reason, self.id)
-        await self.books.event("closed", closed.round, closed.version, reason, len(closed.folded))
         end = core.meta.offsets.get(self.intake.name, 0)
         aggregate_s = time.perf_counter() - started
         values, ledger = self.books.close(closed, core, self.intake, end, aggregate_s)
-        await node.metrics(closed.round, values, federation=self.id, ledger=ledger)
+        report = node.report(closed.round, values, federation=self.id, ledger=ledger)
+        notice = self.announcer.notice(
+            closed.round, reason, closed.version, len(closed.folded), report
+        )
+        core.meta.unreported = notice.to_json()  # saved with the round: announced once
+        self._save()
+        self.checkpoint.drop_pending(keep=set())
+        await self.announcer.publish(notice)
+        core.meta.unreported = {}  # the next save records it (until then a resume reads back)
         self.intake.lag = 0
         self.books.next_round(end)
         node.log.info(
@@ -347,36 +313,9 @@ class AggregatorParticipant:
             await self._open_round()
 
     async def _broadcast(self) -> None:
-        """Publish the federation's model (the full weights: a model, not a delta)."""
-        node, meta = self.node, self.core.meta
         if not await self.lease.fence():  # a replica that lost the lead must not publish
             raise Stopped
-        published = await node.publish(
-            node.topics.down(self.id),
-            self.id,
-            self.core.weights,
-            to=self.fed.members,
-            federation=self.id,
-            kind="broadcast",
-            base_version=meta.version,
-            version=meta.version,
-            round=meta.round,
-            metrics={"final": float(meta.final), "parent_version": float(meta.parent_version)},
-        )
-        await node.state.set_model_version(
-            self.id,
-            meta.version,
-            topic=published.topic,
-            partition=published.partition,
-            offset=published.first_offset,
-        )
-        node.log.info(
-            "broadcast",
-            version=meta.version,
-            round=meta.round,
-            final=meta.final,
-            bytes=published.bytes,
-        )
+        await self.announcer.broadcast(self.core.weights, self.core.meta, self.fed.members)
 
     # -- checkpoints ---------------------------------------------------------------------
 

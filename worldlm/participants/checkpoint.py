@@ -88,6 +88,8 @@ class Meta:
     samples: int = 0
     #: the revocation chain the shell verified (``schemas.revocation.ChainMemory``)
     revocations: dict[str, Any] = field(default_factory=dict)
+    #: a closed round saved but not yet announced (``announcer.Notice``; {} once it is)
+    unreported: dict[str, Any] = field(default_factory=dict)
     #: the model file this JSON part goes with
     model_file: str = "model.safetensors"
 

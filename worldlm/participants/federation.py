@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 
@@ -215,11 +215,25 @@ class FederationCore:
         if not self.pending or self.meta.round_opened == 0:
             self.meta.round_opened = now
 
-    def quorum(self, live: int) -> int:
-        """Updates a ``sync`` round needs: a fraction of the live members, at least the minimum."""
-        return max(self.schedule.min_quorum, math.ceil(live * self.schedule.quorum - 1e-9))
+    def expected(self, live: int, departed: Collection[str] = ()) -> int:
+        """The members a round counts on (its quorum is a fraction of them).
 
-    def close_reason(self, now: float, live: int) -> str | None:
+        ``wait_for = "declared"`` (the default): every declared member that has not left
+        cleanly (``departed``), heartbeating or not: a member whose process died, or whose
+        aggregator is being replaced, is waited for until the deadline, so a kill does not
+        change who a round folds. ``"live"``: only the ``live`` members heartbeating now (a
+        dead member stops counting once its heartbeat expires).
+        """
+        if self.schedule.wait_for == "live":
+            return live
+        return len(self._members - set(departed))
+
+    def quorum(self, members: int) -> int:
+        """Updates a ``sync`` round needs: a fraction of the members it counts on
+        (:meth:`expected`), at least the minimum."""
+        return max(self.schedule.min_quorum, math.ceil(members * self.schedule.quorum - 1e-9))
+
+    def close_reason(self, now: float, members: int) -> str | None:
         """Why the open round closes now: ``quorum`` (sync) or ``buffer`` (async) once enough
         arrived; else past ``deadline_s``, whether or not anything arrived, ``deadline`` with
         what is pending or ``empty`` with nothing (silent members must not hang a parent)."""
@@ -228,13 +242,13 @@ class FederationCore:
         if self.pending and self.schedule.mode == "async":
             if len(self.pending) >= self.schedule.buffer:
                 return "buffer"
-        elif self.pending and len({p.sender for p in self.pending}) >= self.quorum(live):
+        elif self.pending and len({p.sender for p in self.pending}) >= self.quorum(members):
             return "quorum"
         if now - self.meta.round_opened > self.schedule.deadline_s:
             return "deadline" if self.pending else "empty"
         return None
 
-    def close(self, reason: str, residuals: Sequence[ResidualEntry], live: int) -> Closed:
+    def close(self, reason: str, residuals: Sequence[ResidualEntry], members: int) -> Closed:
         """Aggregate the pending updates into a new model version. With nothing pending the
         model stays (no strategy call, residual read or write: momentum and the privacy
         accountant do not move), but the version and round advance as after any close."""
@@ -247,7 +261,7 @@ class FederationCore:
         ]
         residuals = list(residuals) if self.key and updates else []
         context = RoundContext(
-            residuals, sample_rate=min(1.0, len(updates) / max(live, 1)), round=meta.round
+            residuals, sample_rate=min(1.0, len(updates) / max(members, 1)), round=meta.round
         )
         if updates:
             result = self.strategy.aggregate(self.weights, updates, context)
@@ -280,7 +294,9 @@ class FederationCore:
         read = {e.federation: e.round for e in residuals if e.round is not None}
         took = meta.parent_version if self.fed.parent is not None else None
         ledger, self.ledger = self.ledger.seal(folded, declined, read, took), Ledger()
-        values = figures(live, updates, result, self.counters, len(residuals), meta.version, ledger)
+        values = figures(
+            members, updates, result, self.counters, len(residuals), meta.version, ledger
+        )
         new_key = bool(self.key and updates)  # an empty round has nothing new for the cache
         return Closed(
             round=closed_round,

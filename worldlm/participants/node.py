@@ -300,7 +300,18 @@ class Node:
         federation: str | None = None,
         ledger: RoundLedger | None = None,
     ) -> None:
-        report = MetricsReport(
+        report = self.report(round, values, federation, ledger)
+        await self.producer.send(self.topics.metrics, encode(report), key=self.id)
+
+    def report(
+        self,
+        round: int,
+        values: dict[str, float],
+        federation: str | None = None,
+        ledger: RoundLedger | None = None,
+    ) -> MetricsReport:
+        """This participant's metrics report of ``round`` (keyed by its id when sent)."""
+        return MetricsReport(
             envelope=self.envelope(federation),
             round=round,
             node=self.id,
@@ -308,7 +319,6 @@ class Node:
             values=values,
             ledger=ledger,
         )
-        await self.producer.send(self.topics.metrics, encode(report), key=self.id)
 
     async def dead_letter(
         self, record: Source, reason: str, detail: str, *, count: bool = True

@@ -42,7 +42,8 @@ async def test_late_client_starts_from_current_model_and_is_counted_from_then_on
             "fr-0": ("root", "lang-fr"),
         },
         rounds=50,  # an upper bound: the test stops the run once it has seen enough
-        defaults={"schedule": {"deadline_s": 30.0}},
+        # rounds count the members heartbeating now (by default they would wait for fr-0)
+        defaults={"schedule": {"deadline_s": 30.0, "wait_for": "live"}},
     )
     ep = endpoints(servers)
     await prepare_run(h, ep)
@@ -96,7 +97,7 @@ async def test_client_killed_mid_round_expires_and_round_closes_at_quorum_of_the
             "fr-0": ("root", "lang-fr"),
         },
         rounds=4,
-        defaults={"schedule": {"deadline_s": 60.0}},  # far away: the round must not wait for it
+        defaults={"schedule": {"deadline_s": 60.0, "wait_for": "live"}},  # must not wait for it
     )
     config = tmp_path / "worldlm.toml"
     config.write_text(tomli_w.dumps(raw))

@@ -119,11 +119,11 @@ def test_an_update_older_than_the_staleness_bound_is_refused_and_within_it_weigh
     c = core(tree(schedule={"mode": "async", "buffer": 1, "staleness_bound": 1}))
     for seed in range(2):  # two rounds: version 2
         c.offer(offer(c, "fr-0", seed))
-        c.close("buffer", [], live=2)
+        c.close("buffer", [], members=2)
     assert c.meta.version == 2
     assert reason(c, offer(c, "es-0", base_version=0)) == "stale"
     assert c.offer(offer(c, "es-0", base_version=1)) == Accepted("es-0", c.pending[0].update_id, 1)
-    closed = c.close("buffer", [], live=2)
+    closed = c.close("buffer", [], members=2)
     assert closed.values["staleness_max"] == 1.0
 
 
@@ -141,14 +141,33 @@ def test_a_newer_update_from_the_same_member_replaces_its_older_one() -> None:
 def test_sync_closes_at_the_quorum_of_live_members_or_at_the_deadline() -> None:
     c = core(tree(schedule={"quorum": 0.5, "deadline_s": 10.0}))
     c.open_round(100.0)
-    assert c.close_reason(100.0, live=2) is None  # nothing pending, and not yet its deadline
+    assert c.close_reason(100.0, members=2) is None  # nothing pending, and not yet its deadline
     c.offer(offer(c, "fr-0"))
-    assert c.close_reason(101.0, live=2) == "quorum"  # 1 of 2 at quorum 0.5
+    assert c.close_reason(101.0, members=2) == "quorum"  # 1 of 2 at quorum 0.5
     full = core(tree(schedule={"deadline_s": 10.0, "min_quorum": 2}))
     full.open_round(100.0)
     full.offer(offer(full, "fr-0"))
-    assert full.close_reason(105.0, live=1) is None  # min_quorum 2 although one is live
-    assert full.close_reason(110.5, live=1) == "deadline"
+    assert full.close_reason(105.0, members=1) is None  # min_quorum 2 although one is live
+    assert full.close_reason(110.5, members=1) == "deadline"
+
+
+def test_a_sync_round_counts_declared_members_so_a_dead_one_is_waited_for_until_the_deadline() -> (
+    None
+):
+    c = core(tree(schedule={"deadline_s": 10.0}))  # quorum 1.0 of latin's fr-0 and es-0
+    assert c.expected(live=1) == 2  # es-0's heartbeat expired: it still counts
+    assert c.expected(live=1, departed={"es-0"}) == 1  # it said goodbye: it does not
+    c.open_round(100.0)
+    c.offer(offer(c, "fr-0"))
+    members = c.expected(live=1)
+    assert c.close_reason(105.0, members) is None  # waits for es-0 ...
+    assert c.close_reason(110.5, members) == "deadline"  # ... until the deadline
+    assert c.close_reason(101.0, c.expected(live=1, departed={"es-0"})) == "quorum"
+    live = core(tree(schedule={"deadline_s": 10.0, "wait_for": "live"}))
+    assert live.expected(live=1) == 1  # the old rule: only those heartbeating now
+    live.open_round(100.0)
+    live.offer(offer(live, "fr-0"))
+    assert live.close_reason(101.0, live.expected(live=1)) == "quorum"
 
 
 def test_a_sync_round_with_nothing_pending_closes_empty_at_its_deadline_keeping_the_model(
@@ -157,16 +176,16 @@ def test_a_sync_round_with_nothing_pending_closes_empty_at_its_deadline_keeping_
     c = core(tree(schedule={"deadline_s": 10.0}))
     before = {n: t.clone() for n, t in c.weights.items()}
     c.open_round(100.0)
-    assert c.close_reason(105.0, live=2) is None  # before its deadline it stays open
-    assert c.close_reason(110.0, live=2) is None
-    assert c.close_reason(110.5, live=2) == "empty"
+    assert c.close_reason(105.0, members=2) is None  # before its deadline it stays open
+    assert c.close_reason(110.0, members=2) is None
+    assert c.close_reason(110.5, members=2) == "empty"
 
     def refuse(*_: object) -> None:
         raise AssertionError("the strategy is not called on zero updates")
 
     monkeypatch.setattr(c.strategy, "aggregate", refuse)
     cached = {n: t + 1.0 for n, t in c.weights.items() if n in c.key}
-    closed = c.close("empty", c.residual_entries({"slavic": (0, cached)}), live=2)
+    closed = c.close("empty", c.residual_entries({"slavic": (0, cached)}), members=2)
     assert same(c.weights, before)  # the model stays
     assert (closed.reason, closed.round, closed.version, c.meta.round) == ("empty", 0, 1, 1)
     assert closed.folded == () and closed.residual is None  # nothing new for the cache
@@ -179,7 +198,7 @@ def test_a_sync_round_with_nothing_pending_closes_empty_at_its_deadline_keeping_
     c.open_round(200.0)
     c.offer(offer(c, "fr-0"))
     c.offer(offer(c, "es-0"))
-    assert c.close_reason(200.0, live=2) == "quorum"
+    assert c.close_reason(200.0, members=2) == "quorum"
     assert c.close("quorum", [], 2).exchange and c.submission() is not None
 
 
@@ -220,7 +239,7 @@ def test_an_exchange_after_an_empty_round_submits_what_the_other_rounds_folded()
     c.offer(offer(c, "fr-0", 1))
     c.close("quorum", [], 2)
     c.open_round(0.0)
-    closed = c.close(c.close_reason(11.0, live=2) or "", [], 2)
+    closed = c.close(c.close_reason(11.0, members=2) or "", [], 2)
     assert closed.reason == "empty" and closed.exchange
     s = c.submission()
     assert s is not None and s.samples == 10 and c.counters["submissions_skipped"] == 0
@@ -231,22 +250,22 @@ def test_an_exchange_after_an_empty_round_submits_what_the_other_rounds_folded()
 def test_an_async_round_closes_at_its_deadline_with_a_partial_or_an_empty_buffer() -> None:
     c = core(tree(schedule={"mode": "async", "buffer": 2, "deadline_s": 10.0}))
     c.open_round(0.0)
-    assert c.close_reason(5.0, live=2) is None
-    assert c.close_reason(10.5, live=2) == "empty"
+    assert c.close_reason(5.0, members=2) is None
+    assert c.close_reason(10.5, members=2) == "empty"
     c.close("empty", [], 2)
     c.open_round(10.5)
     c.offer(offer(c, "fr-0"))
-    assert c.close_reason(15.0, live=2) is None  # the buffer is not full yet
-    assert c.close_reason(21.0, live=2) == "deadline"  # a member short: it does not wait
+    assert c.close_reason(15.0, members=2) is None  # the buffer is not full yet
+    assert c.close_reason(21.0, members=2) == "deadline"  # a member short: it does not wait
     assert len(c.close("deadline", [], 2).folded) == 1 and c.counters["rounds_empty"] == 1
 
 
 def test_async_closes_when_its_buffer_is_full() -> None:
     c = core(tree(schedule={"mode": "async", "buffer": 2}))
     c.offer(offer(c, "fr-0"))
-    assert c.close_reason(0.0, live=2) is None
+    assert c.close_reason(0.0, members=2) is None
     c.offer(offer(c, "es-0"))
-    assert c.close_reason(0.0, live=2) == "buffer"
+    assert c.close_reason(0.0, members=2) == "buffer"
 
 
 def test_close_folds_in_sender_order_whatever_the_arrival_order() -> None:
@@ -345,7 +364,7 @@ def test_with_a_quorum_below_one_the_first_arrivals_decide_the_round() -> None:
     for first in ("fr-0", "es-0"):
         c = core(h)
         c.offer(offer(c, first, seed=1 if first == "fr-0" else 2))
-        assert c.close_reason(0.0, live=2) == "quorum"
+        assert c.close_reason(0.0, members=2) == "quorum"
         results.append(c.close("quorum", [], 2))
     assert results[0].folded != results[1].folded
 
