@@ -111,6 +111,7 @@ class Fanout:
         self._task: asyncio.Task[None] | None = None
         self._position = 0  # where the reader reads next
         self.highwater: int | None = None  # the partition's end as the last fetch saw it
+        self.fetches = 0  # fetches of the shared reader so far (tests wait on it)
         self._lock = asyncio.Lock()
 
     async def add(self, offset: int) -> Subscription:
@@ -147,6 +148,7 @@ class Fanout:
             while True:
                 skipped = reader.gaps_skipped
                 records = await reader.fetch(timeout_ms=FETCH_MS)
+                self.fetches += 1
                 if records:
                     self._position = records[-1].offset + 1
                     self.highwater = reader.highwater(self.tp)

@@ -213,6 +213,7 @@ class PartitionReader(Once):
         #: partitions not assigned yet because their topic does not exist
         self.waiting: set[TopicPartition] = set(start)
         self._looked = 0.0  # when the reader last looked for the waiting partitions' topics
+        self.looks = 0  # how many times it looked (tests wait on it)
         self._consumer = _consumer(settings, None)
 
     async def _start(self) -> None:
@@ -227,6 +228,7 @@ class PartitionReader(Once):
     async def _assign_existing(self) -> None:
         """Assign the waiting partitions whose topic exists now, each from its next offset."""
         self._looked = time.monotonic()
+        self.looks += 1
         existing = await self._consumer.topics()  # metadata of all topics: creates none
         found = {tp for tp in self.waiting if tp.topic in existing}
         if not found:

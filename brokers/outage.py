@@ -44,7 +44,12 @@ async def fail_sends(producer: AIOKafkaProducer, exc: Exception) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     queue = producer._message_accumulator
-    batches = [*(b for per_tp in queue._batches.values() for b in per_tp), *queue._pending_batches]
+    queued = [b for per_tp in queue._batches.values() for b in per_tp]
+    batches = [*queued, *queue._pending_batches]
+    # A batch re-queued for a retry keeps the callback of its first pop, which removes it
+    # from the pending set when it is done: failing it while it sits in the queue again
+    # would raise KeyError in that callback (a traceback on the way out). So it is pending.
+    queue._pending_batches.update(queued)
     queue.fail_all(exc)
     for batch in batches:
         for future in (batch.future, batch._drain_waiter, *(f for f, _ in batch._msg_futures)):

@@ -16,40 +16,26 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS[1] arrivals set, KEYS[2] barrier state hash, KEYS[3] members zset
-# ARGV[1] member, ARGV[2] absolute quorum (0: derive from live members), ARGV[3] fraction of
-# live members, ARGV[4] minimum quorum, ARGV[5] TTL seconds
-# -> {accepted (0/1), arrived, quorum, closed_now (0/1), closed (0/1)}
-ARRIVE = (
-    _PRELUDE
-    + _NOW_MS
-    + """
+# KEYS[1] arrivals set, KEYS[2] barrier state hash
+# ARGV[1] member, ARGV[2] quorum (the round core's, shown to others: never acted on here),
+# ARGV[3] TTL seconds
+# -> {accepted (0/1), arrived, quorum, closed (0/1)}
+# Only records: whether and why a round closes is the round core's decision, written by
+# CLOSE. An arrival at a closed round is refused (a late update shows in no barrier).
+ARRIVE = """
 if redis.call('HGET', KEYS[2], 'closed') == '1' then
   local q = tonumber(redis.call('HGET', KEYS[2], 'quorum') or '0')
-  return {0, redis.call('SCARD', KEYS[1]), q, 0, 1}
+  return {0, redis.call('SCARD', KEYS[1]), q, 1}
 end
 local accepted = redis.call('SADD', KEYS[1], ARGV[1])
-local arrived = redis.call('SCARD', KEYS[1])
-local quorum = tonumber(ARGV[2])
-if quorum <= 0 then
-  local live = redis.call('ZCOUNT', KEYS[3], now_ms, '+inf')
-  quorum = math.max(tonumber(ARGV[4]), math.ceil(live * tonumber(ARGV[3]) - 1e-9))
-end
-redis.call('HSET', KEYS[2], 'quorum', quorum)
-local closed_now = 0
-if arrived >= quorum then
-  redis.call('HSET', KEYS[2], 'closed', '1', 'reason', 'quorum', 'closed_by', ARGV[1],
-             'closed_ms', now_ms)
-  closed_now = 1
-end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
-return {accepted, arrived, quorum, closed_now, closed_now}
+redis.call('HSET', KEYS[2], 'quorum', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {accepted, redis.call('SCARD', KEYS[1]), tonumber(ARGV[2]), 0}
 """
-)
 
 # KEYS[1] barrier state hash, KEYS[2] arrivals set; ARGV[1] reason, ARGV[2] closer, ARGV[3] TTL
-# -> {closed_now (0/1), arrived}
+# -> {closed_now (0/1), arrived}; the close the round core decided, recorded once
 CLOSE = (
     _PRELUDE
     + _NOW_MS
@@ -63,9 +49,6 @@ return {1, arrived}
 """
 )
 
-# KEYS[1] members zset, KEYS[2] member info hash
-# ARGV[1] member, ARGV[2] heartbeat TTL ms, ARGV[3] info JSON, ARGV[4] key TTL seconds
-# -> 1 if the member (re)joined, 0 if it was already live
 # KEYS[1] lease; ARGV[1] holder token, ARGV[2] TTL ms -> 1 if ARGV[1] holds it now, else 0.
 # Taking a free lease and renewing one's own are one step: two replicas cannot both win.
 LEASE = """
@@ -89,6 +72,9 @@ end
 return 0
 """
 
+# KEYS[1] members zset, KEYS[2] member info hash
+# ARGV[1] member, ARGV[2] heartbeat TTL ms, ARGV[3] info JSON, ARGV[4] key TTL seconds
+# -> 1 if the member (re)joined, 0 if it was already live
 HEARTBEAT = (
     _PRELUDE
     + _NOW_MS

@@ -4,10 +4,14 @@ The residual-embedding cache is :class:`brokers.residuals.ResidualCache`, reache
 :attr:`RedisState.residuals` on the same connection.
 
 Key names come from :class:`schemas.keyspace.Keyspace`; every key gets a TTL. Transitions that
-touch several keys or must be decided once (a barrier closing, a member joining, a version
-moving forward) are Lua scripts (:mod:`brokers.scripts`), so concurrent participants cannot
-race them. Time inside scripts is the Redis server's clock, so heartbeats do not depend on the
+touch several keys or must happen once (a close recorded, a member joining, a version moving
+forward) are Lua scripts (:mod:`brokers.scripts`), so concurrent participants cannot race
+them. Time inside scripts is the Redis server's clock, so heartbeats do not depend on the
 participants' clocks agreeing.
+
+Redis holds views, not decisions: a barrier shows a round's arrivals and the quorum its
+federation's round core asks for, and is closed when the core closed the round
+(:meth:`RedisState.close_round`, with the core's reason); no script closes a round itself.
 """
 
 from __future__ import annotations
@@ -37,13 +41,12 @@ from schemas.keyspace import Keyspace
 
 @dataclass(frozen=True)
 class Arrival:
-    """The outcome of one arrival at a round barrier."""
+    """The outcome of one arrival at a round barrier (recorded, never a decision)."""
 
-    accepted: bool  # False: a duplicate, or the barrier was already closed
-    arrived: int
-    quorum: int
-    closed_now: bool  # True for exactly one caller: the one whose arrival closed the round
-    closed: bool
+    accepted: bool  # False: a duplicate, or the round was already closed
+    arrived: int  # distinct members arrived, this one included if accepted
+    quorum: int  # as the caller gave it (the round core's), or as recorded once closed
+    closed: bool  # the round was closed before this arrival: it was refused
 
 
 @dataclass(frozen=True)
@@ -150,35 +153,20 @@ class RedisState(Service):
 
     # -- round barriers -------------------------------------------------------------------
 
-    async def arrive(
-        self,
-        federation: str,
-        round: int,
-        member: str,
-        *,
-        quorum: int = 0,
-        fraction: float = 1.0,
-        min_quorum: int = 1,
-    ) -> Arrival:
-        """Record ``member``'s arrival and check the quorum, atomically.
-
-        The quorum is ``quorum`` if positive, else ``max(min_quorum, ceil(fraction * live))``
-        over the federation's live members now.
-        """
+    async def arrive(self, federation: str, round: int, member: str, *, quorum: int) -> Arrival:
+        """Record ``member``'s arrival and the round's ``quorum`` (decided by the round core:
+        shown, not acted on), atomically; refused once the round is closed."""
         k = self.keyspace
-        accepted, arrived, q, closed_now, closed = await self._run(
+        accepted, arrived, q, closed = await self._run(
             "arrive",
-            [
-                k.barrier_arrivals(federation, round),
-                k.barrier_state(federation, round),
-                k.members(federation),
-            ],
-            [member, quorum, fraction, min_quorum, self.ttl_s],
+            [k.barrier_arrivals(federation, round), k.barrier_state(federation, round)],
+            [member, quorum, self.ttl_s],
         )
-        return Arrival(bool(accepted), int(arrived), int(q), bool(closed_now), bool(closed))
+        return Arrival(bool(accepted), int(arrived), int(q), bool(closed))
 
     async def close_round(self, federation: str, round: int, reason: str, closer: str = "") -> bool:
-        """Close a round (for example at its deadline); True for the one caller that closed it."""
+        """Record the close of a round with the reason its round core gave; True for the one
+        caller that recorded it (later arrivals are refused)."""
         k = self.keyspace
         closed_now, _ = await self._run(
             "close",

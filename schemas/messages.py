@@ -126,7 +126,11 @@ class MembershipEvent(Message, frozen=True, tag="membership"):
 
 
 class RoundEvent(Message, frozen=True, tag="round"):
-    """A federation opened or closed a round, and why."""
+    """A federation opened or closed a round, and why.
+
+    ``arrived``: the members whose updates the round held (pending when it opened, folded when
+    it closed); ``quorum``: the distinct senders its round core asks of it (0: not given).
+    """
 
     round: int
     action: Literal["opened", "closed"]

@@ -47,3 +47,43 @@ def test_schemas_imports_without_torch_or_io_libraries() -> None:
         "bad = {'torch', 'aiokafka', 'redis'} & set(sys.modules); assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _loaded_by(modules: str, forbidden: str) -> list[str]:
+    """The modules matching ``forbidden`` (a tuple of prefixes, as Python source) that
+    importing ``modules`` loads, in a fresh interpreter."""
+    code = (
+        f"import sys, {modules}; prefixes = {forbidden};"
+        "print(sorted(m for m in sys.modules if m.startswith(prefixes)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True, text=True
+    )
+    found: list[str] = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_the_round_core_and_the_strategies_are_pure() -> None:
+    """No broker, Redis, checkpoint (file I/O) or training code under the core: the shells
+    hand it verified facts and plain tensors."""
+    core = (
+        "worldlm.participants.federation, worldlm.participants.exchange, "
+        "worldlm.participants.admission_rules, worldlm.participants.steps, worldlm.strategies"
+    )
+    forbidden = (
+        "('aiokafka', 'redis', 'brokers', 'safetensors', 'worldlm.participants.checkpoint', "
+        "'worldlm.training')"
+    )
+    assert _loaded_by(core, forbidden) == []
+
+
+def test_the_simulator_replay_and_the_lab_stand_without_the_live_stack() -> None:
+    lab = (
+        "worldlm.simulator, worldlm.replay, worldlm.demo, worldlm.experiment, worldlm.report, "
+        "worldlm.grid, worldlm.methods, worldlm.centralized, worldlm.studies.regimes"
+    )
+    assert _loaded_by(lab, "('aiokafka', 'redis')") == []
+
+
+def test_the_purity_check_sees_a_live_import() -> None:
+    assert "aiokafka" in _loaded_by("worldlm.participants.runner", "('aiokafka',)")

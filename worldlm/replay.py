@@ -36,7 +36,8 @@ from schemas.messages import RoundLedger
 from schemas.tensors import layout
 from worldlm.config import DPConfig, Hierarchy
 from worldlm.participants.federation import FederationCore, Offer
-from worldlm.training.workbench import Weights, initial_weights
+from worldlm.participants.steps import AwaitParent, Broadcast, Step, Submit
+from worldlm.training.workbench import Weights, federation_key, initial_weights
 
 
 class ReplayError(ValueError):
@@ -163,7 +164,13 @@ class Replay:
         ids = itertools.count()
         start = initial_weights(hierarchy.run)
         self.cores = {
-            f.id: FederationCore(hierarchy, f.id, start, new_id=lambda: f"replay-{next(ids)}")
+            f.id: FederationCore(
+                hierarchy,
+                f.id,
+                start,
+                key=federation_key(hierarchy, f.id),
+                new_id=lambda: f"replay-{next(ids)}",
+            )
             for f in hierarchy.walk()
         }
         self.rounds: dict[str, deque[RecordedRound]] = {f: deque() for f in self.cores}
@@ -281,15 +288,22 @@ class Replay:
                 closed.values,
             )
         )
-        if closed.exchange:
-            s = core.submission()
-            if s is not None:  # None: the exchange's rounds were empty, live as here
-                offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
-                self.submissions[(fid, s.round)] = offer
-            self._take_recorded(fid)  # the broadcast it took may be out already
-        else:
-            self._broadcast(fid)
+        self._carry(fid, closed.next)
         return True
+
+    def _carry(self, fid: str, next_steps: tuple[Step, ...]) -> None:
+        """Carry out what the core says happens next, as the recording says it happened."""
+        for step in next_steps:
+            match step:
+                case Submit(submission=s) if s is not None:  # None: empty rounds, live as here
+                    offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
+                    self.submissions[(fid, s.round)] = offer
+                case AwaitParent():
+                    self._take_recorded(fid)  # the broadcast it took may be out already
+                case Broadcast():
+                    self._broadcast(fid)
+                case _:  # OpenRound (rounds are not timed here), Done
+                    pass
 
     def _wanted(self, fid: str) -> int | None:
         """The parent broadcast ``fid`` took live for its next model, where recorded: its next
@@ -310,8 +324,7 @@ class Replay:
             return
         if wanted > core.meta.parent_version and wanted in self.broadcasts[parent]:
             weights, final = self.broadcasts[parent][wanted]
-            core.take_parent(weights, wanted, final)
-            self._broadcast(fid)
+            self._carry(fid, core.take_parent(weights, wanted, final))
 
     def _broadcast(self, fid: str) -> None:
         core = self.cores[fid]
@@ -328,5 +341,6 @@ class Replay:
             if wanted is not None and wanted != core.meta.version:
                 continue  # the recording says the child took another broadcast
             if sub.meta.awaiting_parent and core.meta.version > sub.meta.parent_version:
-                sub.take_parent(core.weights, core.meta.version, core.meta.final)
-                self._broadcast(child)
+                self._carry(
+                    child, sub.take_parent(core.weights, core.meta.version, core.meta.final)
+                )

@@ -30,8 +30,9 @@ from schemas.messages import Envelope, MetricsReport, RoundLedger
 from worldlm.config import Hierarchy
 from worldlm.participants.federation import Accepted, FederationCore, Offer, Rejected
 from worldlm.participants.learner import Learner, LearnerRound
-from worldlm.participants.runner import RunResult
-from worldlm.training.workbench import Weights, initial_weights
+from worldlm.participants.results import RunResult
+from worldlm.participants.steps import Broadcast, OpenRound, Step, Submit
+from worldlm.training.workbench import Weights, federation_key, initial_weights
 
 
 class SimulationStopped(Exception):
@@ -77,7 +78,13 @@ class Simulation:
         ids = itertools.count()
         start = initial_weights(hierarchy.run)
         self.cores = {
-            f.id: FederationCore(hierarchy, f.id, start, new_id=lambda: f"sim-{next(ids)}")
+            f.id: FederationCore(
+                hierarchy,
+                f.id,
+                start,
+                key=federation_key(hierarchy, f.id),
+                new_id=lambda: f"sim-{next(ids)}",
+            )
             for f in hierarchy.walk()
         }
         self.learners = {c: Learner(hierarchy, c) for c in sorted(hierarchy.clients)}
@@ -124,10 +131,7 @@ class Simulation:
         for child in fed.children:  # sub-federations take it only when waiting for it
             core = self.cores[child]
             if core.meta.awaiting_parent and b.version > core.meta.parent_version:
-                core.take_parent(b.weights, b.version, b.final)
-                self._broadcast(child)
-                if not core.meta.final:
-                    core.open_round(0.0)
+                self._carry(child, core.take_parent(b.weights, b.version, b.final))
         clients = sorted(fed.clients)
         started = time.perf_counter()
         rounds = list(pool.map(lambda c: self.learners[c].round(b.weights, final=b.final), clients))
@@ -167,17 +171,23 @@ class Simulation:
         self._report(
             fid, "aggregator", closed.round, closed.values, federation=fid, ledger=closed.ledger
         )
-        if closed.exchange:
-            parent = self.hierarchy.federations[fid].parent
-            assert parent is not None
-            s = core.submission()
-            if s is not None:  # None: the rounds were empty (never here: no deadline fires)
-                offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
-                self._queue.append(_Update(parent, offer))
-        else:
-            self._broadcast(fid)
-            if not closed.final:
-                core.open_round(0.0)
+        self._carry(fid, closed.next)
+
+    def _carry(self, fid: str, next_steps: tuple[Step, ...]) -> None:
+        """Carry out what the core says happens next, on the in-memory queue."""
+        for step in next_steps:
+            match step:
+                case Submit(submission=s) if s is not None:  # None: never here (no deadline)
+                    parent = self.hierarchy.federations[fid].parent
+                    assert parent is not None
+                    offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
+                    self._queue.append(_Update(parent, offer))
+                case Broadcast():
+                    self._broadcast(fid)
+                case OpenRound():
+                    self.cores[fid].open_round(0.0)
+                case _:  # AwaitParent: the parent's broadcast is delivered from the queue; Done
+                    pass
 
     # -- metrics -------------------------------------------------------------------------
 

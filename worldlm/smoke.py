@@ -76,7 +76,8 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
         seconds = time.perf_counter() - start
         got = received.delta.tensors()
         exact = all(torch.equal(got[k], v) for k, v in delta.items())
-        arrival = await state.arrive("root", 0, "client-0", fraction=1.0)
+        arrival = await state.arrive("root", 0, "client-0", quorum=1)
+        closed = await state.close_round("root", 0, "quorum", "smoke")
         await state.set_model_version(
             "root",
             1,
@@ -92,6 +93,6 @@ async def smoke_transfer(kafka: str, redis: str, *, megabytes: float = 16.0) -> 
         chunks=encoded.manifest.chunk_count,
         seconds=seconds,
         bit_exact=exact,
-        barrier_closed=arrival.closed_now,
+        barrier_closed=arrival.accepted and closed,
         residual_round=residual.round if residual else -1,
     )

@@ -10,6 +10,7 @@ from brokers.admin import ensure_topics
 from brokers.fanout import Subscription, fanouts
 from brokers.kafka import KafkaSettings, Producer
 from schemas.topics import Topics
+from tests.waiting import until
 
 
 async def collect(subscription: Subscription, n: int) -> list[int]:
@@ -38,9 +39,10 @@ async def test_subscribers_share_one_reader_and_each_gets_every_record_from_its_
         assert await collect(second, 11) == list(range(2, 13))
         assert await collect(first, 3) == [10, 11, 12]  # nothing twice
         # A waiter wakes on a record as it comes, with no timeout to run out.
+        fetched = first.fanout.fetches
         waiting = asyncio.ensure_future(first.fetch())
-        await asyncio.sleep(0.2)
-        assert not waiting.done()
+        await until(lambda: first.fanout.fetches >= fetched + 3, what="three empty fetches")
+        assert not waiting.done()  # the reader found nothing, three times: no wake-up
         await producer.send(topic, b"13", partition=0)
         async with asyncio.timeout(10):
             assert [r.value for r in await waiting] == [b"13"]

@@ -97,7 +97,10 @@ async def test_a_broker_that_keeps_its_log_is_waited_for_lost_and_back_said_once
             try:
                 await kafka.kill()
                 await until(lambda: watch.state is State.LOST)
-                await asyncio.sleep(1.5)  # lost a while: said once, still waited for
+                failed = watch.counters["probes_failed"]
+                # lost a while (a probe more failed): said once, still waited for
+                await until(lambda: watch.counters["probes_failed"] > failed)
+                assert not watch.gone.is_set()
                 await kafka.start()  # on the same port
                 await until(lambda: watch.state is State.UP)
                 await kafka.kill()

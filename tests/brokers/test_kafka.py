@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -18,6 +19,7 @@ from schemas.codec import encode
 from schemas.delta import encode_delta
 from schemas.messages import Envelope
 from schemas.topics import Topics
+from tests.waiting import until
 
 
 def fifty_mb_state() -> dict[str, torch.Tensor]:
@@ -172,6 +174,11 @@ async def test_reader_accepts_a_hole_that_stays_after_the_wait(
     assert reader.gaps == 1 and reader.gaps_skipped == 1
 
 
+def looked(reader: PartitionReader, times: int) -> Callable[[], bool]:
+    """Whether ``reader`` has looked for its missing topics ``times`` times."""
+    return lambda: reader.looks >= times
+
+
 async def follow(
     reader: PartitionReader, seen: list[ConsumerRecord], n: int, done: asyncio.Event
 ) -> None:
@@ -192,7 +199,7 @@ async def test_a_reader_started_before_its_topic_exists_creates_nothing_and_read
     count never reads (1 run in 3 of test_redis_restart). Repeated, the topic appearing at
     different moments of the reader's polling."""
     keys = ["root", "en-0", "de-0", "eu", "asia"]  # over 4 partitions, "root" is partition 2
-    for attempt in range(5):
+    for attempt in range(3):
         topic = f"{topics.base}.late{attempt}"
         tps = [TopicPartition(topic, p) for p in range(kafka.partitions)]
         seen: list[ConsumerRecord] = []
@@ -200,7 +207,8 @@ async def test_a_reader_started_before_its_topic_exists_creates_nothing_and_read
         async with PartitionReader(kafka, dict.fromkeys(tps, 0)) as reader:
             following = asyncio.create_task(follow(reader, seen, 3 * len(keys), read_all))
             try:
-                await asyncio.sleep(0.15 * attempt)
+                # the topic appears after the reader looked for it in vain once, twice, thrice
+                await until(looked(reader, attempt + 1), what=f"{attempt + 1} looks")
                 assert topic not in await topic_partitions(kafka)  # the reader made nothing
                 assert reader.waiting == set(tps) and reader.highwater(tps[0]) is None
                 assert await reader.position(tps[0]) == 0

@@ -8,11 +8,18 @@ import pytest
 import torch
 
 from brokers.embedded import Servers
-from brokers.state import RedisState
+from brokers.state import RedisState, Roster
 from schemas.keyspace import Keyspace
+from tests.waiting import until
 
 
-async def test_barrier_hit_by_50_concurrent_arrivals_closes_exactly_once(
+async def expired(state: RedisState, federation: str) -> Roster | None:
+    """The roster once some member's heartbeat has expired (by the server's clock)."""
+    roster = await state.roster(federation)
+    return roster if roster.expired else None
+
+
+async def test_50_concurrent_arrivals_are_each_counted_once_and_one_close_is_recorded(
     servers: Servers, run_id: str
 ) -> None:
     # 50 participants, each with its own connection, all arriving at once; quorum 30.
@@ -22,12 +29,14 @@ async def test_barrier_hit_by_50_concurrent_arrivals_closes_exactly_once(
         arrivals = await asyncio.gather(
             *(s.arrive("eu", 1, f"client-{i}", quorum=30) for i, s in enumerate(states))
         )
+        closes = await asyncio.gather(
+            *(s.close_round("eu", 1, "quorum", f"x{i}") for i, s in enumerate(states[:10]))
+        )
     finally:
         await asyncio.gather(*(s.stop() for s in states))
-    assert sum(a.closed_now for a in arrivals) == 1
-    assert sum(a.accepted for a in arrivals) == 30  # the rest came after the close
-    closer = next(a for a in arrivals if a.closed_now)
-    assert closer.arrived == 30 and closer.quorum == 30
+    assert all(a.accepted and not a.closed and a.quorum == 30 for a in arrivals)
+    assert sorted(a.arrived for a in arrivals) == list(range(1, 51))  # atomic: no count twice
+    assert sum(closes) == 1
 
 
 async def test_duplicate_arrival_is_not_counted_twice(state: RedisState) -> None:
@@ -37,13 +46,19 @@ async def test_duplicate_arrival_is_not_counted_twice(state: RedisState) -> None
     assert again.arrived == 1 and not again.closed
 
 
-async def test_quorum_derives_from_live_members(state: RedisState) -> None:
-    for m in ["a", "b", "c", "d"]:
-        await state.heartbeat("eu", m, ttl_s=30)
-    first = await state.arrive("eu", 1, "a", fraction=0.5)
-    assert first.quorum == 2 and not first.closed
-    second = await state.arrive("eu", 1, "b", fraction=0.5)
-    assert second.closed_now
+async def test_arrivals_at_the_quorum_close_nothing_only_the_cores_close_does(
+    state: RedisState,
+) -> None:
+    """Redis shows a barrier; the round core decides the close (an async round closes at its
+    buffer, whatever the quorum) and records it with its reason."""
+    for member in ["a", "b", "c"]:
+        arrival = await state.arrive("eu", 1, member, quorum=2)
+        assert arrival.accepted and not arrival.closed
+    status = await state.barrier("eu", 1)
+    assert (status.arrived, status.quorum, status.closed, status.reason) == (3, 2, False, "")
+    assert await state.close_round("eu", 1, "buffer", "eu")
+    status = await state.barrier("eu", 1)
+    assert status.closed and status.reason == "buffer" and status.arrived == 3
 
 
 async def test_deadline_close_happens_once_and_blocks_late_arrivals(state: RedisState) -> None:
@@ -53,19 +68,18 @@ async def test_deadline_close_happens_once_and_blocks_late_arrivals(state: Redis
     )
     assert sum(results) == 1
     late = await state.arrive("eu", 5, "b", quorum=3)
-    assert not late.accepted and late.closed and not late.closed_now
+    assert not late.accepted and late.closed and late.quorum == 3 and late.arrived == 1
     status = await state.barrier("eu", 5)
     assert status.closed and status.reason == "deadline" and status.members == {"a"}
 
 
 async def test_heartbeats_expire_and_expiry_is_reported_once(state: RedisState) -> None:
-    assert await state.heartbeat("eu", "short", ttl_s=0.3)
-    assert await state.heartbeat("eu", "long", ttl_s=30)
-    assert not await state.heartbeat("eu", "long", ttl_s=30)  # renewal, not a join
+    assert await state.heartbeat("eu", "short", ttl_s=2)
+    assert await state.heartbeat("eu", "long", ttl_s=60)
+    assert not await state.heartbeat("eu", "long", ttl_s=60)  # renewal, not a join
     roster = await state.roster("eu")
     assert set(roster.live) == {"short", "long"} and roster.expired == ()
-    await asyncio.sleep(0.5)
-    roster = await state.roster("eu")
+    roster = await until(lambda: expired(state, "eu"), what="short's heartbeat expiring")
     assert roster.live == ("long",) and roster.expired == ("short",)
     assert await state.purge_expired("eu") == ["short"]
     assert await state.purge_expired("eu") == []
@@ -80,7 +94,7 @@ async def test_leave_removes_member_at_once(state: RedisState) -> None:
     assert await state.departed("eu") == {"a"}  # a clean leave is named: not waited for
     await state.heartbeat("eu", "b", ttl_s=0.3)  # b dies without a word: never departed
     await state.heartbeat("eu", "a", ttl_s=30, role="client")  # a comes back
-    await asyncio.sleep(0.5)
+    await until(lambda: expired(state, "eu"), what="b's heartbeat expiring")
     assert await state.purge_expired("eu") == ["b"]
     assert await state.departed("eu") == frozenset()
 
@@ -121,7 +135,7 @@ async def test_every_key_written_has_a_ttl(state: RedisState) -> None:
 
 async def test_unstarted_state_raises_clear_error(servers: Servers, run_id: str) -> None:
     with pytest.raises(RuntimeError, match="not started"):
-        await RedisState(servers.redis, Keyspace(run_id)).arrive("eu", 1, "a")
+        await RedisState(servers.redis, Keyspace(run_id)).arrive("eu", 1, "a", quorum=1)
 
 
 async def test_lead_is_held_by_exactly_one_of_20_concurrent_replicas(state: RedisState) -> None:
@@ -136,9 +150,13 @@ async def test_lead_is_held_by_exactly_one_of_20_concurrent_replicas(state: Redi
 async def test_lead_passes_on_after_expiry_or_resignation_and_only_its_holder_resigns(
     state: RedisState,
 ) -> None:
-    assert await state.lead("eu", "a", ttl_s=0.3)
-    assert not await state.lead("eu", "b", ttl_s=0.3)
-    await asyncio.sleep(0.5)  # "a" stalled past its lease
+    assert await state.lead("eu", "a", ttl_s=2)
+    assert not await state.lead("eu", "b", ttl_s=2)
+
+    async def lapsed() -> bool:  # "a" stalled past its lease
+        return await state.leader("eu") is None
+
+    await until(lapsed, what="a's lease lapsing")
     assert await state.lead("eu", "b", ttl_s=30)
     assert not await state.lead("eu", "a", ttl_s=30)  # the old leader learns it lost
     assert not await state.resign("eu", "a")

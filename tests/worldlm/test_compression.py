@@ -16,7 +16,7 @@ from worldlm.compression import Codec, CompressionConfig, Compressor, update_byt
 from worldlm.config import ConfigError, Hierarchy, load, parse
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.federation import FederationCore, Offer
-from worldlm.training.workbench import initial_weights
+from worldlm.training.workbench import federation_key, initial_weights
 
 DEMO = Path(__file__).parents[2] / "worldlm" / "configs" / "demo.toml"
 
@@ -125,7 +125,9 @@ def tree(**tables: dict[str, Any]) -> Hierarchy:
 
 
 def core(h: Hierarchy, fid: str = "latin") -> FederationCore:
-    return FederationCore(h, fid, initial_weights(h.run), new_id=lambda: f"id-{next(IDS)}")
+    return FederationCore(
+        h, fid, initial_weights(h.run), key=federation_key(h, fid), new_id=lambda: f"id-{next(IDS)}"
+    )
 
 
 def train_round(c: FederationCore, seed: int) -> None:

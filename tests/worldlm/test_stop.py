@@ -131,12 +131,19 @@ async def test_a_run_whose_redis_dies_ends_in_seconds_with_one_clear_error(
             servers.kafka,
             "--redis",
             redis.url,
+            "--log-level",
+            "info",
             stdout=out,
             stderr=out,
             env=env,
         )
     try:
-        await asyncio.sleep(10.0)  # training by now
+
+        async def trained() -> bool:  # mid-run: a client has trained and published an update
+            return logged(log, "client_round")
+
+        async with asyncio.timeout(120):
+            await poll(trained)
         await redis.stop()
         async with asyncio.timeout(30):
             code = await proc.wait()

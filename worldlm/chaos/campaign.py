@@ -15,11 +15,32 @@ from pathlib import Path
 from typing import Any
 
 from brokers.embedded import Servers, embedded_servers
-from worldlm.chaos import bad_input, churn, kill, restarts
+from worldlm.chaos import (
+    bad_input,
+    broker_loss,
+    churn,
+    kill,
+    levels,
+    restarts,
+    revocation,
+    silent,
+)
 from worldlm.chaos.trials import Setting
 from worldlm.chaos.verdict import Campaign, ScenarioResult
 
-SCENARIOS = ("aggregator_kill", "client_churn", "bad_input", "redis_restart", "broker_restart")
+SCENARIOS = (
+    "aggregator_kill",
+    "client_churn",
+    "bad_input",
+    "redis_restart",
+    "broker_restart",
+    # issue 19's outside probes
+    "forged_revocation",
+    "broker_loss",
+    "silent_federation",
+    # issue 19: a kill at every level ends at the uninterrupted run's weights
+    "kill_every_level",
+)
 
 
 @dataclass(frozen=True)
@@ -31,11 +52,20 @@ class Sizes:
     churn_trials: int = 1
     bad_records: int = 10_000
     restart_trials: int = 1
+    revocation_kinds: tuple[revocation.Kind, ...] = revocation.KINDS
+    broker_loss_kinds: tuple[broker_loss.Kind, ...] = broker_loss.KINDS
+    silent_trials: int = 1
+    silent_rounds: int = silent.ROUNDS
+    levels_trials: int = 10
     #: the bound of one trial, per scenario family (seconds)
     kill_limit_s: float = 180.0
     churn_limit_s: float = 420.0
     bad_input_limit_s: float = 420.0
     restart_limit_s: float = 420.0
+    revocation_limit_s: float = 420.0
+    broker_loss_limit_s: float = 420.0
+    silent_limit_s: float = 420.0
+    levels_limit_s: float = 300.0
 
 
 async def scenario(name: str, setting: Setting, sizes: Sizes) -> ScenarioResult:
@@ -54,6 +84,23 @@ async def scenario(name: str, setting: Setting, sizes: Sizes) -> ScenarioResult:
             return await restarts.run(
                 setting, server, sizes.restart_trials, limit_s=sizes.restart_limit_s
             )
+        case "forged_revocation":
+            return await revocation.run(
+                setting, sizes.revocation_kinds, limit_s=sizes.revocation_limit_s
+            )
+        case "broker_loss":
+            return await broker_loss.run(
+                setting, sizes.broker_loss_kinds, limit_s=sizes.broker_loss_limit_s
+            )
+        case "silent_federation":
+            return await silent.run(
+                setting,
+                sizes.silent_trials,
+                rounds=sizes.silent_rounds,
+                limit_s=sizes.silent_limit_s,
+            )
+        case "kill_every_level":
+            return await levels.run(setting, sizes.levels_trials, limit_s=sizes.levels_limit_s)
     raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
 
 

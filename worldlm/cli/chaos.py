@@ -36,8 +36,8 @@ def chaos(
         typer.Option(
             "--scenario",
             "-s",
-            help="aggregator_kill, client_churn, bad_input, redis_restart or broker_restart "
-            "(repeatable); default: all.",
+            help="aggregator_kill, client_churn, bad_input, redis_restart, broker_restart, "
+            "forged_revocation, broker_loss or silent_federation (repeatable); default: all.",
         ),
     ] = None,
     kill_trials: Annotated[
@@ -52,6 +52,9 @@ def chaos(
     restart_trials: Annotated[
         int, typer.Option("--restart-trials", min=1, help="Trials per server restarted.")
     ] = 1,
+    silent_trials: Annotated[
+        int, typer.Option("--silent-trials", min=1, help="Trials with a silent federation.")
+    ] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Every random choice follows it.")] = 0,
     out: Annotated[
         Path, typer.Option("--out", help="faults.json, faults.md and every trial's logs.")
@@ -62,7 +65,9 @@ def chaos(
 ) -> None:
     """Inject faults into live runs and judge them from what the runs recorded: aggregators
     SIGKILLed mid-round, clients churning, bad input from an outside producer, Redis and the
-    broker restarted mid-run. Every trial is bounded in time (a hang is a failed trial).
+    broker restarted mid-run; and issue 19's outside probes: forged and erased revocations
+    under ACLs, the memory broker lost for good, a federation whose members all fell silent.
+    Every trial is bounded in time (a hang is a failed trial).
     Prints one table; exit 1 if a target was missed. The restart scenarios need the
     embedded servers (no --kafka/--redis)."""
     from worldlm import logs
@@ -87,6 +92,7 @@ def chaos(
         churn_rounds=churn_rounds,
         bad_records=records,
         restart_trials=restart_trials,
+        silent_trials=silent_trials,
     )
 
     def progress(result: ScenarioResult) -> None:

@@ -147,6 +147,7 @@ class DashboardState(RunView):
         fed.bytes_in = max(fed.bytes_in, v.get("bytes_in", 0.0))
         fed.bytes_out = max(fed.bytes_out, v.get("bytes_out", 0.0))
         fed.rejected = max(fed.rejected, v.get("rejected", 0.0))
+        fed.unreadable = max(fed.unreadable, v.get("unreadable", 0.0))
         if "lag" in v:
             fed.lag = v["lag"]
             fed.lag_series[r] = v["lag"]
@@ -179,14 +180,17 @@ class DashboardState(RunView):
             self._set_member(event.envelope.federation, event.member, status, event.role, ts)
             return
         fed = self._federation(event.envelope.federation)
+        # An event's quorum is the round core's (0: not given, e.g. a recording from before
+        # events carried it); its arrivals are the members the round held.
         if event.action == "opened":
             if event.round >= fed.round or fed.round_opened_at is None:
                 fed.round, fed.round_opened_at, fed.round_open = event.round, ts, True
-                fed.arrived, fed.quorum, fed.barrier_closed = 0, 0, False
+                fed.arrived, fed.quorum, fed.barrier_closed = event.arrived, event.quorum, False
         elif event.round >= fed.round:
+            known = fed.quorum if event.round == fed.round else 0  # from its opening, Redis
             fed.round, fed.round_open = event.round, False
             fed.last_close_reason = event.reason
-            fed.arrived, fed.quorum, fed.barrier_closed = event.arrived, event.quorum, True
+            fed.arrived, fed.quorum, fed.barrier_closed = event.arrived, event.quorum or known, True
         fed.version = max(fed.version, event.version)
 
     def _set_member(self, federation: str, member: str, status: str, role: str, ts: float) -> None:

@@ -66,7 +66,8 @@ class FederationView:
     lag: float | None = None
     bytes_in: float = 0.0
     bytes_out: float = 0.0
-    rejected: float = 0.0
+    rejected: float = 0.0  # updates its round core refused or its strategy declined (run total)
+    unreadable: float = 0.0  # records it dead-lettered unread (run total)
     final: bool = False
     members: dict[str, Member] = field(default_factory=dict)
     #: round -> (accepted, staleness mean, staleness max) from the aggregator's metrics.
@@ -212,7 +213,7 @@ class RunView:
         return sum(m.status == "live" for m in fed.members.values()) if fed else 0
 
     def expected_quorum(self, fid: str) -> int | None:
-        """Redis's quorum once someone arrived, else what the policy asks of the live members."""
+        """The round core's quorum (events, Redis), else the policy's of the live members."""
         fed = self.federations[fid]
         if fed.quorum:
             return fed.quorum
@@ -284,6 +285,7 @@ class RunView:
             "bytes_in": fed.bytes_in,
             "bytes_out": fed.bytes_out,
             "rejected": fed.rejected,
+            "unreadable": fed.unreadable,
             "accepted": sum(s.accepted for s in fed.rounds.values()),
             "staleness": [[s, n] for s, n in self.staleness_histogram(fid).items()],
             "dp": fed.dp_configured or bool(fed.epsilon),

@@ -97,6 +97,6 @@ class Admission:
     async def show(self, senders: list[str], members: int) -> None:
         """Arrivals are shown in Redis for others to see (idempotent); the quorum is the
         core's, the script only records it."""
-        quorum = self.core.quorum(members)
+        quorum = self.core.needed(members)
         for sender in senders:
             await self.node.state.arrive(self.id, self.core.meta.round, sender, quorum=quorum)

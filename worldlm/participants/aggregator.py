@@ -23,6 +23,7 @@ from typing import Any
 from schemas.delta import new_update_id
 from schemas.sealing import SealError
 from worldlm.config import Hierarchy
+from worldlm.participants import steps
 from worldlm.participants.admission import Admission
 from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
@@ -34,7 +35,7 @@ from worldlm.participants.follower import Broadcast, BroadcastFollower, Follower
 from worldlm.participants.intake import Intake
 from worldlm.participants.lease import Lease
 from worldlm.participants.node import Endpoints, Node, bounded
-from worldlm.training.workbench import initial_weights
+from worldlm.training.workbench import federation_key, initial_weights
 
 #: How often membership, deadlines and expired partial updates are checked.
 TICK_S = 0.5
@@ -51,7 +52,11 @@ class AggregatorParticipant:
         self, hierarchy: Hierarchy, endpoints: Endpoints, federation: str, *, checkpoint_dir: Path
     ) -> None:
         self.core = FederationCore(
-            hierarchy, federation, initial_weights(hierarchy.run), new_id=new_update_id
+            hierarchy,
+            federation,
+            initial_weights(hierarchy.run),
+            key=federation_key(hierarchy, federation),
+            new_id=new_update_id,
         )
         self.hierarchy, self.fed, self.id = hierarchy, self.core.fed, federation
         self.node = Node(hierarchy, endpoints, federation, "aggregator", self.fed.parent or "")
@@ -125,15 +130,9 @@ class AggregatorParticipant:
             if core.meta.unreported:  # saved, maybe not announced, before a restart
                 await self.announcer.resume(Notice.from_json(core.meta.unreported))
                 core.meta.unreported = {}
-            if core.meta.final:
-                return
             pointer = await node.state.model_version(self.id)
-            if core.meta.awaiting_parent:
-                await self._submit()
-            elif pointer is None or pointer.version < core.meta.version:
-                await self._broadcast()
-            if core.open:
-                await self._open_round()
+            # what the last start left undone, in the order the core gives
+            await self._carry(core.next_steps(pointer.version if pointer else None))
             await self._loop()
         except (Stopped, FollowerStopped):
             node.log.info("aggregator_stopping")
@@ -211,11 +210,13 @@ class AggregatorParticipant:
     async def _open_round(self) -> None:
         core = self.core
         core.open_round(time.time())
+        members = await self.admission.members()
         if core.pending:  # arrivals after a restart are shown again
-            await self.admission.show(
-                [p.sender for p in core.pending], await self.admission.members()
-            )
-        await self.books.event("opened", core.meta.round, core.meta.version)
+            await self.admission.show([p.sender for p in core.pending], members)
+        needed = core.needed(members)
+        await self.books.event(
+            "opened", core.meta.round, core.meta.version, arrived=len(core.pending), quorum=needed
+        )
 
     async def _close(self, reason: str, members: int) -> None:
         node, core = self.node, self.core
@@ -244,10 +245,10 @@ class AggregatorParticipant:
             )
         end = core.meta.offsets.get(self.intake.name, 0)
         aggregate_s = time.perf_counter() - started
-        values, ledger = self.books.close(closed, core, self.intake, end, aggregate_s)
+        values, ledger = self.books.close(closed, self.intake, end, aggregate_s)
         report = node.report(closed.round, values, federation=self.id, ledger=ledger)
         notice = self.announcer.notice(
-            closed.round, reason, closed.version, len(closed.folded), report
+            closed.round, reason, closed.version, len(closed.folded), report, core.needed(members)
         )
         core.meta.unreported = notice.to_json()  # saved with the round: announced once
         self._save()
@@ -263,59 +264,36 @@ class AggregatorParticipant:
             updates=len(closed.folded),
             version=closed.version,
         )
-        if closed.exchange:
-            await self._submit()
-        else:
-            await self._broadcast()
-            if not closed.final:
-                await self._open_round()
+        await self._carry(closed.next)
 
-    async def _submit(self) -> None:
-        """Send the backbone to the parent (nothing after rounds that were all empty); the
-        parent's broadcast is awaited alongside intake."""
-        assert self._parent is not None and self.fed.parent is not None
-        node, core, parent = self.node, self.core, self.fed.parent
-        submission = core.submission()
-        if submission is None:
-            node.log.info("submission_skipped", parent=parent, round=core.meta.round)
-        else:
-            self._save(model=False)  # the submission id survives a restart
-            published = await node.publish(
-                node.topics.up(parent),
-                parent,
-                submission.wire,
-                codecs=submission.codecs,
-                to=[parent],
-                federation=parent,
-                kind="update",
-                base_version=submission.base_version,
-                sample_count=submission.samples,
-                round=submission.round,
-                update_id=submission.update_id,
-            )
-            node.log.info(
-                "submitted_to_parent",
-                parent=parent,
-                base=submission.base_version,
-                bytes=published.bytes,
-                tensors=len(submission.delta),
-            )
-        self._parent_wait = asyncio.create_task(
-            self._parent.next(core.meta.parent_version), name=f"parent-{self.id}"
-        )
+    async def _carry(self, next_steps: tuple[steps.Step, ...]) -> None:
+        """Carry out what the core says happens next (the shell decides none of it)."""
+        core = self.core
+        for step in next_steps:
+            match step:
+                case steps.Submit(submission=submission):
+                    assert self.fed.parent is not None
+                    if submission is not None:
+                        self._save(model=False)  # the submission id survives a restart
+                    await self.announcer.submit(self.fed.parent, submission, core.meta.round)
+                case steps.AwaitParent(after=after):  # awaited alongside intake
+                    assert self._parent is not None
+                    wait = self._parent.next(after)
+                    self._parent_wait = asyncio.create_task(wait, name=f"parent-{self.id}")
+                case steps.Broadcast():
+                    if not await self.lease.fence():  # a replica that lost the lead
+                        raise Stopped
+                    await self.announcer.broadcast(core.weights, core.meta, self.fed.members)
+                case steps.OpenRound():
+                    await self._open_round()
+                case steps.Done():
+                    pass
 
     async def _take_parent(self, broadcast: Broadcast) -> None:
-        self.core.take_parent(broadcast.tensors, broadcast.version, broadcast.final)
+        next_steps = self.core.take_parent(broadcast.tensors, broadcast.version, broadcast.final)
         self._save()
         self.node.log.info("took_parent", parent_version=broadcast.version, final=broadcast.final)
-        await self._broadcast()
-        if not self.core.meta.final:
-            await self._open_round()
-
-    async def _broadcast(self) -> None:
-        if not await self.lease.fence():  # a replica that lost the lead must not publish
-            raise Stopped
-        await self.announcer.broadcast(self.core.weights, self.core.meta, self.fed.members)
+        await self._carry(next_steps)
 
     # -- checkpoints ---------------------------------------------------------------------
 

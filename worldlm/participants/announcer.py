@@ -1,4 +1,4 @@
-"""What an aggregator publishes: its broadcasts, and its round closes exactly once.
+"""What an aggregator publishes: its submissions and broadcasts, its round closes exactly once.
 
 A close is saved in the checkpoint (the new model and round) before it is announced: the
 Redis barrier, the round event and the metrics report with the round's ledger, which
@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 
     from schemas.messages import MetricsReport
     from worldlm.participants.books import RoundBooks
-    from worldlm.participants.checkpoint import Meta
     from worldlm.participants.node import Node
+    from worldlm.participants.rounds import Submission
+    from worldlm.participants.steps import Meta
 
 #: Empty fetches in a row that end a read-back whose end the broker never reported.
 QUIET_FETCHES = 25
@@ -38,13 +39,18 @@ QUIET_FETCHES = 25
 
 @dataclass(frozen=True)
 class Notice:
-    """What a close announces: the barrier's reason, the round event, the metrics report."""
+    """What a close announces: the barrier's reason, the round event, the metrics report.
+
+    ``folded`` is the members whose updates the round folded (its arrivals), ``quorum`` the
+    quorum its round core asked of it (0: not known, e.g. a notice saved before it was kept).
+    """
 
     round: int
     reason: str
     version: int
     folded: int
     report: bytes  # the encoded MetricsReport, published as is
+    quorum: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -52,6 +58,7 @@ class Notice:
             "reason": self.reason,
             "version": self.version,
             "folded": self.folded,
+            "quorum": self.quorum,
             "report": base64.b64encode(self.report).decode(),
         }
 
@@ -63,6 +70,7 @@ class Notice:
             int(data["version"]),
             int(data["folded"]),
             base64.b64decode(data["report"]),
+            int(data.get("quorum", 0)),
         )
 
 
@@ -71,6 +79,33 @@ class Announcer:
 
     def __init__(self, node: Node, federation: str, books: RoundBooks) -> None:
         self.node, self.id, self.books = node, federation, books
+
+    async def submit(self, parent: str, submission: Submission | None, round: int) -> None:
+        """Send the federation's backbone update to its parent (nothing to send: say so)."""
+        node = self.node
+        if submission is None:
+            node.log.info("submission_skipped", parent=parent, round=round)
+            return
+        published = await node.publish(
+            node.topics.up(parent),
+            parent,
+            submission.wire,
+            codecs=submission.codecs,
+            to=[parent],
+            federation=parent,
+            kind="update",
+            base_version=submission.base_version,
+            sample_count=submission.samples,
+            round=submission.round,
+            update_id=submission.update_id,
+        )
+        node.log.info(
+            "submitted_to_parent",
+            parent=parent,
+            base=submission.base_version,
+            bytes=published.bytes,
+            tensors=len(submission.delta),
+        )
 
     async def broadcast(
         self, weights: Mapping[str, torch.Tensor], meta: Meta, members: Sequence[str]
@@ -106,15 +141,23 @@ class Announcer:
         )
 
     def notice(
-        self, round: int, reason: str, version: int, folded: int, report: MetricsReport
+        self,
+        round: int,
+        reason: str,
+        version: int,
+        folded: int,
+        report: MetricsReport,
+        quorum: int = 0,
     ) -> Notice:
-        return Notice(round, reason, version, folded, encode(report))
+        return Notice(round, reason, version, folded, encode(report), quorum)
 
     async def publish(self, notice: Notice) -> None:
         """Announce a close (each step idempotent but the event: a repeat is harmless)."""
         node = self.node
         await node.state.close_round(self.id, notice.round, notice.reason, self.id)
-        await self.books.event("closed", notice.round, notice.version, notice.reason, notice.folded)
+        await self.books.event(
+            "closed", notice.round, notice.version, notice.reason, notice.folded, notice.quorum
+        )
         await node.producer.send(node.topics.metrics, notice.report, key=node.id)
 
     async def resume(self, notice: Notice) -> bool:

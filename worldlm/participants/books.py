@@ -4,7 +4,10 @@ The core counts and names what it decides (admitted, duplicate, refused, folded)
 dead-letters what never reached the core (undecodable records, a malformed codec map), counts
 the bytes it admitted, and knows which offsets of its update partition a round's decisions
 cover. At the close the two parts make the round's metrics and its
-:class:`~schemas.messages.RoundLedger`, which ``worldlm audit`` checks.
+:class:`~schemas.messages.RoundLedger`, which ``worldlm audit`` checks. Each metric has one
+owner: ``rejected`` is the core's (updates it refused or its strategy declined, as in a
+simulation), ``unreadable`` the shell's (records it could not read: they never reached the
+core).
 """
 
 from __future__ import annotations
@@ -47,14 +50,19 @@ class RoundBooks:
         version: int,
         reason: str = "",
         arrived: int = 0,
+        quorum: int = 0,
     ) -> None:
-        """Announce a round's opening or close (its reason and what it folded) to the run."""
+        """Announce a round's opening or close to the run: the close's reason, the members
+        ``arrived`` (pending when it opened, folded when it closed) and the ``quorum`` the
+        round core asks of the round (0: not given)."""
         envelope = self.node.envelope(self.node.id)
-        event = RoundEvent(envelope, round, action, reason, arrived, arrived, version=version)
+        event = RoundEvent(
+            envelope, round, action, reason, arrived=arrived, quorum=quorum, version=version
+        )
         await self.node.event(event)
 
     def close(
-        self, closed: Closed, core: FederationCore, intake: Intake, end: int, aggregate_s: float
+        self, closed: Closed, intake: Intake, end: int, aggregate_s: float
     ) -> tuple[dict[str, float], RoundLedger]:
         """The round's metrics and ledger: the core's, with the shell's part added; ``end`` is
         the intake offset below which every record has been decided."""
@@ -65,8 +73,9 @@ class RoundBooks:
             "aggregate_s": aggregate_s,
             # the most records intake was behind the partition's end during the round
             "lag": float(intake.lag),
-            # undecodable records (ours) and refused updates (the core's)
-            "rejected": float(core.counters["rejected"] + node.counters["rejected"]),
+            # records dead-lettered unread, before any decision of the core's (run total;
+            # "rejected" is the core's: updates it refused or its strategy declined)
+            "unreadable": float(node.counters["unreadable"]),
             "read_gaps": float(intake.gaps[0]),
             "round_dead_lettered": closed.values["round_dead_lettered"] + self.dead_letters,
             # linked residual-cache entries skipped because they did not open (run total)

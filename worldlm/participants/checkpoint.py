@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from worldlm.participants.steps import Meta
 
 if TYPE_CHECKING:
     from worldlm.participants.rounds import Snapshot
@@ -66,32 +68,6 @@ def unflatten_state(data: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     if isinstance(data, list):
         return [unflatten_state(v, tensors) for v in data]
     return data
-
-
-@dataclass
-class Meta:
-    """The JSON part of a checkpoint."""
-
-    version: int = 0
-    round: int = 0
-    parent_version: int = 0
-    rounds_since_submit: int = 0
-    round_opened: float = 0.0
-    offsets: dict[str, int] = field(default_factory=dict)  # "topic:partition" -> next offset
-    pending: list[dict[str, Any]] = field(default_factory=list)  # id, sender, samples, base
-    seen: list[str] = field(default_factory=list)  # update ids folded recently
-    strategy: Any = None
-    counters: dict[str, int] = field(default_factory=dict)
-    final: bool = False
-    awaiting_parent: bool = False
-    submit_id: str = ""
-    samples: int = 0
-    #: the revocation chain the shell verified (``schemas.revocation.ChainMemory``)
-    revocations: dict[str, Any] = field(default_factory=dict)
-    #: a closed round saved but not yet announced (``announcer.Notice``; {} once it is)
-    unreported: dict[str, Any] = field(default_factory=dict)
-    #: the model file this JSON part goes with
-    model_file: str = "model.safetensors"
 
 
 class Checkpoint:

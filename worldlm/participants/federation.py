@@ -23,7 +23,8 @@ import torch
 
 from worldlm.compression import Compressed, CompressionConfig, Compressor
 from worldlm.config import Hierarchy
-from worldlm.participants.checkpoint import Meta
+from worldlm.participants.admission_rules import judge
+from worldlm.participants.exchange import ParentExchange, take_parent
 from worldlm.participants.rounds import (
     Accepted,
     Closed,
@@ -35,7 +36,11 @@ from worldlm.participants.rounds import (
     Rejected,
     Snapshot,
     Submission,
+    Weights,
     figures,
+)
+from worldlm.participants.steps import (
+    Meta,
 )
 from worldlm.strategies import (
     AggregateResult,
@@ -45,8 +50,6 @@ from worldlm.strategies import (
     Update,
     make_strategy,
 )
-from worldlm.strategies.base import update_problem
-from worldlm.training.workbench import Weights, key_names
 
 __all__ = [
     "Accepted",
@@ -66,22 +69,15 @@ __all__ = [
 SEEN_MEMORY = 10_000
 
 
-def take_parent(
-    weights: Mapping[str, torch.Tensor],
-    parent: Mapping[str, torch.Tensor],
-    key: frozenset[str],
-) -> Weights:
-    """The model after a parent broadcast: the parent's backbone, our own key layers."""
-    return {n: (v if n in key else parent[n].clone()) for n, v in weights.items()}
-
-
-class FederationCore:
+class FederationCore(ParentExchange):
     """One federation's rounds, decided on plain tensors.
 
     Args:
         hierarchy: the validated config (the federation's policy, members, parent).
         federation: this federation's id.
         weights: the starting model (every participant starts from the same weights).
+        key: the names of the key layers K under this federation's policy (the shell knows
+            the model; ``worldlm.training.workbench.federation_key``).
         new_id: makes the id of this federation's submissions (the shells pass a uuid maker;
             the ids never influence weights).
     """
@@ -92,6 +88,7 @@ class FederationCore:
         federation: str,
         weights: Mapping[str, torch.Tensor],
         *,
+        key: frozenset[str],
         new_id: Callable[[], str],
     ) -> None:
         if federation not in hierarchy.federations:
@@ -105,9 +102,7 @@ class FederationCore:
         self.schedule = self.policy.schedule
         uses_key = self.policy.key != "fedavg"
         #: K: never leaves the federation, never overwritten by the parent.
-        self.key: frozenset[str] = (
-            key_names(hierarchy.run, self.policy) if uses_key else frozenset()
-        )
+        self.key: frozenset[str] = key if uses_key else frozenset()
         self.strategy: Strategy = make_strategy(
             self.policy.strategy_policy(seed=hierarchy.run.seed),
             set(self.key) if uses_key else None,
@@ -168,40 +163,16 @@ class FederationCore:
         return Duplicate(update_id)
 
     def _admit(self, offer: Offer) -> Decision:
-        sender = offer.sender
-        if offer.update_id in self._seen:
-            return Duplicate(offer.update_id)
-        if offer.run not in (None, self.hierarchy.run.id):
-            return Rejected("wrong_run", f"{sender}: an update of run {offer.run!r}")
-        if offer.federation not in (None, self.id):
-            return Rejected("wrong_federation", f"{sender}: an update for {offer.federation!r}")
-        if offer.kind != "update":
-            return Rejected("wrong_kind", f"{sender}: a {offer.kind} on an update topic")
-        if sender not in self._members:
-            return Rejected("unknown_sender", f"{sender} is not a member of {self.id}")
-        if offer.verify is not None:
-            from schemas.signing import SignatureError
-
-            try:
-                offer.verify()
-            except SignatureError as exc:
-                return Rejected(exc.reason, str(exc))
-        if offer.samples <= 0:  # weight 0: alone in a round it would average nothing
-            return Rejected("no_samples", f"{sender}: sample count {offer.samples}")
-        staleness = self.meta.version - offer.base_version
-        if staleness < 0:
-            return Rejected(
-                "future_version", f"{sender}: base {offer.base_version} > {self.meta.version}"
-            )
-        bound = self.schedule.staleness_bound
-        if staleness > bound:
-            return Rejected("stale", f"{sender}: staleness {staleness} > bound {bound}")
-        problem = update_problem(
-            self.weights, Update(sender, offer.delta, offer.samples, staleness=staleness)
+        return judge(
+            offer,
+            run=self.hierarchy.run.id,
+            federation=self.id,
+            members=self._members,
+            version=self.meta.version,
+            bound=self.schedule.staleness_bound,
+            weights=self.weights,
+            seen=self._seen,
         )
-        if problem is not None:
-            return Rejected(problem.reason, f"{sender}: {problem.detail}")
-        return Accepted(sender, offer.update_id, staleness)
 
     # -- closing -------------------------------------------------------------------------
 
@@ -211,9 +182,12 @@ class FederationCore:
         return not (self.meta.awaiting_parent or self.meta.final)
 
     def open_round(self, now: float) -> None:
-        """Start the round's clock (kept when updates are already pending, e.g. after a restart)."""
-        if not self.pending or self.meta.round_opened == 0:
+        """Start the round's clock; a round opened again (after a restart) keeps its own,
+        and a new round gets a new one even when updates are already pending (sent while
+        the federation waited for its parent)."""
+        if self.meta.clock_round != self.meta.round or self.meta.round_opened == 0:
             self.meta.round_opened = now
+            self.meta.clock_round = self.meta.round
 
     def expected(self, live: int, departed: Collection[str] = ()) -> int:
         """The members a round counts on (its quorum is a fraction of them).
@@ -232,6 +206,10 @@ class FederationCore:
         """Updates a ``sync`` round needs: a fraction of the members it counts on
         (:meth:`expected`), at least the minimum."""
         return max(self.schedule.min_quorum, math.ceil(members * self.schedule.quorum - 1e-9))
+
+    def needed(self, members: int) -> int:
+        """Updates the open round closes at: the ``async`` buffer, or the ``sync`` quorum."""
+        return self.schedule.buffer if self.schedule.mode == "async" else self.quorum(members)
 
     def close_reason(self, now: float, members: int) -> str | None:
         """Why the open round closes now: ``quorum`` (sync) or ``buffer`` (async) once enough
@@ -309,63 +287,8 @@ class FederationCore:
             final=meta.final,
             values=values,
             ledger=ledger,
+            next=self.next_steps(),
         )
-
-    # -- the parent ----------------------------------------------------------------------
-
-    def submission(self) -> Submission | None:
-        """The update for the parent: only the backbone (K never leaves the federation).
-
-        Its id is fixed until the parent's broadcast is taken, so a resubmission after a
-        restart is deduplicated by the parent. It is compressed in the parent's codec, and
-        its residual adopted only when the parent's broadcast is taken, so a resubmission
-        compresses identically.
-
-        None when the rounds since the parent's last broadcast were all empty: nothing to send
-        (zero samples would be refused as ``no_samples``); the federation only waits for the
-        parent's next broadcast, which the parent's own deadline guarantees.
-        """
-        assert self.meta.awaiting_parent, "submit only after a round that ends the exchange"
-        if not self.meta.samples:
-            return None
-        sent = self._compressed()
-        return Submission(
-            self.meta.submit_id,
-            sent.decoded,
-            max(self.meta.samples, 1),
-            self.meta.parent_version,
-            self.meta.round,
-            wire=sent.wire,
-            codecs=sent.codecs,
-        )
-
-    def _compressed(self) -> Compressed:
-        if not self.meta.submit_id:
-            self.meta.submit_id = self._new_id()
-        if self._outgoing is None or self._outgoing[0] != self.meta.submit_id:
-            delta = {
-                n: w.float() - self.base[n].float()
-                for n, w in self.weights.items()
-                if w.is_floating_point() and n not in self.key
-            }
-            self._outgoing = (self.meta.submit_id, self.compressor.compress(delta))
-        return self._outgoing[1]
-
-    def take_parent(self, weights: Mapping[str, torch.Tensor], version: int, final: bool) -> None:
-        """The parent's broadcast arrived: take its backbone, keep our key layers."""
-        meta = self.meta
-        if meta.awaiting_parent and meta.samples and self.compressor.active:
-            self.compressor.commit(self._compressed())  # the submission counted as sent
-        self._outgoing = None
-        self.weights = take_parent(self.weights, weights, self.key)
-        self.base = {n: t.clone() for n, t in self.weights.items()}
-        meta.parent_version = version
-        meta.version += 1
-        meta.rounds_since_submit = 0
-        meta.samples = 0
-        meta.submit_id = ""
-        meta.awaiting_parent = False
-        meta.final = final
 
     def residual_entries(
         self, cached: Mapping[str, tuple[int, Mapping[str, torch.Tensor]]]

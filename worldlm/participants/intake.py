@@ -110,8 +110,8 @@ class Intake:
 
     def offer(self, received: Received, revoked: Collection[str] = ()) -> Offer:
         """The update as the round core sees it: decoded (a malformed codec map raises
-        :class:`~schemas.errors.CodecError`); the signature is checked lazily, by the core,
-        and refused if its key's fingerprint is in ``revoked``."""
+        :class:`~schemas.errors.CodecError`), its signature verified here (a key whose
+        fingerprint is in ``revoked`` does not verify): the core judges the facts."""
         delta = received.delta
         m = delta.manifest
         keys, reload = self.keys, self.reload_keys
@@ -126,6 +126,13 @@ class Intake:
                     raise
                 verify_manifest(m, keys, delta.payload.data, revoked)
 
+        unverified = None
+        if keys is not None:
+            try:
+                verify()
+            except SignatureError as exc:
+                unverified = (exc.reason, str(exc))
+
         return Offer(
             m.envelope.sender,
             m.update_id,
@@ -133,7 +140,7 @@ class Intake:
             m.sample_count,
             m.base_version,
             kind=m.kind,
-            verify=verify if keys is not None else None,
+            unverified=unverified,
             run=m.envelope.run,
             federation=m.envelope.federation,
         )

@@ -323,13 +323,13 @@ class Node:
     async def dead_letter(
         self, record: Source, reason: str, detail: str, *, count: bool = True
     ) -> None:
-        """Keep a rejected record with its reason, count it, log it; never raise.
-
-        ``count=False`` when the decision's owner (the federation core) counted it already.
+        """Keep a rejected record with its reason, count it (``unreadable``: it reached no
+        decision), log it; never raise. ``count=False`` when the decision's owner (the
+        federation core, whose ``rejected`` counts it) counted it already.
         """
         if count:
-            self.counters[f"rejected_{reason}"] += 1
-            self.counters["rejected"] += 1
+            self.counters[f"unreadable_{reason}"] += 1
+            self.counters["unreadable"] += 1
         self.log.warning(
             "input_rejected",
             reason=reason,

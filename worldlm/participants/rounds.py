@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from schemas.messages import RoundLedger, TensorCodec
 from worldlm.strategies import AggregateResult, Rejection, Update
 
 if TYPE_CHECKING:
-    from worldlm.participants.checkpoint import Meta
+    from worldlm.participants.steps import Meta, Step
 
 Weights = dict[str, torch.Tensor]
 
@@ -25,9 +25,10 @@ Weights = dict[str, torch.Tensor]
 class Offer:
     """An update a child offers to its federation, as the shell decoded it.
 
-    ``verify`` checks the sender's signature (raises ``SignatureError``); None when the run
-    does not sign. ``kind`` is the manifest's kind (only ``update`` is admitted); ``run`` and
-    ``federation`` are what its envelope names (None: not known, e.g. a replayed update).
+    ``unverified`` is why the sender's signature did not verify, as the shell found it
+    (reason, detail); None when it did, or the run does not sign. ``kind`` is the manifest's
+    kind (only ``update`` is admitted); ``run`` and ``federation`` are what its envelope names
+    (None: not known, e.g. a replayed update).
     """
 
     sender: str
@@ -36,7 +37,7 @@ class Offer:
     samples: int
     base_version: int
     kind: str = "update"
-    verify: Callable[[], None] | None = None
+    unverified: tuple[str, str] | None = None
     run: str | None = None
     federation: str | None = None
 
@@ -98,6 +99,8 @@ class Closed:
     final: bool
     values: dict[str, float]
     ledger: RoundLedger = field(default_factory=RoundLedger)
+    #: what the shell does next, in order (``steps.py``)
+    next: tuple[Step, ...] = ()
 
 
 @dataclass
@@ -173,6 +176,8 @@ def figures(
         "members": float(live),
         "arrived": float(len(updates)),
         "accepted": float(len(result.accepted)),
+        # updates refused at admission or declined by the strategy, a run total (records
+        # that never reached the core are the aggregator shell's "unreadable")
         "rejected": float(counters["rejected"]),
         "duplicates": float(counters["updates_duplicate"]),
         "staleness_mean": sum(stale) / len(stale) if stale else 0.0,

@@ -13,7 +13,6 @@ import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import TopicPartition
@@ -29,21 +28,16 @@ from worldlm.credentials import generate_passwords
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import Endpoints, Node, prepare_run
+from worldlm.participants.results import RunResult
 
-
-@dataclass
-class RunResult:
-    """What a run published on its metrics topic, in order."""
-
-    reports: list[MetricsReport] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    def client_reports(self) -> list[MetricsReport]:
-        return [r for r in self.reports if r.role == "client"]
-
-    def final_ppl(self) -> dict[str, float]:
-        """Each client's validation perplexity of the final model."""
-        return {r.node: r.values["val_ppl"] for r in self.client_reports() if r.values.get("final")}
+__all__ = [
+    "RunResult",
+    "collecting",
+    "make_participants",
+    "prepare_local_run",
+    "run_hierarchy",
+    "run_participants",
+]
 
 
 class MetricsCollector:

@@ -56,7 +56,7 @@ class NonFiniteError(StrategyError):
 
 
 class InvalidUpdateError(StrategyError):
-    """An update's metadata is invalid (negative sample count or weight, ...)."""
+    """An update's metadata is invalid (no samples, a negative weight, ...)."""
 
 
 class StrategyConfigError(StrategyError):
@@ -70,7 +70,7 @@ class Update:
     Attributes:
         sender: the child's id (used in error messages, rejections and attention metrics).
         delta: trained weights minus the weights the child trained from.
-        num_samples: examples behind the update (FedAvg weight).
+        num_samples: examples behind the update (FedAvg weight), at least ``MIN_SAMPLES``.
         staleness: model versions between the child's base and the aggregator's current.
         weight: multiplier set by wrappers (e.g. the staleness discount); 1 by default.
     """
@@ -205,6 +205,12 @@ def copy_weights(current: Tensors) -> dict[str, Tensor]:
     return {name: t.detach().clone() for name, t in current.items()}
 
 
+#: The fewest examples an update may claim. One rule for every path (the federation core's
+#: admission, a strategy's guard): an update of weight 0 would, alone in a round, average
+#: nothing; refused as ``no_samples``.
+MIN_SAMPLES = 1
+
+
 def update_problem(current: Tensors, update: Update) -> Rejection | None:
     """Why ``update`` cannot be folded into ``current`` (a :class:`Rejection`), or None.
 
@@ -214,8 +220,8 @@ def update_problem(current: Tensors, update: Update) -> Rejection | None:
     ``unknown_tensor``, ``bad_shape``, ``non_finite``.
     """
     sender = update.sender
-    if update.num_samples < 0:
-        return Rejection(sender, "no_samples", f"num_samples {update.num_samples} < 0")
+    if update.num_samples < MIN_SAMPLES:
+        return Rejection(sender, "no_samples", f"sample count {update.num_samples}")
     if not math.isfinite(update.weight) or update.weight < 0:
         return Rejection(sender, "bad_weight", f"weight {update.weight} is not finite and >= 0")
     if update.staleness < 0:

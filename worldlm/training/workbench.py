@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from worldlm.config import Client, Policy, RunConfig
+from worldlm.config import Client, Hierarchy, Policy, RunConfig
 from worldlm.training.corpus import client_split
 from worldlm.training.evaluate import EvalResult, evaluate
 from worldlm.training.layers import default_key_patterns, split_parameters, tied_aliases
@@ -64,6 +64,13 @@ def _key_names(run: RunConfig, patterns: tuple[str, ...]) -> frozenset[str]:
 def key_names(run: RunConfig, policy: Policy) -> frozenset[str]:
     """Names of the key layers K under ``policy`` (its patterns, or the default split)."""
     return _key_names(run, tuple(policy.key_layers))
+
+
+def federation_key(hierarchy: Hierarchy, federation: str) -> frozenset[str]:
+    """The key layers K a federation keeps to itself (none under a ``fedavg`` key policy):
+    what its round core is built with."""
+    policy = hierarchy.federations[federation].policy
+    return key_names(hierarchy.run, policy) if policy.key != "fedavg" else frozenset()
 
 
 def client_seed(run: RunConfig, client_id: str) -> int:

@@ -1,6 +1,7 @@
 """A small version of every fault scenario, on real processes and the real servers, held to
 the campaign's targets: aggregators SIGKILLed mid-round lose and double-count nothing, client
-churn closes every round on its quorum, bad input crashes nobody and is dead-lettered where a
+churn closes every round on its quorum, a kill at every level ends at the uninterrupted
+run's weights, bad input crashes nobody and is dead-lettered where a
 participant reads it, and a Redis or broker restart mid-run never hangs a participant."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from brokers.embedded import Servers
 from tests.worldlm.participants.helpers import raw_config
-from worldlm.chaos import bad_input, churn, kill, restarts
+from worldlm.chaos import bad_input, churn, kill, levels, restarts
 from worldlm.chaos.trials import Setting
 from worldlm.chaos.verdict import ScenarioResult
 
@@ -48,7 +49,22 @@ async def test_two_aggregator_kills_lose_nothing_and_count_nothing_twice(
     assert_targets_met(result)
     rows = {r.measure: r.result for r in result.rows}
     assert rows["runs completed"] == "2/2" and rows["models reproduced by replay"] == "2/2"
+    assert rows["runs at the uninterrupted weights, bit for bit"] == "2/2"  # flat: comparable
     assert all(t.figures["rounds_reported"] == kill.ROUNDS for t in result.trials)
+
+
+async def test_a_kill_at_every_level_ends_at_the_uninterrupted_runs_weights(
+    servers: Servers, tmp_path: Path, run_id: str
+) -> None:
+    """root -> europe -> latin, slavic: each level's aggregator SIGKILLed and restarted once;
+    every final model equals the simulator's (the uninterrupted run's) bit for bit. Under
+    ``wait_for = "live"`` (the rule before) a parent closed without the killed federation
+    and the weights differed (1 of 2 trials, 2026-12-07)."""
+    result = await levels.run(Setting(servers, {}, tmp_path, seed=1, prefix=run_id), trials=1)
+    assert_targets_met(result)
+    rows = {r.measure: r.result for r in result.rows}
+    assert rows["runs at the uninterrupted weights, bit for bit"] == "1/1"
+    assert rows["kills that hit a running aggregator"] == "3/3"
 
 
 def tree_config() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from worldlm.chaos.garbage import KINDS, garbage, zone_counts
 from worldlm.participants.federation import Accepted, FederationCore
 from worldlm.participants.federation import Rejected as Refused
 from worldlm.participants.intake import Intake
-from worldlm.training.workbench import initial_weights
+from worldlm.training.workbench import federation_key, initial_weights
 
 
 def consumer_record(
@@ -44,7 +44,9 @@ def test_every_bad_input_aimed_at_the_aggregator_is_refused_with_a_reason() -> N
     h = flat("g")
     target = target_of(h, "root")
     intake = Intake(KafkaSettings(bootstrap="unused:9092", partitions=2), target.up, "root")
-    core = FederationCore(h, "root", initial_weights(h.run), new_id=lambda: "sub")
+    core = FederationCore(
+        h, "root", initial_weights(h.run), key=federation_key(h, "root"), new_id=lambda: "sub"
+    )
     items = [i for i in garbage(random.Random(2), target, 400) if i.zone == "aggregator"]
     reasons: Counter[str] = Counter()
     refused_items = 0

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from worldlm.chaos import bad_input, churn, kill, restarts
+from worldlm.chaos import bad_input, broker_loss, churn, kill, restarts, revocation, silent
 from worldlm.chaos.garbage import Item, Record
+from worldlm.chaos.probes import two_federations
 from worldlm.chaos.trials import bounded_trial
 from worldlm.chaos.verdict import Campaign, ScenarioResult, Trial
 from worldlm.watch import RoundTimes
@@ -141,3 +142,126 @@ def test_the_table_names_each_missed_target_and_the_failed_trials() -> None:
     assert campaign.markdown().startswith("| scenario | measure | result | target | met |")
     data = campaign.as_dict()
     assert data["ok"] is False and data["scenarios"][0]["trials"][1]["figures"]["lost"] == 1
+
+
+def silent_observation(**changes: object) -> silent.SilentObservation:
+    empty = RoundTimes(10.0, 14.1, "empty")
+    values: dict[str, object] = {
+        "silent": "west",
+        "killed": ("de-0", "fr-0"),
+        "silent_rounds": [empty, empty],
+        "root_rounds": [RoundTimes(0.0, 3.0, "quorum"), *[RoundTimes(3.0, 11.0, "deadline")] * 2],
+        "rounds": 3,
+        "rounds_empty": 2,
+        "submissions_skipped": 2,
+        "exits": {"root": 0, "west": 0, "east": 0, "en-0": 0},
+        "lost": 0,
+    }
+    return silent.SilentObservation(**(values | changes))  # type: ignore[arg-type]
+
+
+def test_a_silent_federation_passes_only_closing_every_round_by_its_deadline() -> None:
+    trial = silent.judge(0, silent_observation())
+    assert trial.ok and trial.figures["closed_empty"] == 2
+    assert trial.figures["root_rounds_without"] == 2
+    changes: list[tuple[dict[str, object], str]] = [
+        ({"silent_rounds": [RoundTimes(10.0, None)]}, "closed by ['never']"),
+        ({"silent_rounds": []}, "opened no round"),
+        ({"root_rounds": [RoundTimes(0.0, 3.0, "quorum")]}, "root closed 1/3"),
+        ({"exits": {"root": 0, "west": 1}}, "did not complete"),
+        ({"lost": 1}, "1 update(s) lost"),
+    ]
+    for change, words in changes:
+        failed = silent.judge(0, silent_observation(**change))
+        assert not failed.ok and words in failed.reason, failed.reason
+    rows = {r.measure: r for r in silent.summarize([trial, failed])}
+    assert rows["runs completed"].result == "2/2" and rows["updates lost"].met is False
+    assert rows["of them closed empty"].result.startswith("4 (rounds_empty 4")
+
+
+def test_loss_of_the_broker_ends_clearly_only_with_exit_1_and_the_line_naming_it() -> None:
+    line = "worldlm: Kafka at 127.0.0.1:9 unreachable (lost at round 1); the memory broker ..."
+    assert broker_loss.ending(1, ["embedded kafka 127.0.0.1:9", line], "127.0.0.1:9") == (
+        "clear_error"
+    )
+    assert broker_loss.ending(1, [line, "Traceback (most recent call last):"], "127.0.0.1:9") == (
+        "unclear"
+    )
+    assert broker_loss.ending(1, [line], "127.0.0.1:8") == "unclear"  # another broker
+    assert broker_loss.ending(130, [line], "127.0.0.1:9") == "unclear"
+    assert broker_loss.ending(0, [], "127.0.0.1:9") == "completed"
+
+    def observed(kind: broker_loss.Kind, end_s: float) -> broker_loss.LossObservation:
+        return broker_loss.LossObservation(
+            kind, {"run": "clear_error"}, {"run": end_s}, {"run": 9}, {"run": "exit 1: ..."}
+        )
+
+    fast, slow = (
+        broker_loss.judge(0, observed("run", 5.0)),
+        broker_loss.judge(1, observed("run", 40)),
+    )
+    assert fast.ok and not slow.ok and "bound 30 s" in slow.reason
+    waited = broker_loss.judge(2, observed("participants", 126.0))
+    assert waited.ok  # a --kafka broker is waited for: WAIT_S
+    rows = {r.measure: r for r in broker_loss.summarize([fast, slow, waited])}
+    assert rows["processes ended with the clear error"].result == "3/3"
+    assert rows["slowest end after the kill, one `worldlm run`"].met is False
+    assert rows["slowest end after the kill, `--kafka` processes"].met is True
+
+
+def revocation_observation(**changes: object) -> revocation.RevocationObservation:
+    values: dict[str, object] = {
+        "kind": "forged",
+        "attempts": [
+            revocation.Attempt("attacker", "RPUSH", False, "NOPERM"),
+            revocation.Attempt("unfenced", "RPUSH", True),
+        ],
+        "readers": 6,
+        "ignored_by": 6,
+        "tampered_by": 0,
+        "counted": [2] * 6,
+        "revoked_refusals": 0,
+        "exits": {"root": 0, "en-0": 0},
+        "lost": 0,
+    }
+    return revocation.RevocationObservation(**(values | changes))  # type: ignore[arg-type]
+
+
+def test_a_forged_or_erased_revocation_passes_only_if_nobody_is_frozen_out() -> None:
+    trial = revocation.judge(0, revocation_observation())
+    assert trial.ok and trial.figures["attacker_refused"] == 1
+    erased = revocation.judge(1, revocation_observation(kind="erased", tampered_by=6))
+    assert erased.ok
+    changes: list[tuple[dict[str, object], str]] = [
+        ({"revoked_refusals": 2}, "refused as revoked"),
+        ({"ignored_by": 5}, "5 of 6 participants ignored"),
+        ({"kind": "erased"}, "0 of 6 participants reported the erasure"),
+        ({"exits": {"root": 1}}, "did not complete"),
+        ({"lost": 1}, "1 update(s) lost"),
+    ]
+    for change, words in changes:
+        failed = revocation.judge(0, revocation_observation(**change))
+        assert not failed.ok and words in failed.reason, failed.reason
+    rows = {r.measure: r for r in revocation.summarize([trial, erased])}
+    assert rows["attacker's writes refused by Redis (its own user)"].met is None  # reported
+    assert rows["participants that ignored the forged entries"].result == "6/6"
+    assert rows["participants that reported the erased entry"].met
+
+
+def test_a_flat_config_becomes_two_federations_and_a_tree_stays() -> None:
+    flat = {
+        "federations": {"root": {}},
+        "clients": {c: {"federation": "root", "partition": "p"} for c in ("c", "a", "b")},
+    }
+    tree = two_federations(flat)
+    assert tree["federations"] == {
+        "root": {},
+        "west": {"parent": "root"},
+        "east": {"parent": "root"},
+    }
+    assert {c: t["federation"] for c, t in tree["clients"].items()} == {
+        "a": "west",
+        "b": "east",
+        "c": "west",
+    }
+    assert two_federations(tree) == tree and flat["federations"] == {"root": {}}

@@ -23,6 +23,7 @@ import aiohttp
 import pytest
 
 from brokers.embedded import Servers
+from tests.waiting import until as wait_until
 from tests.worldlm.participants.helpers import endpoints, hierarchy
 from worldlm.config import Hierarchy
 from worldlm.dashboard import Dashboard
@@ -196,10 +197,9 @@ async def test_browser_follows_a_live_run_and_a_replay_rebuilds_it(
             kafka=servers.kafka, redis=servers.redis, run_id=run_id, port=0
         ) as replay:
             expected = live_view["counters"]["metrics"]
-            while True:
-                if replay.state.counters["metrics"] >= expected:
-                    break
-                await asyncio.sleep(0.2)
+            await wait_until(
+                lambda: replay.state.counters["metrics"] >= expected, what="the replay's metrics"
+            )
             view = replay.state.snapshot()
     assert {f: v["parent"] for f, v in view["federations"].items()} == {
         "root": None,

@@ -127,7 +127,7 @@ def test_barrier_fill_round_and_deadline_from_events_redis_and_policy() -> None:
     s.apply(RoundEvent(envelope=env("latin", "latin", 100.0), round=3, action="opened"))
     f = s.federation_view("latin")
     assert f["round"] == 3 and f["round_open"] and f["deadline_at"] == 130.0
-    assert (f["arrived"], f["quorum"]) == (0, 1)  # policy: max(1, ceil(2 live x 0.5))
+    assert (f["arrived"], f["quorum"]) == (0, 1)  # no quorum given: max(1, ceil(2 live x 0.5))
     s.apply_barrier("latin", 3, arrived=1, quorum=2, closed=False)
     s.apply_barrier("latin", 2, arrived=9, quorum=9, closed=True)  # another round: ignored
     f = s.federation_view("latin")
@@ -137,15 +137,40 @@ def test_barrier_fill_round_and_deadline_from_events_redis_and_policy() -> None:
             envelope=env("latin", "latin", 105.0),
             round=3,
             action="closed",
-            reason="quorum",
-            arrived=2,
+            reason="deadline",
+            arrived=1,
             quorum=2,
             version=4,
         )
     )
     f = s.federation_view("latin")
-    assert not f["round_open"] and f["deadline_at"] is None and f["last_close_reason"] == "quorum"
-    assert (f["arrived"], f["barrier_closed"], f["version"]) == (2, True, 4)
+    assert not f["round_open"] and f["deadline_at"] is None and f["last_close_reason"] == "deadline"
+    assert (f["arrived"], f["quorum"], f["barrier_closed"], f["version"]) == (1, 2, True, 4)
+
+
+def test_round_events_carry_the_cores_quorum_apart_from_the_arrivals() -> None:
+    """The quorum is what the round core asks, the arrivals what came: a round that opens
+    with an update pending (after a restart) and closes over its quorum shows both."""
+    s = DashboardState(RUN, tree())
+    opened = RoundEvent(env("latin", "latin", 100.0), 5, "opened", arrived=1, quorum=2)
+    s.apply(opened)
+    f = s.federation_view("latin")
+    assert (f["arrived"], f["quorum"], f["barrier_closed"]) == (1, 2, False)
+    s.apply(RoundEvent(env("latin", "latin", 101.0), 5, "closed", "quorum", arrived=3, quorum=2))
+    f = s.federation_view("latin")
+    assert (f["arrived"], f["quorum"], f["barrier_closed"]) == (3, 2, True)
+    # A close that names no quorum (an older recording) keeps the round's, never its arrivals.
+    s.apply(RoundEvent(env("latin", "latin", 102.0), 6, "opened", quorum=2))
+    s.apply(RoundEvent(env("latin", "latin", 103.0), 6, "closed", "deadline", arrived=1))
+    f = s.federation_view("latin")
+    assert (f["arrived"], f["quorum"]) == (1, 2)
+
+
+def test_refused_updates_and_unreadable_records_are_two_figures() -> None:
+    s = DashboardState(RUN, tree())
+    s.apply(agg_report("latin", 0, rejected=1.0, unreadable=40.0))
+    f = s.federation_view("latin")
+    assert (f["rejected"], f["unreadable"]) == (1.0, 40.0)
 
 
 def test_staleness_histogram_exact_from_redis_else_from_metrics() -> None:

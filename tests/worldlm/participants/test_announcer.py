@@ -1,19 +1,24 @@
 """A round saved but not announced before the aggregator died is reported once, on the real
 servers: the report the kill would have lost is published by the restarted aggregator, and
-one that went out before the kill is found on the metrics topic and not sent again."""
+one that went out before the kill is found on the metrics topic and not sent again. A close
+announces the round core's reason and quorum, and the arrivals, each as what it is."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from brokers.embedded import Servers
+from schemas.messages import Envelope, RoundEvent
 from tests.worldlm.participants.helpers import endpoints, flat, settings
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.announcer import Announcer, Notice
+from worldlm.participants.books import RoundBooks
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.recording import audit_run
@@ -66,3 +71,44 @@ async def test_a_close_saved_but_not_announced_is_reported_exactly_once_after_a_
     assert second.node.counters["reports_republished"] == (0 if reported else 1)
     assert table.problems == [] and table.repeated_reports == []
     assert table.matched["root"] == table.published["root"] == 4  # 2 clients x 2 rounds
+
+
+class Recorder(SimpleNamespace):
+    """A node that keeps what an announcement sends (no servers)."""
+
+    def __init__(self) -> None:
+        super().__init__(id="root", events=[], closes=[], sent=[])
+        self.topics = SimpleNamespace(metrics="metrics")
+        self.state = SimpleNamespace(close_round=self._close_round)
+        self.producer = SimpleNamespace(send=self._send)
+
+    def envelope(self, federation: str | None = None) -> Envelope:
+        return Envelope(run="r", sender=self.id, federation=federation or "")
+
+    async def event(self, message: RoundEvent) -> None:
+        self.events.append(message)
+
+    async def _close_round(self, *args: Any) -> bool:
+        self.closes.append(args)
+        return True
+
+    async def _send(self, topic: str, value: bytes, key: str) -> None:
+        self.sent.append((topic, value))
+
+
+async def test_a_close_announces_the_cores_reason_and_quorum_apart_from_the_arrivals() -> None:
+    node: Any = Recorder()
+    announcer = Announcer(node, "root", RoundBooks(node))
+    await announcer.publish(Notice(3, "deadline", 4, 1, b"report", quorum=2))
+    (event,) = node.events
+    assert (event.action, event.round, event.reason) == ("closed", 3, "deadline")
+    assert (event.arrived, event.quorum, event.version) == (1, 2, 4)
+    assert node.closes == [("root", 3, "deadline", "root")]  # the core's close, recorded
+    assert node.sent == [("metrics", b"report")]
+
+
+def test_a_notice_keeps_its_quorum_through_a_checkpoint_and_reads_one_saved_without() -> None:
+    notice = Notice(3, "quorum", 4, 2, b"report", quorum=2)
+    assert Notice.from_json(notice.to_json()) == notice
+    older = {k: v for k, v in notice.to_json().items() if k != "quorum"}
+    assert Notice.from_json(older).quorum == 0  # not known: shown as no quorum, not arrivals

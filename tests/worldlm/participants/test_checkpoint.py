@@ -13,7 +13,7 @@ from worldlm.participants.checkpoint import Checkpoint, Meta
 from worldlm.participants.federation import FederationCore
 from worldlm.participants.rounds import Snapshot
 from worldlm.replay import model_hash
-from worldlm.training.workbench import initial_weights
+from worldlm.training.workbench import federation_key, initial_weights
 
 
 def snapshot(round_: int, value: float) -> Snapshot:
@@ -57,10 +57,14 @@ def test_a_core_restored_from_its_checkpoint_broadcasts_the_same_bytes(tmp_path:
     """The file lists tensors by name; the restored core keeps the model's order, so the same
     model is the same broadcast (content hash) after a restart, and a replay matches it."""
     h = flat("ckpt")
-    core = FederationCore(h, "root", initial_weights(h.run), new_id=lambda: "sub")
+    core = FederationCore(
+        h, "root", initial_weights(h.run), key=federation_key(h, "root"), new_id=lambda: "sub"
+    )
     checkpoint = Checkpoint(tmp_path)
     checkpoint.save_snapshot(core.snapshot())
-    restored = FederationCore(h, "root", initial_weights(h.run), new_id=lambda: "sub")
+    restored = FederationCore(
+        h, "root", initial_weights(h.run), key=federation_key(h, "root"), new_id=lambda: "sub"
+    )
     snapshot = Checkpoint(tmp_path).load_snapshot()
     assert snapshot is not None and list(snapshot.weights) != list(core.weights)  # by name
     restored.restore(snapshot)

@@ -79,5 +79,6 @@ async def test_a_malformed_codec_map_is_dead_lettered_and_counted_and_the_round_
     assert [x.reason for x in letters] == ["bad_codec"]
     assert detail in letters[0].detail
     root = {r.round: r.values for r in result.reports if r.node == "root"}
-    assert root[0]["arrived"] == 2 and root[0]["rejected"] == 1  # counted; both clients folded
+    assert root[0]["arrived"] == 2 and root[0]["unreadable"] == 1  # counted; both folded
+    assert root[0]["rejected"] == 0  # it never reached the core
     assert set(result.final_ppl()) == {"en-0", "de-0"}

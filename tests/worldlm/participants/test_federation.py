@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import torch
 
-from schemas.signing import SignatureError
 from tests.worldlm.participants.helpers import hierarchy
 from worldlm.config import Hierarchy
 from worldlm.participants.federation import (
@@ -22,7 +21,7 @@ from worldlm.participants.federation import (
     Rejected,
     take_parent,
 )
-from worldlm.training.workbench import initial_weights
+from worldlm.training.workbench import federation_key, initial_weights
 
 IDS = itertools.count()
 NORM = initial_weights(
@@ -41,7 +40,9 @@ def tree(**defaults: Any) -> Hierarchy:
 
 def core(h: Hierarchy | None = None, fid: str = "latin") -> FederationCore:
     h = h or tree()
-    return FederationCore(h, fid, initial_weights(h.run), new_id=lambda: f"id-{next(IDS)}")
+    return FederationCore(
+        h, fid, initial_weights(h.run), key=federation_key(h, fid), new_id=lambda: f"id-{next(IDS)}"
+    )
 
 
 def delta(c: FederationCore, seed: int, scale: float = 0.01) -> dict[str, torch.Tensor]:
@@ -88,10 +89,6 @@ def test_the_same_update_id_twice_is_a_duplicate_not_a_second_arrival() -> None:
     assert len(c.pending) == 1 and c.counters["updates_duplicate"] == 1
 
 
-def forged() -> None:
-    raise SignatureError("bad_signature", "fr-0: signature does not verify")
-
-
 @pytest.mark.parametrize(
     ("sender", "fields", "expected"),
     [
@@ -99,7 +96,7 @@ def forged() -> None:
         ("fr-0", {"run": "another-run"}, "wrong_run"),
         ("fr-0", {"federation": "another-federation"}, "wrong_federation"),
         ("de-0", {}, "unknown_sender"),
-        ("fr-0", {"verify": forged}, "bad_signature"),
+        ("fr-0", {"unverified": ("bad_signature", "fr-0: does not verify")}, "bad_signature"),
         ("fr-0", {"samples": 0}, "no_samples"),
         ("fr-0", {"base_version": 5}, "future_version"),
         ("fr-0", {"delta": {"nope.weight": torch.ones(2)}}, "unknown_tensor"),
@@ -168,6 +165,21 @@ def test_a_sync_round_counts_declared_members_so_a_dead_one_is_waited_for_until_
     live.open_round(100.0)
     live.offer(offer(live, "fr-0"))
     assert live.close_reason(101.0, live.expected(live=1)) == "quorum"
+
+
+def test_a_new_round_gets_its_own_clock_and_a_reopened_one_keeps_it() -> None:
+    c = core(tree(schedule={"deadline_s": 10.0}))
+    c.open_round(100.0)
+    for sender in ("fr-0", "es-0"):
+        c.offer(offer(c, sender))
+    c.close("quorum", [], 2)
+    c.offer(offer(c, "fr-0"))  # sent early, e.g. while the federation waited for its parent
+    c.open_round(200.0)  # round 1: its deadline counts from now, not from round 0's opening
+    assert c.close_reason(205.0, 2) is None and c.close_reason(210.5, 2) == "deadline"
+    restarted = core(tree(schedule={"deadline_s": 10.0}))
+    restarted.restore(c.snapshot())
+    restarted.open_round(207.0)  # the same round opened again after a restart: same clock
+    assert restarted.close_reason(210.5, 2) == "deadline"
 
 
 def test_a_sync_round_with_nothing_pending_closes_empty_at_its_deadline_keeping_the_model(

@@ -84,7 +84,7 @@ async def test_a_client_is_refused_another_federations_keys(
         with pytest.raises(NoPermissionError):
             await latin.lead("slavic", "t", ttl_s=30)
         with pytest.raises(NoPermissionError):
-            await latin.arrive("slavic", 0, "ru-0")
+            await latin.arrive("slavic", 0, "ru-0", quorum=1)
         with pytest.raises(NoPermissionError):
             await latin.roster("slavic")
 

@@ -22,6 +22,7 @@ from worldlm.strategies import (
     TensorMismatchError,
     Update,
 )
+from worldlm.strategies.base import MIN_SAMPLES, update_problem
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "fedavg": FedAvg,
@@ -68,10 +69,19 @@ def test_empty_round_raises(strategy: Strategy) -> None:
         strategy.aggregate(model(), [])
 
 
-def test_negative_sample_count_raises(strategy: Strategy) -> None:
+@pytest.mark.parametrize("samples", [-1, 0])
+def test_an_update_without_samples_raises(strategy: Strategy, samples: int) -> None:
     current = model()
-    with pytest.raises(InvalidUpdateError, match="client-n"):
-        strategy.aggregate(current, [update("client-n", current, seed=1, num_samples=-1)])
+    with pytest.raises(InvalidUpdateError, match=f"client-n.*sample count {samples}"):
+        strategy.aggregate(current, [update("client-n", current, seed=1, num_samples=samples)])
+
+
+def test_one_no_samples_rule_below_min_samples() -> None:
+    """The rule the federation core admits by: fewer than ``MIN_SAMPLES`` is ``no_samples``."""
+    current = model()
+    for samples, refused in [(MIN_SAMPLES - 1, True), (MIN_SAMPLES, False)]:
+        problem = update_problem(current, update("c", current, seed=1, num_samples=samples))
+        assert (problem is not None and problem.reason == "no_samples") == refused, samples
 
 
 def test_errors_are_value_errors_and_not_retriable() -> None:

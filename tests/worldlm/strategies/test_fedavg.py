@@ -72,4 +72,4 @@ def test_fedavg_does_not_mutate_inputs_or_alias_them() -> None:
 def test_all_zero_weights_raise() -> None:
     current = {"w": torch.zeros(1)}
     with pytest.raises(EmptyUpdatesError, match="zero weight"):
-        FedAvg().aggregate(current, [Update("a", {"w": torch.ones(1)}, num_samples=0)])
+        FedAvg().aggregate(current, [Update("a", {"w": torch.ones(1)}, num_samples=1, weight=0.0)])
