@@ -37,7 +37,8 @@ def chaos(
             "--scenario",
             "-s",
             help="aggregator_kill, client_churn, bad_input, redis_restart, broker_restart, "
-            "forged_revocation, broker_loss or silent_federation (repeatable); default: all.",
+            "forged_revocation, broker_loss, silent_federation or kill_every_level "
+            "(repeatable); default: all.",
         ),
     ] = None,
     kill_trials: Annotated[
@@ -55,6 +56,10 @@ def chaos(
     silent_trials: Annotated[
         int, typer.Option("--silent-trials", min=1, help="Trials with a silent federation.")
     ] = 1,
+    levels_trials: Annotated[
+        int,
+        typer.Option("--levels-trials", min=1, help="Runs killed at every level (own config)."),
+    ] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Every random choice follows it.")] = 0,
     out: Annotated[
         Path, typer.Option("--out", help="faults.json, faults.md and every trial's logs.")
@@ -66,7 +71,9 @@ def chaos(
     """Inject faults into live runs and judge them from what the runs recorded: aggregators
     SIGKILLed mid-round, clients churning, bad input from an outside producer, Redis and the
     broker restarted mid-run; and issue 19's outside probes: forged and erased revocations
-    under ACLs, the memory broker lost for good, a federation whose members all fell silent.
+    under ACLs, the memory broker lost for good, a federation whose members all fell silent;
+    and a kill at every level of a three-level tree, whose final models must equal the
+    uninterrupted run's bit for bit (its own config, configs/chaos-levels.toml).
     Every trial is bounded in time (a hang is a failed trial).
     Prints one table; exit 1 if a target was missed. The restart scenarios need the
     embedded servers (no --kafka/--redis)."""
@@ -93,6 +100,7 @@ def chaos(
         bad_records=records,
         restart_trials=restart_trials,
         silent_trials=silent_trials,
+        levels_trials=levels_trials,
     )
 
     def progress(result: ScenarioResult) -> None:
