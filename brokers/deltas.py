@@ -1,7 +1,7 @@
 """Chunked deltas over Kafka: publish an encoded delta, and turn records back into deltas.
 
 Transport only: what a delta means is the participants' business. The receiver never raises
-on bad input; it returns a :class:`Rejected` with the reason (to dead-letter and count) and
+on bad input; it returns a :class:`Unreadable` with the reason (to dead-letter and count) and
 goes on, and it tracks the lowest offset still needed by incomplete updates, so a consumer
 commits only past what it has fully folded in.
 """
@@ -73,7 +73,7 @@ class Received:
 
 
 @dataclass(frozen=True)
-class Rejected:
+class Unreadable:
     """A record that could not be used, and why."""
 
     reason: str
@@ -103,7 +103,7 @@ class DeltaReceiver:
         self._first_offset: dict[tuple[str, str], tuple[TopicPartition, int]] = {}
         self._done: OrderedDict[tuple[str, str], None] = OrderedDict()
 
-    def feed(self, record: ConsumerRecord) -> Received | Rejected | Repeat | None:
+    def feed(self, record: ConsumerRecord) -> Received | Unreadable | Repeat | None:
         """Fold one record in; a :class:`Received` when it completes a delta, a
         :class:`Repeat` for the manifest of one completed before."""
         self.records += 1
@@ -119,7 +119,7 @@ class DeltaReceiver:
             done = self.reassembler.add(message)
         except WireError as exc:
             self.rejected[exc.reason] += 1
-            return Rejected(exc.reason, str(exc), record)
+            return Unreadable(exc.reason, str(exc), record)
         if done is None:
             return None
         _, first = self._first_offset.pop(key, (tp, record.offset))

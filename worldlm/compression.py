@@ -27,8 +27,8 @@ from schemas.codec import encode
 from schemas.compression import compress, decompress, nbytes
 from schemas.delta import DEFAULT_CHUNK_SIZE, encode_delta
 from schemas.messages import Envelope, TensorCodec
+from worldlm.strategies.base import Weights
 
-Weights = dict[str, torch.Tensor]
 #: ``none``: float32 as computed; see :mod:`schemas.compression` for the others.
 Codec = Literal["none", "bf16", "int8", "topk"]
 

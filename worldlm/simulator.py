@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from schemas.messages import Envelope, MetricsReport, RoundLedger
 from worldlm.config import Hierarchy
-from worldlm.participants.federation import Accepted, FederationCore, Offer, Rejected
+from worldlm.participants.federation import Accepted, FederationCore, Offer, Refused
 from worldlm.participants.learner import Learner, LearnerRound
 from worldlm.participants.results import RunResult
 from worldlm.participants.steps import Broadcast, OpenRound, Step, Submit
@@ -152,7 +152,7 @@ class Simulation:
     def _offer(self, message: _Update) -> None:
         fid, core = message.federation, self.cores[message.federation]
         decision = core.offer(message.offer)
-        if isinstance(decision, Rejected):
+        if isinstance(decision, Refused):
             raise RuntimeError(f"{fid} refused {message.offer.sender}: {decision.detail}")
         if not isinstance(decision, Accepted):
             return

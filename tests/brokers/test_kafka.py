@@ -12,7 +12,7 @@ import torch
 from aiokafka import ConsumerRecord, TopicPartition
 
 from brokers.admin import TopicMismatch, ensure_topics, topic_partitions
-from brokers.deltas import DeltaReceiver, Received, Rejected, publish_delta
+from brokers.deltas import DeltaReceiver, Received, Unreadable, publish_delta
 from brokers.kafka import GroupConsumer, KafkaSettings, PartitionReader, Producer
 from brokers.security import KafkaSecurity
 from schemas.codec import encode
@@ -36,8 +36,8 @@ def fifty_mb_state() -> dict[str, torch.Tensor]:
 
 async def read_until(
     reader: PartitionReader, receiver: DeltaReceiver, n: int
-) -> list[Received | Rejected]:
-    out: list[Received | Rejected] = []
+) -> list[Received | Unreadable]:
+    out: list[Received | Unreadable] = []
     async with asyncio.timeout(60):
         while sum(isinstance(x, Received) for x in out) < n:
             for record in await reader.fetch(timeout_ms=100):

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from brokers.deltas import Received
 from schemas.errors import WireError
-from worldlm.participants.federation import Accepted, FederationCore
-from worldlm.participants.federation import Rejected as Refused
+from worldlm.participants.federation import Accepted, FederationCore, Refused
 from worldlm.participants.intake import Source
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from collections.abc import Collection, Mapping
 
 import torch
 
-from worldlm.participants.rounds import Accepted, Decision, Duplicate, Offer, Rejected
+from worldlm.participants.rounds import Accepted, Decision, Duplicate, Offer, Refused
 from worldlm.strategies import Update
 from worldlm.strategies.base import MIN_SAMPLES, update_problem
 
@@ -33,25 +33,25 @@ def judge(
     if offer.update_id in seen:
         return Duplicate(offer.update_id)
     if offer.run not in (None, run):
-        return Rejected("wrong_run", f"{sender}: an update of run {offer.run!r}")
+        return Refused("wrong_run", f"{sender}: an update of run {offer.run!r}")
     if offer.federation not in (None, federation):
-        return Rejected("wrong_federation", f"{sender}: an update for {offer.federation!r}")
+        return Refused("wrong_federation", f"{sender}: an update for {offer.federation!r}")
     if offer.kind != "update":
-        return Rejected("wrong_kind", f"{sender}: a {offer.kind} on an update topic")
+        return Refused("wrong_kind", f"{sender}: a {offer.kind} on an update topic")
     if sender not in members:
-        return Rejected("unknown_sender", f"{sender} is not a member of {federation}")
+        return Refused("unknown_sender", f"{sender} is not a member of {federation}")
     if offer.unverified is not None:
-        return Rejected(*offer.unverified)
+        return Refused(*offer.unverified)
     if offer.samples < MIN_SAMPLES:  # weight 0: alone in a round it would average nothing
-        return Rejected("no_samples", f"{sender}: sample count {offer.samples}")
+        return Refused("no_samples", f"{sender}: sample count {offer.samples}")
     staleness = version - offer.base_version
     if staleness < 0:
-        return Rejected("future_version", f"{sender}: base {offer.base_version} > {version}")
+        return Refused("future_version", f"{sender}: base {offer.base_version} > {version}")
     if staleness > bound:
-        return Rejected("stale", f"{sender}: staleness {staleness} > bound {bound}")
+        return Refused("stale", f"{sender}: staleness {staleness} > bound {bound}")
     problem = update_problem(
         weights, Update(sender, offer.delta, offer.samples, staleness=staleness)
     )
     if problem is not None:
-        return Rejected(problem.reason, f"{sender}: {problem.detail}")
+        return Refused(problem.reason, f"{sender}: {problem.detail}")
     return Accepted(sender, offer.update_id, staleness)

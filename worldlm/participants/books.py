@@ -20,7 +20,7 @@ from schemas.messages import RoundEvent
 
 if TYPE_CHECKING:
     from schemas.messages import RoundLedger
-    from worldlm.participants.federation import Closed, FederationCore, Rejected
+    from worldlm.participants.federation import Closed, FederationCore, Refused
     from worldlm.participants.intake import Intake, Source
     from worldlm.participants.node import Node
 
@@ -39,7 +39,7 @@ class RoundBooks:
         self.dead_letters += 1
         await self.node.dead_letter(record, reason, detail)
 
-    async def refused(self, record: Source, refusal: Rejected) -> None:
+    async def refused(self, record: Source, refusal: Refused) -> None:
         """Dead-letter an update the core refused (the core counted it already)."""
         await self.node.dead_letter(record, refusal.reason, refusal.detail, count=False)
 

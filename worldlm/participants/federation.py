@@ -33,7 +33,7 @@ from worldlm.participants.rounds import (
     Ledger,
     Offer,
     Pending,
-    Rejected,
+    Refused,
     Snapshot,
     Submission,
     Weights,
@@ -59,7 +59,7 @@ __all__ = [
     "FederationCore",
     "Offer",
     "Pending",
-    "Rejected",
+    "Refused",
     "Snapshot",
     "Submission",
     "take_parent",
@@ -133,7 +133,7 @@ class FederationCore(ParentExchange):
             case Duplicate():
                 self.counters["updates_duplicate"] += 1
                 self.ledger.duplicates.append(offer.update_id)
-            case Rejected(reason=reason):
+            case Refused(reason=reason):
                 self.counters["rejected"] += 1
                 self.counters[f"rejected_{reason}"] += 1
                 self.ledger.refused[offer.update_id] = reason

@@ -21,7 +21,7 @@ import torch
 from aiokafka import TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from brokers.deltas import DeltaReceiver, Received, Rejected
+from brokers.deltas import DeltaReceiver, Received, Unreadable
 from brokers.fanout import Subscription, fanouts
 from brokers.kafka import KafkaSettings, partition_for
 from brokers.revocations import Revocations
@@ -71,7 +71,7 @@ class BroadcastFollower:
         topic: str,
         keys: Mapping[str, Ed25519PublicKey] | None = None,
         unsealer: Unsealer | None = None,
-        on_rejected: Callable[[Rejected], Awaitable[None]] | None = None,
+        on_rejected: Callable[[Unreadable], Awaitable[None]] | None = None,
         revocations: Revocations | None = None,
     ) -> None:
         self.settings = settings
@@ -125,7 +125,7 @@ class BroadcastFollower:
                 if record.key != self._key:
                     continue
                 result = self._receiver.feed(record)
-                if isinstance(result, Rejected) and self.on_rejected is not None:
+                if isinstance(result, Unreadable) and self.on_rejected is not None:
                     await self.on_rejected(result)  # dead-lettered by the participant
                 if not isinstance(result, Received):  # a chunk, a refusal, a repeat
                     continue

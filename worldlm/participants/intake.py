@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from aiokafka import ConsumerRecord, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from brokers.deltas import DeltaReceiver, Received, Rejected, Repeat
+from brokers.deltas import DeltaReceiver, Received, Repeat, Unreadable
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
 from schemas.compression import decompress
 from schemas.delta import Reassembler
@@ -75,17 +75,17 @@ class Intake:
 
     async def read(
         self, position: int, wait_ms: int = 100
-    ) -> tuple[list[Received | tuple[ConsumerRecord, Rejected]], int]:
+    ) -> tuple[list[Received | tuple[ConsumerRecord, Unreadable]], int]:
         """What the partition has (waiting up to ``wait_ms`` for records, returning as soon as
         some come): updates and refused records, and the new safe offset (``position`` if
         nothing was read)."""
         assert self._reader is not None, "start() first"
-        found: list[Received | tuple[ConsumerRecord, Rejected]] = []
+        found: list[Received | tuple[ConsumerRecord, Unreadable]] = []
         next_offset = None
         for record in await self._reader.fetch(timeout_ms=wait_ms):
             if record.key == self._key:
                 result = self.receiver.feed(record)
-                if isinstance(result, Rejected):
+                if isinstance(result, Unreadable):
                     found.append((record, result))
                 elif isinstance(result, Received):
                     found.append(result)

@@ -14,11 +14,10 @@ import torch
 
 from schemas.messages import RoundLedger, TensorCodec
 from worldlm.strategies import AggregateResult, Rejection, Update
+from worldlm.strategies.base import Weights
 
 if TYPE_CHECKING:
     from worldlm.participants.steps import Meta, Step
-
-Weights = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,14 +58,14 @@ class Duplicate:
 
 
 @dataclass(frozen=True)
-class Rejected:
+class Refused:
     """The update cannot be folded: the shell dead-letters it with ``reason``."""
 
     reason: str
     detail: str
 
 
-Decision = Accepted | Duplicate | Rejected
+Decision = Accepted | Duplicate | Refused
 
 
 @dataclass

@@ -23,9 +23,9 @@ from worldlm.strategies.base import (
     Tensors,
     Update,
 )
-from worldlm.strategies.baselines import KeepCurrent
 from worldlm.strategies.dp import DifferentialPrivacy
 from worldlm.strategies.fedavg import FedAvg
+from worldlm.strategies.keep import KeepCurrent
 from worldlm.strategies.layered import Layered, UnroutedTensorError
 from worldlm.strategies.outer import ServerOptimizer
 from worldlm.strategies.policy import DPPolicy, StrategyPolicy, make_strategy

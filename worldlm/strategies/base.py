@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 Tensors = Mapping[str, Tensor]
+#: A model (or delta) owned by its holder: tensor name -> tensor. The one definition.
+Weights = dict[str, Tensor]
 """A model, a slice of one, or a delta: tensor name to tensor."""
 
 Info = dict[str, float]

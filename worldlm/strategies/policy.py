@@ -17,9 +17,9 @@ from typing import Any, Literal, get_args
 
 from worldlm.strategies.attention import AttentionAggregation
 from worldlm.strategies.base import Strategy, StrategyConfigError
-from worldlm.strategies.baselines import KeepCurrent
 from worldlm.strategies.dp import DifferentialPrivacy
 from worldlm.strategies.fedavg import FedAvg
+from worldlm.strategies.keep import KeepCurrent
 from worldlm.strategies.layered import Layered, NameSelector
 from worldlm.strategies.outer import ServerOptimizer
 from worldlm.strategies.residual import ResidualMerge

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from worldlm.config import Client, Hierarchy, Policy, RunConfig
+from worldlm.strategies.base import Weights
 from worldlm.training.corpus import client_split
 from worldlm.training.evaluate import EvalResult, evaluate
 from worldlm.training.layers import default_key_patterns, split_parameters, tied_aliases
@@ -23,8 +24,6 @@ from worldlm.training.model import ModelConfig, build_model, load_pretrained
 from worldlm.training.private import RecordPrivacy
 from worldlm.training.tokenizer import encode_documents, load_tokenizer
 from worldlm.training.trainer import LocalResult, LocalTrainer, TrainConfig
-
-Weights = dict[str, torch.Tensor]
 
 
 def make_model(run: RunConfig) -> torch.nn.Module:

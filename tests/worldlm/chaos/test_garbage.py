@@ -10,14 +10,13 @@ from collections import Counter
 
 from aiokafka import ConsumerRecord
 
-from brokers.deltas import Received, Rejected
+from brokers.deltas import Received, Unreadable
 from brokers.kafka import KafkaSettings
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import flat
 from worldlm.chaos.bad_input import target_of
 from worldlm.chaos.garbage import KINDS, garbage, zone_counts
-from worldlm.participants.federation import Accepted, FederationCore
-from worldlm.participants.federation import Rejected as Refused
+from worldlm.participants.federation import Accepted, FederationCore, Refused
 from worldlm.participants.intake import Intake
 from worldlm.training.workbench import federation_key, initial_weights
 
@@ -63,7 +62,7 @@ def test_every_bad_input_aimed_at_the_aggregator_is_refused_with_a_reason() -> N
                 consumer_record(r.topic, r.partition, offset, r.key, r.value)
             )
             offset += 1
-            if isinstance(result, Rejected):
+            if isinstance(result, Unreadable):
                 reasons[result.reason] += 1
                 refused = True
             elif isinstance(result, Received):

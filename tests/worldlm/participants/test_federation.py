@@ -18,7 +18,7 @@ from worldlm.participants.federation import (
     Duplicate,
     FederationCore,
     Offer,
-    Rejected,
+    Refused,
     take_parent,
 )
 from worldlm.training.workbench import federation_key, initial_weights
@@ -67,7 +67,7 @@ def offer(
 
 def reason(c: FederationCore, o: Offer) -> str:
     decision = c.offer(o)
-    assert isinstance(decision, Rejected), decision
+    assert isinstance(decision, Refused), decision
     return decision.reason
 
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 import torch
 from aiokafka import ConsumerRecord, TopicPartition
 
-from brokers.deltas import DeltaReceiver, Received, Rejected
+from brokers.deltas import DeltaReceiver, Received, Unreadable
 from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, Producer
 from brokers.state import RedisState
@@ -130,7 +130,7 @@ async def test_a_sealed_run_equals_the_unsealed_one_and_an_outsider_reads_no_ten
         receiver = DeltaReceiver(Reassembler(unsealer=reader))
         results = [receiver.feed(r) for r in broadcasts]
         assert not any(isinstance(x, Received) for x in results)
-        reasons = {x.reason for x in results if isinstance(x, Rejected)}
+        reasons = {x.reason for x in results if isinstance(x, Unreadable)}
         assert reasons == ({"sealed"} if reader is None else {"not_a_recipient"})
 
     # eu read root's residual (sealed) and nothing went unread.

@@ -1,4 +1,5 @@
-"""The strategy behind the baselines that aggregate nothing: ``KeepCurrent``.
+"""The strategy that aggregates nothing, ``KeepCurrent``: what the baselines that keep a
+part of the model local are built with.
 
 The baseline *methods* (flat and hierarchical FedAvg, FedPer, local-only, ...) differ in the
 tree and the policy, not in a strategy of their own: they are config transforms in
