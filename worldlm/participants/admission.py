@@ -47,9 +47,11 @@ class Admission:
         revoked: set[str] = set()
         if any(isinstance(i, Received) for i in found):
             revoked = set(await self.node.revocations.revoked())  # the chain as of this batch
-        for item in found:
+        for i, item in enumerate(found):
             if isinstance(item, Received):
-                if (sender := await self._offer(item, revoked)) is not None:
+                # a checkpoint must not pass what this batch has not offered yet
+                hold = min((_first_offset(later) for later in found[i + 1 :]), default=None)
+                if (sender := await self._offer(item, revoked, hold)) is not None:
                     arrived.append(sender)
             else:
                 record, rejected = item
@@ -58,8 +60,10 @@ class Admission:
             self.core.repeated(update_id)
         return arrived
 
-    async def _offer(self, received: Received, revoked: set[str]) -> str | None:
-        """Offer one update to the core; its sender if admitted (durably), else None."""
+    async def _offer(self, received: Received, revoked: set[str], hold: int | None) -> str | None:
+        """Offer one update to the core; its sender if admitted (durably), else None. The
+        offset recorded with it stays at or below ``hold`` (the first record of the batch
+        not offered yet)."""
         node, core, m = self.node, self.core, received.delta.manifest
         source = Source(received.topic, received.partition, received.first_offset)
         try:
@@ -75,7 +79,8 @@ class Admission:
             return None  # a duplicate: already folded or pending
         # Durable first, then the offset that delivered it.
         self.checkpoint.save_pending(m.update_id, core.pending[-1].delta)
-        core.meta.offsets[self.intake.name] = self.intake.safe_after(received)
+        safe = self.intake.safe_after(received)
+        core.meta.offsets[self.intake.name] = safe if hold is None else min(safe, hold)
         self.save()
         self.books.bytes_in += m.total_bytes
         await node.state.record_staleness(self.id, decision.sender, decision.staleness)
@@ -99,3 +104,8 @@ class Admission:
         quorum = self.core.needed(members)
         for sender in senders:
             await self.node.state.arrive(self.id, self.core.meta.round, sender, quorum=quorum)
+
+
+def _first_offset(item: Received | tuple[Any, Any]) -> int:
+    """Where an item of a read batch starts on the partition."""
+    return item.first_offset if isinstance(item, Received) else int(item[0].offset)

@@ -112,3 +112,90 @@ def test_a_notice_keeps_its_quorum_through_a_checkpoint_and_reads_one_saved_with
     assert Notice.from_json(notice.to_json()) == notice
     older = {k: v for k, v in notice.to_json().items() if k != "quorum"}
     assert Notice.from_json(older).quorum == 0  # not known: shown as no quorum, not arrivals
+
+
+async def test_a_kill_inside_a_read_batch_loses_none_of_its_updates(
+    servers: Servers, run_id: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two updates interleaved on the partition (en-0's manifest, de-0's, then en-0's chunks,
+    then de-0's) complete in one read; the aggregator dies after admitting en-0's. Its
+    checkpoint must not pass de-0's start (complete in the same batch, not offered yet): the
+    restart folds both. Found by the aggregator_kill campaign, 2026-12-07 (an update read,
+    never folded); before, the checkpoint recorded the offset after en-0's last chunk."""
+    import torch
+
+    from brokers.deltas import Received
+    from brokers.kafka import Producer
+    from schemas.codec import encode
+    from schemas.delta import encode_delta
+    from schemas.messages import Envelope
+    from schemas.topics import Topics
+    from worldlm.participants.admission import Admission
+    from worldlm.participants.intake import Intake
+    from worldlm.training.workbench import initial_weights
+
+    h = flat(run_id, rounds=1)
+    ep = endpoints(servers)
+    await prepare_run(h, ep)
+    streams = []
+    for seed, sender in enumerate(("en-0", "de-0")):
+        g = torch.Generator().manual_seed(seed)
+        delta = {
+            n: torch.randn(t.shape, generator=g) * 0.01
+            for n, t in initial_weights(h.run).items()
+            if t.is_floating_point()
+        }
+        encoded = encode_delta(
+            delta,
+            envelope=Envelope(run=run_id, sender=sender, federation="root"),
+            kind="update",
+            base_version=0,
+            sample_count=8,
+        )
+        streams.append([encode(m) for m in encoded.messages()])
+    (en_manifest, *en_chunks), (de_manifest, *de_chunks) = streams
+    async with Producer(settings(servers, h)) as producer:
+        interleaved = [en_manifest, de_manifest, *en_chunks, *de_chunks]
+        await producer.send_many(Topics(run_id).up("root"), interleaved, key="root")
+
+    read, offer = Intake.read, Admission._offer
+    died, holds = asyncio.Event(), []
+
+    async def read_both_at_once(self: Intake, position: int, wait_ms: int = 100) -> Any:
+        """The first read returns once both updates are complete, as one batch (what a fetch
+        that holds the last chunks of both gives)."""
+        if died.is_set():
+            return await read(self, position, wait_ms)
+        found: list[Any] = []
+        while sum(isinstance(i, Received) for i in found) < 2:
+            more, position = await read(self, position, wait_ms)
+            found += more
+        return found, position
+
+    async def dies_after_the_first(self: Admission, received: Any, revoked: Any, hold: Any) -> Any:
+        if died.is_set():
+            return await offer(self, received, revoked, hold)
+        sender = await offer(self, received, revoked, hold)
+        holds.append(hold)
+        died.set()
+        await asyncio.Event().wait()  # its process ends here: cancelled below
+        return sender
+
+    monkeypatch.setattr(Intake, "read", read_both_at_once)
+    monkeypatch.setattr(Admission, "_offer", dies_after_the_first)
+    first = AggregatorParticipant(h, ep, "root", checkpoint_dir=tmp_path)
+    second = AggregatorParticipant(h, ep, "root", checkpoint_dir=tmp_path)
+    async with asyncio.timeout(120):
+        killed = asyncio.create_task(first.run())
+        await died.wait()
+        saved = dict(first.checkpoint.load()[0].offsets)
+        killed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await killed
+        await second.run()
+    table = await audit_run(servers.kafka, run_id, hierarchy=h)
+
+    assert holds == [1]  # de-0's manifest, the second record, was in the same batch
+    assert saved[first.intake.name] <= 1  # the checkpoint stopped before it
+    assert table.problems == [] and table.matched["root"] == 2
+    assert second.core.meta.final and second.core.counters["updates_accepted"] == 2
