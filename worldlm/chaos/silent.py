@@ -124,36 +124,42 @@ def summarize(trials: list[Trial], deadline_s: float = DEADLINE_S) -> list[Row]:
     ]
 
 
-def silent_raw(setting: Setting) -> dict[str, object]:
+def silent_raw(setting: Setting, deadline_s: float = DEADLINE_S) -> dict[str, object]:
     """The campaign's config as a tree, sync with full quorum and short deadlines."""
     raw = two_federations(setting.raw)
     defaults = dict(raw.get("defaults", {}))
     schedule = dict(defaults.get("schedule", {}))
-    schedule.update(mode="sync", quorum=1.0, deadline_s=DEADLINE_S)
+    schedule.update(mode="sync", quorum=1.0, deadline_s=deadline_s)
     raw["defaults"] = {**defaults, "schedule": schedule}
     feds = dict(raw["federations"])
     root = next(f for f, t in feds.items() if not dict(t).get("parent"))
     table = dict(feds[root])
-    table["schedule"] = {**dict(table.get("schedule", {})), "deadline_s": 2 * DEADLINE_S}
+    table["schedule"] = {**dict(table.get("schedule", {})), "deadline_s": 2 * deadline_s}
     raw["federations"] = {**feds, root: table}
     return raw
 
 
 async def run(
-    setting: Setting, trials: int = 1, *, rounds: int = ROUNDS, limit_s: float = 240.0
+    setting: Setting,
+    trials: int = 1,
+    *,
+    rounds: int = ROUNDS,
+    limit_s: float = 240.0,
+    deadline_s: float = DEADLINE_S,
 ) -> ScenarioResult:
-    """``trials`` trials of ``rounds`` root rounds each (2 at least: the silence is after 0)."""
+    """``trials`` trials of ``rounds`` root rounds each (2 at least: the silence is after 0);
+    the federations' deadline ``deadline_s``, the root's twice that."""
     assert rounds >= 2, "the members fall silent after round 0"
     started = time.monotonic()
     result = ScenarioResult(SCENARIO)
-    mine = replace(setting, raw=silent_raw(setting))
+    mine = replace(setting, raw=silent_raw(setting, deadline_s))
     for index in range(trials):
 
         async def body(stage: Stage, index: int = index) -> Trial:
             return await _trial(mine, index, rounds, stage)
 
         result.trials.append(await bounded_trial(SCENARIO, index, limit_s, body))
-    result.rows = summarize(result.trials)
+    result.rows = summarize(result.trials, deadline_s)
     result.seconds = time.monotonic() - started
     return result
 

@@ -26,7 +26,8 @@ def test_the_campaign_runs_every_probe_by_name_and_every_kind_by_default() -> No
 async def test_a_clients_forged_or_erased_revocation_freezes_nobody_out(
     servers: Servers, tmp_path: Path, run_id: str, kind: revocation.Kind
 ) -> None:
-    result = await revocation.run(setting(servers, tmp_path, run_id), (kind,), limit_s=200.0)
+    # a wide bound: 13 processes on 2 cores took 57 s alone, over 200 s beside other work
+    result = await revocation.run(setting(servers, tmp_path, run_id), (kind,), limit_s=480.0)
     assert_targets_met(result)
     (trial,) = result.trials
     assert trial.figures["readers"] == 6 and trial.figures["revoked_refusals"] == 0
@@ -50,7 +51,10 @@ async def test_a_run_whose_memory_broker_dies_ends_in_seconds_with_one_clear_lin
 async def test_a_silent_federation_closes_its_rounds_empty_by_their_deadline(
     servers: Servers, tmp_path: Path, run_id: str
 ) -> None:
-    result = await silent.run(setting(servers, tmp_path, run_id), rounds=3, limit_s=200.0)
+    # deadlines a busy machine meets (the campaign's are 5 s and 10 s)
+    result = await silent.run(
+        setting(servers, tmp_path, run_id), rounds=3, limit_s=480.0, deadline_s=15.0
+    )
     assert_targets_met(result)
     (trial,) = result.trials
     # Silent after round 0, or after round 1 if round 0 missed its deadline on a busy box.
