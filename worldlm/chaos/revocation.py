@@ -92,22 +92,25 @@ def judge(index: int, o: RevocationObservation) -> Trial:
     participant noticed: the forged entries ignored, or the erasure reported."""
     completed = all(code == 0 for code in o.exits.values())
     noticed = o.ignored_by if o.kind == "forged" else o.tampered_by
+    mine = [a for a in o.attempts if a.who == "attacker"]
+    # Redis 7 / Valkey refuse every erasing write (read-only patterns): nothing to report
+    untouched = o.kind == "erased" and not any(a.landed for a in mine)
     problems = []
     if not completed:
         problems.append(f"run did not complete (exits {dict(o.exits)})")
     if o.revoked_refusals:
         problems.append(f"{o.revoked_refusals} update(s) or broadcast(s) refused as revoked")
-    if noticed < o.readers:
+    if noticed < o.readers and not untouched:
         what = "ignored the forged entries" if o.kind == "forged" else "reported the erasure"
         problems.append(f"{noticed} of {o.readers} participants {what}")
     if o.lost:
         problems.append(f"{o.lost} update(s) lost")
-    mine = [a for a in o.attempts if a.who == "attacker"]
     figures: dict[str, Figure] = {
         "kind": o.kind,
         "completed": completed,
         "readers": o.readers,
         "noticed": noticed,
+        "untouched": untouched,
         "revoked_refusals": o.revoked_refusals,
         "attacker_writes": len(mine),
         "attacker_refused": sum(not a.landed for a in mine),
@@ -138,7 +141,11 @@ def summarize(trials: list[Trial]) -> list[Row]:
         ("forged", "participants that ignored the forged entries", "revocations_ignored"),
         ("erased", "participants that reported the erased entry", "revocations_tampered"),
     ):
-        if mine := of(kind):
+        if kind == "erased" and (kept := [t for t in of(kind) if t.figures.get("untouched")]):
+            rows.append(
+                Row(SCENARIO, "erasures Redis refused outright (read-only)", str(len(kept)))
+            )
+        if mine := [t for t in of(kind) if not t.figures.get("untouched")]:
             part, whole = int(total(mine, "noticed")), int(total(mine, "readers"))
             rows.append(ratio_row(SCENARIO, measure, part, whole))
             counted = ", ".join(str(t.figures.get("counted", "-")) for t in mine)

@@ -230,12 +230,18 @@ def revocation_observation(**changes: object) -> revocation.RevocationObservatio
 def test_a_forged_or_erased_revocation_passes_only_if_nobody_is_frozen_out() -> None:
     trial = revocation.judge(0, revocation_observation())
     assert trial.ok and trial.figures["attacker_refused"] == 1
-    erased = revocation.judge(1, revocation_observation(kind="erased", tampered_by=6))
+    erasing = [revocation.Attempt("attacker", "EXPIRE 0", True)]  # landed (Redis 6)
+    erased = revocation.judge(
+        1, revocation_observation(kind="erased", tampered_by=6, attempts=erasing)
+    )
     assert erased.ok
+    # Redis 7 / Valkey refused every erasing write (read-only): nothing to report
+    kept = revocation.judge(2, revocation_observation(kind="erased"))
+    assert kept.ok and kept.figures["untouched"] is True
     changes: list[tuple[dict[str, object], str]] = [
         ({"revoked_refusals": 2}, "refused as revoked"),
         ({"ignored_by": 5}, "5 of 6 participants ignored"),
-        ({"kind": "erased"}, "0 of 6 participants reported the erasure"),
+        ({"kind": "erased", "attempts": erasing}, "0 of 6 participants reported the erasure"),
         ({"exits": {"root": 1}}, "did not complete"),
         ({"lost": 1}, "1 update(s) lost"),
     ]
@@ -246,6 +252,8 @@ def test_a_forged_or_erased_revocation_passes_only_if_nobody_is_frozen_out() -> 
     assert rows["attacker's writes refused by Redis (its own user)"].met is None  # reported
     assert rows["participants that ignored the forged entries"].result == "6/6"
     assert rows["participants that reported the erased entry"].met
+    kept_rows = {r.measure: r for r in revocation.summarize([kept])}
+    assert kept_rows["erasures Redis refused outright (read-only)"].result == "1"
 
 
 def test_a_flat_config_becomes_two_federations_and_a_tree_stays() -> None:
