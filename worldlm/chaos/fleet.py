@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from brokers.embedded import Servers
 from worldlm.chaos.configs import TrialConfig
-from worldlm.chaos.trials import ParticipantExited
+from worldlm.chaos.trials import ParticipantExited, Stage
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import Endpoints
 
@@ -198,6 +198,25 @@ class Fleet:
         finally:
             for future in (wanted, *ends):
                 future.cancel()
+
+    async def bounce(self, node: str, pause_s: float, stage: Stage) -> bool:
+        """SIGKILL ``node`` and start it again ``pause_s`` later; whether it was running."""
+        was_running = self[node].running
+        await self[node].kill()
+        await asyncio.sleep(pause_s)
+        stage(f"restarting {node}")
+        await self[node].start()
+        return was_running
+
+    async def finish(self, members: Members, stage: Stage) -> dict[str, int]:
+        """Every process's exit code, once each exited; then, if all exited cleanly, the
+        clients' last round."""
+        stage("waiting for every aggregator process to exit")
+        exits = await self.wait_all()
+        if all(code == 0 for code in exits.values()):
+            stage("waiting for the clients' last round")
+            await members.wait()
+        return exits
 
     def codes(self) -> dict[str, int | None]:
         return {n: p.returncode for n, p in self.processes.items()}

@@ -157,15 +157,8 @@ async def _trial(setting: Setting, index: int, stage: Stage, durations: list[flo
         killed_after = time.time() - opened
         if watch.closed(target, kill_round):  # the round was quicker than the window
             kill_round += 1
-        await fleet[target].kill()
-        await asyncio.sleep(pause)
-        stage(f"restarting {target}")
-        await fleet[target].start()
-        stage("waiting for every aggregator process to exit")
-        exits = await fleet.wait_all()
-        if all(code == 0 for code in exits.values()):
-            stage("waiting for the clients' last round")
-            await members.wait()
+        await fleet.bounce(target, pause, stage)
+        exits = await fleet.finish(members, stage)
         await watch.settle(lambda: watch.reported(root, ROUNDS - 1))
         for r in range(ROUNDS):
             seconds = watch.round(target, r).seconds

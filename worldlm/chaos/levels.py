@@ -160,16 +160,8 @@ async def _trial(setting: Setting, index: int, stage: Stage) -> Trial:
             opened = watch.round(target, round_).opened or time.time()
             await asyncio.sleep(max(0.0, opened + fraction * WINDOW_S - time.time()))
             kills.append((target, round_, time.time() - opened))
-            landed += fleet[target].running
-            await fleet[target].kill()
-            await asyncio.sleep(pause)
-            stage(f"restarting {target}")
-            await fleet[target].start()
-        stage("waiting for every aggregator process to exit")
-        exits = await fleet.wait_all()
-        if all(code == 0 for code in exits.values()):
-            stage("waiting for the clients' last round")
-            await members.wait()
+            landed += await fleet.bounce(target, pause, stage)
+        exits = await fleet.finish(members, stage)
         await watch.settle(lambda: watch.reported(h.root.id, ROUNDS - 1))
     stage("comparing with the uninterrupted run")
     unequal = await asyncio.to_thread(differing, h, fleet.checkpoints)
