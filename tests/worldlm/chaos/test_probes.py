@@ -23,6 +23,7 @@ def test_the_campaign_runs_every_probe_by_name_and_every_kind_by_default() -> No
     assert sizes.broker_loss_kinds == ("run", "participants")
 
 
+@pytest.mark.timeout(540)  # above the trial's own bound
 @pytest.mark.parametrize("kind", revocation.KINDS)
 async def test_a_clients_forged_or_erased_revocation_freezes_nobody_out(
     servers: Servers, tmp_path: Path, run_id: str, kind: revocation.Kind
@@ -56,6 +57,7 @@ async def test_a_run_whose_memory_broker_dies_ends_in_seconds_with_one_clear_lin
     assert trial.figure("most_lines_after") < 50
 
 
+@pytest.mark.timeout(540)  # above the trial's own bound
 async def test_a_silent_federation_closes_its_rounds_empty_by_their_deadline(
     servers: Servers, tmp_path: Path, run_id: str
 ) -> None:
