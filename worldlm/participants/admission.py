@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from brokers.deltas import Received
 from schemas.errors import WireError
 from worldlm.participants.federation import Accepted, FederationCore, Refused
-from worldlm.participants.intake import Source
+from worldlm.participants.intake import UpdateOrigin
 
 if TYPE_CHECKING:
     from worldlm.participants.books import RoundBooks
@@ -65,7 +65,7 @@ class Admission:
         offset recorded with it stays at or below ``hold`` (the first record of the batch
         not offered yet)."""
         node, core, m = self.node, self.core, received.delta.manifest
-        source = Source(received.topic, received.partition, received.first_offset)
+        source = UpdateOrigin(received.topic, received.partition, received.first_offset)
         try:
             offer = self.intake.offer(received, revoked)
         except WireError as exc:  # e.g. a malformed codec map: refused, counted here

@@ -21,8 +21,8 @@ from schemas.messages import RoundEvent
 if TYPE_CHECKING:
     from schemas.messages import RoundLedger
     from worldlm.participants.federation import Closed, FederationCore, Refused
-    from worldlm.participants.intake import Intake, Source
-    from worldlm.participants.node import Node
+    from worldlm.participants.intake import Intake
+    from worldlm.participants.node import Node, Origin
 
 
 class RoundBooks:
@@ -34,12 +34,12 @@ class RoundBooks:
         self.dead_letters = 0  # records this shell dead-lettered in the round (not the core's)
         self.covered_from = 0  # the intake offset the round's decisions started from
 
-    async def dead_letter(self, record: Source, reason: str, detail: str) -> None:
+    async def dead_letter(self, record: Origin, reason: str, detail: str) -> None:
         """Dead-letter a record the shell refused itself: counted here and by the node."""
         self.dead_letters += 1
         await self.node.dead_letter(record, reason, detail)
 
-    async def refused(self, record: Source, refusal: Refused) -> None:
+    async def refused(self, record: Origin, refusal: Refused) -> None:
         """Dead-letter an update the core refused (the core counted it already)."""
         await self.node.dead_letter(record, refusal.reason, refusal.detail, count=False)
 

@@ -25,8 +25,9 @@ from schemas.signing import SignatureError, verify_manifest
 from worldlm.participants.federation import Offer
 
 
-class Source:
-    """Where a reassembled update came from, to dead-letter it (payload not kept)."""
+class UpdateOrigin:
+    """Where a reassembled update came from (its first record), to dead-letter it: an
+    :class:`~worldlm.participants.node.Origin` without the payload."""
 
     def __init__(self, topic: str, partition: int, offset: int) -> None:
         self.topic, self.partition, self.offset = topic, partition, offset

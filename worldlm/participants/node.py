@@ -51,7 +51,7 @@ SHUTDOWN_STEP_S = 10.0
 DEAD_LETTER_PAYLOAD = 64 * 1024
 
 
-class Source(Protocol):
+class Origin(Protocol):
     """Where a rejected input came from (a Kafka record, or a reassembled update's first)."""
 
     topic: str
@@ -321,7 +321,7 @@ class Node:
         )
 
     async def dead_letter(
-        self, record: Source, reason: str, detail: str, *, count: bool = True
+        self, record: Origin, reason: str, detail: str, *, count: bool = True
     ) -> None:
         """Keep a rejected record with its reason, count it (``unreadable``: it reached no
         decision), log it; never raise. ``count=False`` when the decision's owner (the
