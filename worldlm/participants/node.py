@@ -311,14 +311,8 @@ class Node:
         ledger: RoundLedger | None = None,
     ) -> MetricsReport:
         """This participant's metrics report of ``round`` (keyed by its id when sent)."""
-        return MetricsReport(
-            envelope=self.envelope(federation),
-            round=round,
-            node=self.id,
-            role=self.role,
-            values=values,
-            ledger=ledger,
-        )
+        envelope, role = self.envelope(federation), self.role
+        return MetricsReport(envelope, round, self.id, role, values, ledger=ledger)
 
     async def dead_letter(
         self, record: Origin, reason: str, detail: str, *, count: bool = True

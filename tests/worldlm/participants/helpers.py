@@ -21,6 +21,7 @@ from brokers.deltas import DeltaReceiver, Received
 from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
 from schemas.errors import WireError
+from tests.waiting import until
 from worldlm.config import Hierarchy, parse
 from worldlm.participants.node import Endpoints
 
@@ -149,12 +150,9 @@ async def broadcasts(
 
 
 async def poll(check: Callable[[], Any], every_s: float = 0.1) -> Any:
-    """Wait until ``await check()`` is truthy and return it (wrap in asyncio.timeout)."""
-    while True:
-        result = await check()
-        if result:
-            return result
-        await asyncio.sleep(every_s)
+    """Wait until ``await check()`` is truthy and return it (the caller's asyncio.timeout
+    bounds it): :func:`tests.waiting.until` with no bound of its own."""
+    return await until(check, timeout_s=3600.0, every_s=every_s)
 
 
 @contextlib.asynccontextmanager
