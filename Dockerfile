@@ -37,7 +37,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && rm /tmp/requirements.txt
 
 # The source, and the project itself (its dependencies are already in place; no dev tools).
-# The source stays at /app, so configs are at /app/worldlm/configs/*.toml.
+# The source stays at /app, so configs are at /app/worldlm/config/shipped/*.toml.
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install -c constraints.txt --no-deps . \

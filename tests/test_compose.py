@@ -23,14 +23,14 @@ import typer
 import yaml
 
 from worldlm.cli import app
-from worldlm.config import Hierarchy, load
+from worldlm.config.hierarchy import Hierarchy, load
 from worldlm.participants.shares import Share, assignment
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
-DEMO = REPO / "worldlm" / "configs" / "demo.toml"
+DEMO = REPO / "worldlm" / "config" / "shipped" / "demo.toml"
 IMAGE_ROOT = "/app/"  # the Dockerfile copies the repository here (checked below)
 
 _VAR = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?-)(?P<default>[^}]*))?\}")

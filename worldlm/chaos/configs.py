@@ -16,10 +16,10 @@ from typing import Any
 
 import tomli_w
 
-from worldlm.config import Hierarchy, parse
+from worldlm.config.hierarchy import Hierarchy, parse
 
 #: The config a campaign uses unless given one: a flat federation of ten tiny clients.
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "chaos.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "shipped" / "chaos.toml"
 
 
 def read_raw(path: Path) -> dict[str, Any]:

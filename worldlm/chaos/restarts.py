@@ -22,8 +22,8 @@ from brokers.embedded import EmbeddedKafka, EmbeddedRedis, Servers
 from worldlm.chaos.fleet import Fleet, Process
 from worldlm.chaos.trials import Setting, Stage, bounded_trial
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row
+from worldlm.chaos.watch import RunWatch
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.watch import RunWatch
 
 Server = Literal["redis", "broker"]
 #: Root rounds per trial (the restart comes after the first).

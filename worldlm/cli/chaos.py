@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from worldlm.cli.participants import single_threaded_torch
+from worldlm.cli.options import single_threaded_torch
 from worldlm.cli.stopping import run_until_signal
 
 
@@ -73,7 +73,7 @@ def chaos(
     broker restarted mid-run; and issue 19's outside probes: forged and erased revocations
     under ACLs, the memory broker lost for good, a federation whose members all fell silent;
     and a kill at every level of a three-level tree, whose final models must equal the
-    uninterrupted run's bit for bit (its own config, configs/chaos-levels.toml).
+    uninterrupted run's bit for bit (its own config, config/shipped/chaos-levels.toml).
     Every trial is bounded in time (a hang is a failed trial).
     Prints one table; exit 1 if a target was missed. The restart scenarios need the
     embedded servers (no --kafka/--redis)."""
@@ -91,7 +91,7 @@ def chaos(
     if (kafka or redis) and {"redis_restart", "broker_restart"} & set(chosen):
         raise typer.BadParameter("the restart scenarios restart their own embedded servers")
     path = config or DEFAULT_CONFIG
-    from worldlm.cli.participants import load_config
+    from worldlm.cli.options import load_config
 
     load_config(path, None)  # a usage error here, not in every trial
     sizes = Sizes(

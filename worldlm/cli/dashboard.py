@@ -37,7 +37,7 @@ def dashboard(
     Reads the run's metrics, event and dead-letter topics from offset 0 and polls Redis; never
     talks to participants. The page is at http://HOST:PORT/, Prometheus metrics at /metrics.
     """
-    from worldlm.cli.participants import load_config
+    from worldlm.cli.options import load_config
     from worldlm.cli.stopping import Stop, run_until_signal
     from worldlm.dashboard import Dashboard
     from worldlm.dashboard.stream import discover_runs

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from worldlm.cli.participants import single_threaded_torch
+from worldlm.cli.options import single_threaded_torch
 from worldlm.cli.stopping import Stop, run_until_signal
+
+if TYPE_CHECKING:
+    from worldlm.config.hierarchy import Hierarchy
+    from worldlm.lab.report import MethodResult
 
 
 def demo(
@@ -19,7 +26,7 @@ def demo(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds 0..N-1 per method.")] = 1,
     methods: Annotated[
         str,
-        typer.Option("--methods", help="Comma-separated methods (worldlm/methods.py)."),
+        typer.Option("--methods", help="Comma-separated methods (worldlm/lab/methods.py)."),
     ] = ",".join(("worldlm", "worldlm_meankey", "fedper", "fedavg", "local")),
     live: Annotated[
         bool, typer.Option("--live", help="Run WorldLM on embedded Kafka and Redis.")
@@ -38,7 +45,7 @@ def demo(
         Path | None,
         typer.Option(
             "--config",
-            help="Another hierarchy to compare (e.g. worldlm/configs/domains.toml).",
+            help="Another hierarchy to compare (e.g. worldlm/config/shipped/domains.toml).",
             exists=True,
             dir_okay=False,
         ),
@@ -51,12 +58,10 @@ def demo(
     OUT/report.md, OUT/report.json and OUT/perplexity.png. With --config, WorldLM runs that
     hierarchy and the baselines run on its clients.
     """
-    import asyncio
-
     from worldlm import logs
-    from worldlm.demo import DemoOutcome, run_demo
-    from worldlm.methods import METHODS
-    from worldlm.simulator import SimulationStopped
+    from worldlm.lab.demo import DemoOutcome, run_demo
+    from worldlm.lab.methods import METHODS
+    from worldlm.lab.simulator import SimulationStopped
 
     logs.configure(level=log_level)
     single_threaded_torch()
@@ -68,13 +73,17 @@ def demo(
         )
 
     async def main(stop: asyncio.Event) -> DemoOutcome:
+        async def live_run(h: Hierarchy) -> MethodResult:
+            return await run_live(
+                h, dashboard_port=dashboard_port if dashboard else None, stop=stop
+            )
+
         return await run_demo(
             out,
             quick=quick,
             seeds=seeds,
             methods=chosen,
-            live=live,
-            dashboard_port=dashboard_port if dashboard else None,
+            live=live_run if live or dashboard else None,
             config=config,
             stop=stop,
         )
@@ -91,3 +100,33 @@ def demo(
         spread = f" ± {half:.1f}" if half is not None else ""
         typer.echo(f"{figures['label']:>24}: mean validation perplexity {mean:9.1f}{spread}")
     typer.echo(f"report: {out / 'report.md'}  plot: {out / 'perplexity.png'}")
+
+
+async def run_live(
+    h: Hierarchy, *, dashboard_port: int | None = None, stop: asyncio.Event | None = None
+) -> MethodResult:
+    """WorldLM itself on embedded Kafka and Redis (optionally with a live dashboard)."""
+    from brokers.embedded import embedded_servers
+    from worldlm.lab.progress import RoundProgress
+    from worldlm.lab.report import MethodResult, curves_from_reports
+    from worldlm.participants.node import Endpoints
+    from worldlm.participants.runner import run_hierarchy
+
+    async with embedded_servers() as servers, contextlib.AsyncExitStack() as stack:
+        if dashboard_port is not None:
+            from worldlm.dashboard import Dashboard
+
+            board = Dashboard(
+                kafka=servers.kafka,
+                redis=servers.redis,
+                run_id=h.run.id,
+                hierarchy=h,
+                port=dashboard_port,
+            )
+            await stack.enter_async_context(board)
+            print(f"dashboard: {board.url} (run {h.run.id})", file=sys.stderr, flush=True)
+        with RoundProgress(h, desc="worldlm (live)") as progress:
+            result = await run_hierarchy(
+                h, Endpoints(servers.kafka, servers.redis), on_report=progress.update, stop=stop
+            )
+    return MethodResult(curves_from_reports(result.reports), result.wall_s)

@@ -32,14 +32,14 @@ def generate(
     machine its own .key, everyone's .pub and admin.pub; keep admin.key with the operator.
     A run with isolation = "acl" also gets a Redis password per participant and the
     observer: OUT/<id>.redis (0600)."""
-    from worldlm.acl import principals
-    from worldlm.cli.participants import _usage_errors, load_config
-    from worldlm.credentials import generate_passwords
-    from worldlm.keys import generate_admin_key, generate_keys
+    from worldlm.cli.options import load_config, usage_errors
+    from worldlm.security.acl import principals
+    from worldlm.security.credentials import generate_passwords
+    from worldlm.security.keys import generate_admin_key, generate_keys
 
     hierarchy = load_config(config, None)
     owners = [*hierarchy.federations, *hierarchy.clients]
-    with _usage_errors():
+    with usage_errors():
         admin = generate_admin_key(out, overwrite=overwrite)
         created = generate_keys(out, owners, overwrite=overwrite)
     kept = len(owners) - len(created)
@@ -59,7 +59,7 @@ RedisUrl = Annotated[str, typer.Option("--redis", help="The run's Redis URL.")]
 
 def _run_of(config: Path, participant: str) -> str:
     """CONFIG's run id, once ``participant`` is known to be one of its participants."""
-    from worldlm.cli.participants import load_config
+    from worldlm.cli.options import load_config
 
     hierarchy = load_config(config, None)
     if participant not in hierarchy.federations and participant not in hierarchy.clients:
@@ -74,7 +74,7 @@ async def _revoke(
     from brokers.revocations import Revocations
     from brokers.state import RedisState
     from schemas.keyspace import Keyspace
-    from worldlm.keys import load_admin_key
+    from worldlm.security.keys import load_admin_key
 
     admin = load_admin_key(keys)
     async with RedisState(redis, Keyspace(run_id)) as state:
@@ -90,11 +90,11 @@ def revoke(config: Config, keys: KeyDir, participant: Participant, redis: RedisU
     run's revocation chain in Redis."""
     import asyncio
 
-    from worldlm.cli.participants import _usage_errors
-    from worldlm.keys import public_fingerprint
+    from worldlm.cli.options import usage_errors
+    from worldlm.security.keys import public_fingerprint
 
     run_id = _run_of(config, participant)
-    with _usage_errors():
+    with usage_errors():
         fingerprint = public_fingerprint(keys, participant)
         added = asyncio.run(_revoke(run_id, keys, redis, fingerprint, participant, "revoke"))
     typer.echo(f"{participant}: key {fingerprint[:16]} {'revoked' if added else 'already revoked'}")
@@ -107,11 +107,11 @@ def rotate(config: Config, keys: KeyDir, participant: Participant, redis: RedisU
     hold copies, deliver the new .key to the participant and the new .pub to its readers."""
     import asyncio
 
-    from worldlm.cli.participants import _usage_errors
-    from worldlm.keys import load_admin_key, rotate_signing_key
+    from worldlm.cli.options import usage_errors
+    from worldlm.security.keys import load_admin_key, rotate_signing_key
 
     run_id = _run_of(config, participant)
-    with _usage_errors():
+    with usage_errors():
         load_admin_key(keys)  # before the new pair: a rotation that cannot revoke is refused
         old, new = rotate_signing_key(keys, participant)
         asyncio.run(_revoke(run_id, keys, redis, old, participant, "rotate"))

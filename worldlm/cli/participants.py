@@ -12,73 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 
 from worldlm import logs
+from worldlm.cli.options import (
+    CheckpointOpt,
+    DurableOpt,
+    KafkaOpt,
+    KeysOpt,
+    LogOpt,
+    RedisOpt,
+    RunIdOpt,
+    load_config,
+    single_threaded_torch,
+    usage_errors,
+)
 from worldlm.cli.spread import ShareOpt, WorkerOpt, WorkersOpt
-from worldlm.cli.stopping import ServerLost, Stop, run_until_signal, server_errors
+from worldlm.cli.stopping import Stop, run_until_signal, server_errors
 
 if TYPE_CHECKING:
-    from worldlm.config import Hierarchy
+    from worldlm.config.hierarchy import Hierarchy
     from worldlm.participants.node import Endpoints
-
-KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap address host:port.")]
-RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL redis://host:port/db.")]
-RunIdOpt = Annotated[str | None, typer.Option("--run-id", help="Override the config's run id.")]
-CheckpointOpt = Annotated[
-    Path, typer.Option("--checkpoint-dir", help="Where aggregators keep their checkpoints.")
-]
-LogOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
-KeysOpt = Annotated[
-    Path | None,
-    typer.Option("--keys", help="Key directory, when the run signs deltas (worldlm keys)."),
-]
-DurableOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--durable",
-        help="Keep the embedded broker's log in files under this directory (it survives the "
-        "broker; `worldlm infra up --durable DIR` serves it again). Default: in memory.",
-    ),
-]
-
-
-@contextlib.contextmanager
-def _usage_errors() -> Iterator[None]:
-    """A missing key or a bad Kafka security setting is a usage error, not a traceback."""
-    from brokers.security import KafkaSecurityError
-    from worldlm.keys import KeyFileError
-
-    try:
-        yield
-    except KeyFileError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--keys") from None
-    except KafkaSecurityError as exc:
-        raise typer.BadParameter(str(exc), param_hint="environment") from None
-    except ServerLost as exc:
-        typer.echo(f"worldlm: {exc}", err=True)
-        raise typer.Exit(1) from None
-
-
-def load_config(path: Path, run_id: str | None) -> Hierarchy:
-    from msgspec.structs import replace
-
-    from worldlm.config import ConfigError, load
-    from worldlm.training.corpus import partitions
-
-    try:
-        hierarchy: Hierarchy = load(path, known_partitions={p.name for p in partitions()})
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), param_hint="CONFIG") from None
-    if run_id:
-        from dataclasses import replace as dc_replace
-
-        hierarchy = dc_replace(hierarchy, run=replace(hierarchy.run, id=run_id))
-    return hierarchy
 
 
 @contextlib.asynccontextmanager
@@ -102,18 +60,6 @@ async def servers(
         where = f" (log in {durable})" if durable is not None else ""
         typer.echo(f"embedded kafka {endpoints.kafka}{where}, redis {endpoints.redis}", err=True)
         yield endpoints.kafka, endpoints.redis
-
-
-def single_threaded_torch() -> None:
-    """One intra-op thread per process when many participants share it.
-
-    The tiny models' ops are too small to gain from a thread pool, and several clients
-    training in threads of one process oversubscribe the cores (measured: a quick hierarchy
-    ran in 60 s single-threaded against 70 s with two threads per op).
-    """
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def run(
@@ -144,8 +90,8 @@ def run(
     after it ends, until Ctrl-C.
     """
     from worldlm.cli import spread
+    from worldlm.lab.progress import RoundProgress
     from worldlm.participants.node import Endpoints
-    from worldlm.participants.progress import RoundProgress
     from worldlm.participants.runner import RunResult, run_hierarchy
     from worldlm.participants.workers import SpreadResult
 
@@ -235,7 +181,7 @@ def run(
                 typer.echo(f"dashboard still at {board.url}; Ctrl-C to stop", err=True)
                 await stop.wait()
 
-    with _usage_errors():
+    with usage_errors():
         run_until_signal(main)
 
 
@@ -270,7 +216,7 @@ def _serve_one(
         if not stop.is_set():  # it ran to the end
             stop.complete()
 
-    with _usage_errors(), server_errors(kafka, redis):
+    with usage_errors(), server_errors(kafka, redis):
         run_until_signal(main)
 
 

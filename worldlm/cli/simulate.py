@@ -10,7 +10,7 @@ import msgspec
 import typer
 
 from worldlm import logs
-from worldlm.cli.participants import LogOpt, RunIdOpt, load_config
+from worldlm.cli.options import LogOpt, RunIdOpt, load_config
 
 
 def simulate(
@@ -28,8 +28,8 @@ def simulate(
     `worldlm run`, deterministic for a seed (bit-identical weights and metrics)."""
     import torch
 
-    from worldlm.participants.progress import RoundProgress
-    from worldlm.simulator import Simulation
+    from worldlm.lab.progress import RoundProgress
+    from worldlm.lab.simulator import Simulation
 
     logs.configure(level=log_level)
     torch.set_num_threads(1)  # one intra-op thread per training thread: no oversubscription

@@ -25,7 +25,7 @@ from worldlm import logs
 
 if TYPE_CHECKING:
     from schemas.messages import MetricsReport
-    from worldlm.config import Hierarchy
+    from worldlm.config.hierarchy import Hierarchy
     from worldlm.participants.node import Endpoints
     from worldlm.participants.shares import Share
     from worldlm.participants.workers import SpreadResult
@@ -147,7 +147,7 @@ def run_share(
     worker: bool,
 ) -> None:
     """``worldlm run CONFIG --share i/N``: this share's participants, until they end."""
-    from worldlm.cli.participants import _usage_errors, load_config, single_threaded_torch
+    from worldlm.cli.options import load_config, single_threaded_torch, usage_errors
     from worldlm.cli.stopping import Stop, run_until_signal, server_errors
     from worldlm.participants.node import Endpoints, prepare_run
     from worldlm.participants.runner import make_participants, run_participants
@@ -206,7 +206,7 @@ def run_share(
         if not stop.is_set():
             stop.complete()
 
-    with _usage_errors():
+    with usage_errors():
         run_until_signal(main)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from worldlm.config import Client, Hierarchy, Policy, RunConfig
+from worldlm.config.hierarchy import Client, Hierarchy, Policy, RunConfig
 from worldlm.strategies.base import Weights
 from worldlm.training.corpus import client_split
 from worldlm.training.evaluate import EvalResult, evaluate

@@ -16,13 +16,13 @@ import pytest
 from brokers.embedded import Servers
 from schemas.messages import Envelope, RoundEvent
 from tests.worldlm.participants.helpers import endpoints, flat, settings
+from worldlm.chaos.watch import RunWatch
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
-from worldlm.recording import audit_run
-from worldlm.watch import RunWatch
+from worldlm.record.recording import audit_run
 
 
 @pytest.mark.parametrize("reported", [False, True], ids=["before-the-report", "after-it"])

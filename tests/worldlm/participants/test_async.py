@@ -25,11 +25,11 @@ from tests.worldlm.participants.helpers import (
     read_topic,
     settings,
 )
+from worldlm.chaos.watch import RunWatch
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.training.workbench import initial_weights
-from worldlm.watch import RunWatch
 
 
 @pytest.mark.parametrize(("bound", "accepted"), [(50, True), (1, False)], ids=["within", "past"])

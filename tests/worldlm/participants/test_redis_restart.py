@@ -10,9 +10,9 @@ from structlog.testing import capture_logs
 from brokers.embedded import EmbeddedRedis, Servers
 from tests.waiting import until
 from tests.worldlm.participants.helpers import flat, settings
+from worldlm.chaos.watch import RunWatch
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
-from worldlm.watch import RunWatch
 
 
 async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(

@@ -1,0 +1,1 @@
+"""Who may do what: keys and signatures, per-participant credentials and Redis ACLs."""
