@@ -83,10 +83,11 @@ ALLOWED: dict[str, set[str]] = {
     "lab": {"core", "config", "strategies", "training"},
     "record": {"core", "config", "lab", "security", "strategies", "training"},
     "dashboard": {"config"},
-    "chaos": {"config", "lab", "participants", "record", "security", "training", "logs"},
+    "chaos": {"config", "core", "lab", "participants", "record", "security", "training", "logs"},
     "cli": {
         "chaos",
         "config",
+        "core",
         "dashboard",
         "lab",
         "participants",

@@ -59,9 +59,9 @@ def demo(
     hierarchy and the baselines run on its clients.
     """
     from worldlm import logs
+    from worldlm.core.stopping import Stopped
     from worldlm.lab.demo import DemoOutcome, run_demo
     from worldlm.lab.methods import METHODS
-    from worldlm.lab.simulator import SimulationStopped
 
     logs.configure(level=log_level)
     single_threaded_torch()
@@ -91,7 +91,7 @@ def demo(
     stop = Stop()
     try:
         outcome = run_until_signal(main, stop)
-    except SimulationStopped:
+    except Stopped:
         typer.echo("stopped before the report was complete", err=True)
         raise typer.Exit(stop.status) from None
     typer.echo("")

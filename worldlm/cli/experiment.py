@@ -97,6 +97,7 @@ def experiment(
     from tqdm import tqdm
 
     from worldlm import logs
+    from worldlm.core.stopping import Stopped
     from worldlm.lab.dp_study import DPStudy
     from worldlm.lab.experiment import (
         EXPERIMENT_METHODS,
@@ -108,7 +109,6 @@ def experiment(
     from worldlm.lab.grid import default_processes
     from worldlm.lab.methods import METHODS
     from worldlm.lab.report import summary_markdown
-    from worldlm.lab.simulator import SimulationStopped
 
     logs.configure(level=log_level)
     single_threaded_torch()
@@ -167,7 +167,7 @@ def experiment(
     stop = Stop()
     try:
         summary = run_until_signal(main, stop)
-    except SimulationStopped:
+    except Stopped:
         typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
         raise typer.Exit(stop.status) from None
     # this invocation's wall time (cells a previous invocation left cost it nothing)

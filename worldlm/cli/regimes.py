@@ -25,8 +25,8 @@ def run_regimes(
 
     from tqdm import tqdm
 
+    from worldlm.core.stopping import Stopped
     from worldlm.lab.grid import default_processes
-    from worldlm.lab.simulator import SimulationStopped
     from worldlm.lab.studies.regime_report import write
     from worldlm.lab.studies.regimes import QUICK_BUDGET, RegimeStudy
 
@@ -68,7 +68,7 @@ def run_regimes(
     stop = Stop()
     try:
         run_until_signal(main, stop)
-    except SimulationStopped:
+    except Stopped:
         typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
         raise typer.Exit(stop.status) from None
     typer.echo(write(study, out, command=command, wall_s=time.perf_counter() - started))

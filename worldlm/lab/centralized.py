@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from worldlm.config.hierarchy import Hierarchy
+from worldlm.core.stopping import check
 from worldlm.lab.methods import uniform_budget
 from worldlm.training.learner import Learner
 from worldlm.training.workbench import ClientData, Workbench, initial_weights
@@ -49,10 +50,7 @@ def train_centralized(
         if rnd == rounds:
             break
         for _ in clients:  # as many local rounds as the federation's clients ran together
-            if should_stop is not None and should_stop():
-                from worldlm.lab.simulator import SimulationStopped
-
-                raise SimulationStopped("stopped on request")
+            check(should_stop, "centralized training")
             delta = central.train(weights).delta
             weights = {n: w + delta[n] if w.is_floating_point() else w for n, w in weights.items()}
     return val, test, time.perf_counter() - started

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worldlm.core.stopping import Stopped
 from worldlm.lab.centralized import train_centralized
 from worldlm.lab.methods import client_budget, method_configs
 from worldlm.lab.report import MethodResult, curves_from_reports
@@ -220,7 +221,6 @@ def run_jobs(
     With one process the cells run here (two client threads each). A stop request is passed
     to the pool's processes, whose cells end at their next message; finished cells are kept.
     """
-    from worldlm.lab.simulator import SimulationStopped
 
     todo = [j for j in jobs if not j.cell.path(out).exists()]
     if processes <= 1 or len(todo) <= 1:
@@ -242,7 +242,7 @@ def run_jobs(
             if should_stop is not None and should_stop():
                 stop.set()
                 pool.shutdown(wait=True, cancel_futures=True)
-                raise SimulationStopped("stopped on request")
+                raise Stopped("experiment stopped on request")
             for future in done:
                 job = running.pop(future)
                 save_cell(job.cell.path(out), job.cell, future.result())

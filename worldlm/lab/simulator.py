@@ -31,12 +31,9 @@ from worldlm.config.hierarchy import Hierarchy
 from worldlm.core.federation import Accepted, FederationCore, Offer, Refused
 from worldlm.core.results import RunResult
 from worldlm.core.steps import Broadcast, OpenRound, Step, Submit
+from worldlm.core.stopping import check
 from worldlm.training.learner import Learner, LearnerRound
 from worldlm.training.workbench import Weights, federation_key, initial_weights
-
-
-class SimulationStopped(Exception):
-    """The simulation was asked to stop (``should_stop``) before the root's final round."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,8 +99,7 @@ class Simulation:
                 core.open_round(0.0)
                 self._broadcast(fid)
             while self._queue:
-                if self.should_stop is not None and self.should_stop():
-                    raise SimulationStopped("stopped on request")
+                check(self.should_stop, "simulation")
                 message = self._queue.popleft()
                 if isinstance(message, _Broadcast):
                     self._deliver(message, pool)

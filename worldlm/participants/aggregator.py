@@ -27,11 +27,12 @@ from worldlm.core import steps
 from worldlm.core.federation import (
     FederationCore,
 )
+from worldlm.core.stopping import Stopped
 from worldlm.participants.admission import Admission
 from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
 from worldlm.participants.checkpoint import Checkpoint
-from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
+from worldlm.participants.follower import Broadcast, BroadcastFollower
 from worldlm.participants.intake import Intake
 from worldlm.participants.lease import Lease
 from worldlm.participants.node import Endpoints, Node, bounded
@@ -39,10 +40,6 @@ from worldlm.training.workbench import federation_key, initial_weights
 
 #: How often membership, deadlines and expired partial updates are checked.
 TICK_S = 0.5
-
-
-class Stopped(Exception):
-    """The participant was asked to stop (or lost its lead)."""
 
 
 class AggregatorParticipant:
@@ -102,8 +99,10 @@ class AggregatorParticipant:
         """Aggregate until the run's final broadcast, ``stop``, a lost lead or broker."""
         await self.node.start()
         try:
-            if await self.node.broker.guard(self.lease.acquire(self.stop)):
-                await self.node.broker.guard(self._lead())  # the broker gone ends it
+            await self.node.broker.guard(self.lease.acquire(self.stop))
+            await self.node.broker.guard(self._lead())  # the broker gone ends it
+        except Stopped:  # while standing by: _lead catches its own
+            self.node.log.info("aggregator_stopped", standing_by=True)
         finally:
             await bounded(self.node.log, "resign", self.lease.release())
             await self.node.stop()
@@ -134,7 +133,7 @@ class AggregatorParticipant:
             # what the last start left undone, in the order the core gives
             await self._carry(core.next_steps(pointer.version if pointer else None))
             await self._loop()
-        except (Stopped, FollowerStopped):
+        except Stopped:
             node.log.info("aggregator_stopping")
         finally:
             if self._parent_wait is not None:

@@ -15,7 +15,8 @@ from typing import Any
 from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
 from worldlm.config.hierarchy import Hierarchy
-from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
+from worldlm.core.stopping import Stopped
+from worldlm.participants.follower import Broadcast, BroadcastFollower
 from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.training.learner import Learner
 
@@ -57,7 +58,7 @@ class ClientParticipant:
             await node.join()
             await follower.start(self.stop)
             await node.broker.guard(self._follow(follower))  # the broker gone ends it
-        except FollowerStopped:
+        except Stopped:
             pass
         finally:
             await bounded(node.log, "leave", node.leave())

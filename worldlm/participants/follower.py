@@ -30,12 +30,9 @@ from schemas.delta import Reassembler
 from schemas.messages import DeltaManifest
 from schemas.sealing import Unsealer
 from schemas.signing import SignatureError, verify_manifest
+from worldlm.core.stopping import Stopped
 
 log = structlog.get_logger(__name__)
-
-
-class FollowerStopped(Exception):
-    """The follower was asked to stop while waiting for the federation's first model."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +88,7 @@ class BroadcastFollower:
         from the partition's start when there is none yet: the first broadcast then wakes
         :meth:`next` itself, with no polling. Returns the pointer's version (-1: none)."""
         if stop is not None and stop.is_set():
-            raise FollowerStopped(f"stopped before following {self.federation}")
+            raise Stopped(f"stopped before following {self.federation}")
         pointer = await self.state.model_version(self.federation)
         if pointer is None:
             tp = TopicPartition(

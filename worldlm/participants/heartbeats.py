@@ -56,7 +56,7 @@ class _Group:
             except Exception as exc:  # Redis's own retries are spent; the next period tries
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():  # redis-py turned it into an error
-                    raise asyncio.CancelledError from exc
+                    return  # cancelled by remove(), its owner: end as asked
                 if not failing:
                     log.error("heartbeats_failed", members=len(beats), error=repr(exc))
                 failing = True

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brokers.state import RedisState
+from worldlm.core.stopping import Stopped
 
 
 class Lease:
@@ -47,8 +48,9 @@ class Lease:
         self.held = False
         self._renewal: asyncio.Task[None] | None = None
 
-    async def acquire(self, stop: asyncio.Event) -> bool:
-        """Take the lead, standing by while another replica has it; False if stopped first."""
+    async def acquire(self, stop: asyncio.Event) -> None:
+        """Take the lead, standing by while another replica has it; :class:`Stopped` if
+        ``stop`` is set first."""
         standing_by = False
         while not stop.is_set():
             if await self.state.lead(self.federation, self.token, ttl_s=self.ttl_s):
@@ -57,13 +59,13 @@ class Lease:
                 self.held = True
                 self._renewal = asyncio.create_task(self._renew(), name=f"lead-{self.federation}")
                 self._renewal.add_done_callback(self._renewal_done)
-                return True
+                return
             if not standing_by:
                 standing_by = True
                 self.log.info("standing_by", leader=await self.state.leader(self.federation))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.ttl_s / 3)
-        return False
+        raise Stopped(f"stopped standing by for {self.federation}")
 
     async def _renew(self) -> None:
         last_ok = time.monotonic()
