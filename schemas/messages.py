@@ -73,7 +73,12 @@ DeltaKind = Literal["update", "broadcast", "residual"]
 
 
 class DeltaManifest(Message, frozen=True, tag="manifest"):
-    """The description of one chunked model delta (an update or a broadcast).
+    """The description of one chunked tensor set on the wire.
+
+    The wire contract calls every chunked tensor set a "delta" (``DeltaManifest``,
+    ``DeltaChunk``, ``schemas/delta.py``) after its first use; ``kind`` says what it holds:
+    ``update``, a member's change since ``base_version``; ``broadcast``, a federation's whole
+    model at ``version`` (not a difference); ``residual``, a federation's key layers.
 
     ``content_hash`` is the xxh3-128 hex digest of the whole payload; each chunk carries its
     own hash, so a corrupt chunk is caught before the payload is assembled.

@@ -60,7 +60,7 @@ class ParentExchange:
             return (Submit(self.submission()), AwaitParent(meta.parent_version))
         steps: list[Step] = []
         if published is None or published < meta.version:
-            steps.append(Broadcast(meta.version, meta.round, meta.final))
+            steps.append(Broadcast(meta.version, meta.round, meta.final, meta.parent_version))
         steps.append(Done() if meta.final else OpenRound(meta.round))
         return tuple(steps)
 

@@ -15,14 +15,15 @@ another; a test proves they end at the same weights.
 from __future__ import annotations
 
 import copy
-import math
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from worldlm.config.hierarchy import Hierarchy
 from worldlm.core.admission_rules import judge
+from worldlm.core.closing import CloseRules
 from worldlm.core.exchange import ParentExchange, take_parent
 from worldlm.core.rounds import (
     Accepted,
@@ -66,7 +67,7 @@ __all__ = [
 SEEN_MEMORY = 10_000
 
 
-class FederationCore(ParentExchange):
+class FederationCore(ParentExchange, CloseRules):
     """One federation's rounds, decided on plain tensors.
 
     Args:
@@ -171,57 +172,61 @@ class FederationCore(ParentExchange):
             seen=self._seen,
         )
 
-    # -- closing -------------------------------------------------------------------------
+    # -- what the shells read and record ---------------------------------------------------
 
     @property
-    def open(self) -> bool:
-        """Whether a round is open (not waiting for the parent, not finished)."""
-        return not (self.meta.awaiting_parent or self.meta.final)
+    def round(self) -> int:
+        """The open (or next) round."""
+        return self.meta.round
 
-    def open_round(self, now: float) -> None:
-        """Start the round's clock; a round opened again (after a restart) keeps its own,
-        and a new round gets a new one even when updates are already pending (sent while
-        the federation waited for its parent)."""
-        if self.meta.clock_round != self.meta.round or self.meta.round_opened == 0:
-            self.meta.round_opened = now
-            self.meta.clock_round = self.meta.round
+    @property
+    def version(self) -> int:
+        """The model's version: one more per close."""
+        return self.meta.version
 
-    def expected(self, live: int, departed: Collection[str] = ()) -> int:
-        """The members a round counts on (its quorum is a fraction of them).
+    @property
+    def final(self) -> bool:
+        """The run's final model is out (the root's last round closed, or its broadcast taken)."""
+        return self.meta.final
 
-        ``wait_for = "declared"`` (the default): every declared member that has not left
-        cleanly (``departed``), heartbeating or not: a member whose process died, or whose
-        aggregator is being replaced, is waited for until the deadline, so a kill does not
-        change who a round folds. ``"live"``: only the ``live`` members heartbeating now (a
-        dead member stops counting once its heartbeat expires).
-        """
-        if self.schedule.wait_for == "live":
-            return live
-        return len(self._members - set(departed))
+    @property
+    def parent_version(self) -> int:
+        """The parent's model this federation last took (0: none yet)."""
+        return self.meta.parent_version
 
-    def quorum(self, members: int) -> int:
-        """Updates a ``sync`` round needs: a fraction of the members it counts on
-        (:meth:`expected`), at least the minimum."""
-        return max(self.schedule.min_quorum, math.ceil(members * self.schedule.quorum - 1e-9))
+    @property
+    def arrived(self) -> tuple[str, ...]:
+        """The senders of the updates pending in the open round, in arrival order."""
+        return tuple(p.sender for p in self.pending)
 
-    def needed(self, members: int) -> int:
-        """Updates the open round closes at: the ``async`` buffer, or the ``sync`` quorum."""
-        return self.schedule.buffer if self.schedule.mode == "async" else self.quorum(members)
+    def wants_parent(self, version: int) -> bool:
+        """Whether the parent's model at ``version`` is one this federation waits for."""
+        return self.meta.awaiting_parent and version > self.meta.parent_version
 
-    def close_reason(self, now: float, members: int) -> str | None:
-        """Why the open round closes now: ``quorum`` (sync) or ``buffer`` (async) once enough
-        arrived; else past ``deadline_s``, whether or not anything arrived, ``deadline`` with
-        what is pending or ``empty`` with nothing (silent members must not hang a parent)."""
-        if not self.open:
-            return None
-        if self.pending and self.schedule.mode == "async":
-            if len(self.pending) >= self.schedule.buffer:
-                return "buffer"
-        elif self.pending and len({p.sender for p in self.pending}) >= self.quorum(members):
-            return "quorum"
-        if now - self.meta.round_opened > self.schedule.deadline_s:
-            return "deadline" if self.pending else "empty"
-        return None
+    def offset(self, source: str) -> int:
+        """The next offset to read of ``source`` (a shell's "topic:partition")."""
+        return self.meta.offsets.get(source, 0)
+
+    def read_to(self, source: str, offset: int) -> None:
+        """What the shell has read of ``source`` (saved with the next snapshot)."""
+        self.meta.offsets[source] = offset
+
+    def hold_notice(self, notice: Mapping[str, Any]) -> None:
+        """A closed round's announcement, saved with the round until the shell has made it
+        (``{}`` once made): a restart in between reads it back instead of announcing twice."""
+        self.meta.unreported = dict(notice)
+
+    def keep_revocations(self, chain: Mapping[str, Any]) -> None:
+        """The revocation chain the shell verified, saved with the core: a restart never
+        un-revokes."""
+        self.meta.revocations = dict(chain)
+
+    @property
+    def unreported(self) -> dict[str, Any]:
+        """A closed round saved but not announced before a restart ({} when none)."""
+        return dict(self.meta.unreported)
+
+    # -- closing -------------------------------------------------------------------------
 
     def close(self, reason: str, residuals: Sequence[ResidualEntry], members: int) -> Closed:
         """Aggregate the pending updates into a new model version. With nothing pending the

@@ -84,11 +84,13 @@ class AwaitParent:
 
 @dataclass(frozen=True)
 class Broadcast:
-    """Publish the federation's model, version ``version`` (``final`` ends the run)."""
+    """Publish the federation's model, version ``version`` (``final`` ends the run;
+    ``parent_version``: the parent's model it was built on)."""
 
     version: int
     round: int
     final: bool
+    parent_version: int = 0
 
 
 @dataclass(frozen=True)

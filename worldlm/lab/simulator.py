@@ -106,7 +106,7 @@ class Simulation:
                 else:
                     self._offer(message)
         root = self.cores[self.hierarchy.root.id]
-        if not root.meta.final:
+        if not root.final:
             raise RuntimeError("the simulation stopped before the root's final round")
         return RunResult(self.reports, time.perf_counter() - started)
 
@@ -117,16 +117,14 @@ class Simulation:
     # -- messages ------------------------------------------------------------------------
 
     def _broadcast(self, fid: str) -> None:
-        meta = self.cores[fid].meta
-        self._queue.append(
-            _Broadcast(fid, self.cores[fid].weights, meta.version, meta.round, meta.final)
-        )
+        core = self.cores[fid]
+        self._queue.append(_Broadcast(fid, core.weights, core.version, core.round, core.final))
 
     def _deliver(self, b: _Broadcast, pool: ThreadPoolExecutor) -> None:
         fed = self.hierarchy.federations[b.federation]
         for child in fed.children:  # sub-federations take it only when waiting for it
             core = self.cores[child]
-            if core.meta.awaiting_parent and b.version > core.meta.parent_version:
+            if core.wants_parent(b.version):
                 self._carry(child, core.take_parent(b.weights, b.version, b.final))
         clients = sorted(fed.clients)
         started = time.perf_counter()
@@ -163,7 +161,7 @@ class Simulation:
         }
         closed = core.close(reason, core.residual_entries(cached), members)
         if closed.residual is not None:
-            self.residuals[fid] = (core.meta.round, closed.residual)
+            self.residuals[fid] = (core.round, closed.residual)
         self._report(
             fid, "aggregator", closed.round, closed.values, federation=fid, ledger=closed.ledger
         )

@@ -10,7 +10,7 @@ core.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from brokers.deltas import Received
@@ -67,7 +67,7 @@ class Admission:
         node, core, m = self.node, self.core, received.delta.manifest
         source = UpdateOrigin(received.topic, received.partition, received.first_offset)
         try:
-            offer = self.intake.offer(received, revoked)
+            offer = self.intake.make_offer(received, revoked)
         except WireError as exc:  # e.g. a malformed codec map: refused, counted here
             await self.books.dead_letter(source, exc.reason, str(exc))
             return None
@@ -78,9 +78,9 @@ class Admission:
         if not isinstance(decision, Accepted):
             return None  # a duplicate: already folded or pending
         # Durable first, then the offset that delivered it.
-        self.checkpoint.save_pending(m.update_id, core.pending[-1].delta)
+        self.checkpoint.save_pending(m.update_id, offer.delta)
         safe = self.intake.safe_after(received)
-        core.meta.offsets[self.intake.name] = safe if hold is None else min(safe, hold)
+        core.read_to(self.intake.name, safe if hold is None else min(safe, hold))
         self.save()
         self.books.bytes_in += m.total_bytes
         await node.state.record_staleness(self.id, decision.sender, decision.staleness)
@@ -88,7 +88,7 @@ class Admission:
             "update_accepted",
             sender=decision.sender,
             staleness=decision.staleness,
-            round=core.meta.round,
+            round=core.round,
         )
         return decision.sender
 
@@ -98,12 +98,12 @@ class Admission:
         live = len((await state.roster(self.id)).live)
         return self.core.expected(live, await state.departed(self.id))
 
-    async def show(self, senders: list[str], members: int) -> None:
+    async def show(self, senders: Sequence[str], members: int) -> None:
         """Arrivals are shown in Redis for others to see (idempotent); the quorum is the
         core's, the script only records it."""
         quorum = self.core.needed(members)
         for sender in senders:
-            await self.node.state.arrive(self.id, self.core.meta.round, sender, quorum=quorum)
+            await self.node.state.arrive(self.id, self.core.round, sender, quorum=quorum)
 
 
 def _first_offset(item: Received | tuple[Any, Any]) -> int:

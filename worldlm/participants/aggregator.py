@@ -21,18 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from schemas.delta import new_update_id
-from schemas.sealing import SealError
 from worldlm.config.hierarchy import Hierarchy
 from worldlm.core import steps
-from worldlm.core.federation import (
-    FederationCore,
-)
+from worldlm.core.federation import FederationCore
 from worldlm.core.stopping import Stopped
 from worldlm.participants.admission import Admission
 from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
+from worldlm.participants.cache import ResidualCache
 from worldlm.participants.checkpoint import Checkpoint
-from worldlm.participants.follower import Broadcast, BroadcastFollower
+from worldlm.participants.follower import Broadcast, BroadcastFollower, follow
 from worldlm.participants.intake import Intake
 from worldlm.participants.lease import Lease
 from worldlm.participants.node import Endpoints, Node, bounded
@@ -78,6 +76,7 @@ class AggregatorParticipant:
         self._parent_wait: asyncio.Task[Broadcast | None] | None = None
         self.books = RoundBooks(self.node)  # the shell's part of each round's accounting
         self.announcer = Announcer(self.node, federation, self.books)
+        self.cache = ResidualCache(self.node, hierarchy, federation)
         self.admission = Admission(
             self.node,
             self.core,
@@ -110,25 +109,16 @@ class AggregatorParticipant:
     async def _lead(self) -> None:
         node, core = self.node, self.core
         self._restore()
-        self.books.covered_from = core.meta.offsets.get(self.intake.name, 0)
+        self.books.covered_from = core.offset(self.intake.name)
         await self.intake.start(self.books.covered_from)
         try:
             if self.fed.parent is not None:
-                self._parent = BroadcastFollower(
-                    node.settings,
-                    node.state,
-                    self.fed.parent,
-                    topic=node.topics.down(self.fed.parent),
-                    keys=node.public_keys,
-                    unsealer=node.unsealer,
-                    on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
-                    revocations=node.revocations,
-                )
+                self._parent = follow(node, self.fed.parent)
                 await self._parent.start(self.stop)
             await node.join()
-            if core.meta.unreported:  # saved, maybe not announced, before a restart
-                await self.announcer.resume(Notice.from_json(core.meta.unreported))
-                core.meta.unreported = {}
+            if core.unreported:  # saved, maybe not announced, before a restart
+                await self.announcer.resume(Notice.from_json(core.unreported))
+                core.hold_notice({})
             pointer = await node.state.model_version(self.id)
             # what the last start left undone, in the order the core gives
             await self._carry(core.next_steps(pointer.version if pointer else None))
@@ -145,7 +135,7 @@ class AggregatorParticipant:
                 await bounded(node.log, "parent_follower", self._parent.stop())
             if self.lease.lost:  # the membership is the new leader's
                 pass
-            elif core.meta.final:
+            elif core.final:
                 await bounded(node.log, "leave", node.leave())
             else:  # the federation stays a member of its parent: a replacement resumes it
                 await bounded(node.log, "heartbeat", node.stop_heartbeat())
@@ -159,16 +149,16 @@ class AggregatorParticipant:
         ``TICK_S`` for what only time changes (membership, deadlines, partial updates).
         """
         core, last_tick = self.core, 0.0
-        offsets, name = core.meta.offsets, self.intake.name
+        name = self.intake.name
         stopping = asyncio.ensure_future(self.stop.wait())
         reading: asyncio.Task[tuple[list[Any], int]] | None = None
         try:
-            while not core.meta.final:
+            while not core.final:
                 if self.stop.is_set():
                     raise Stopped
                 if reading is None:
                     wait_ms = int(TICK_S * 1000)
-                    reading = asyncio.create_task(self.intake.read(offsets.get(name, 0), wait_ms))
+                    reading = asyncio.create_task(self.intake.read(core.offset(name), wait_ms))
                 wakers: set[asyncio.Future[Any]] = {reading, stopping}
                 if self._parent_wait is not None:
                     wakers.add(self._parent_wait)
@@ -176,7 +166,8 @@ class AggregatorParticipant:
                 await asyncio.wait(wakers, timeout=tick_in, return_when=asyncio.FIRST_COMPLETED)
                 arrived: list[str] = []
                 if reading.done():
-                    found, offsets[name] = reading.result()
+                    found, end = reading.result()
+                    core.read_to(name, end)
                     reading = None
                     arrived = await self.admission.admit(found)
                 if self._parent_wait is not None and self._parent_wait.done():
@@ -210,50 +201,37 @@ class AggregatorParticipant:
         core = self.core
         core.open_round(time.time())
         members = await self.admission.members()
-        if core.pending:  # arrivals after a restart are shown again
-            await self.admission.show([p.sender for p in core.pending], members)
+        if core.arrived:  # arrivals after a restart are shown again
+            await self.admission.show(core.arrived, members)
         needed = core.needed(members)
         await self.books.event(
-            "opened", core.meta.round, core.meta.version, arrived=len(core.pending), quorum=needed
+            "opened", core.round, core.version, arrived=len(core.arrived), quorum=needed
         )
 
     async def _close(self, reason: str, members: int) -> None:
         node, core = self.node, self.core
         started = time.perf_counter()
-        residuals = {}
-        for other in self.hierarchy.residual_links(self.id) if core.key and core.pending else ():
-            try:
-                cached = await node.state.residuals.get(other, unsealer=node.unsealer)
-            except SealError as exc:  # not sealed to us, tampered, or unsealed in a sealed run
-                node.counters["residual_unreadable"] += 1
-                node.log.warning(
-                    "residual_unreadable", federation=other, reason=exc.reason, error=str(exc)
-                )
-                continue
-            if cached is not None:
-                residuals[other] = (cached.round, cached.tensors)
+        links = self.hierarchy.residual_links(self.id) if core.key and core.arrived else ()
+        residuals = await self.cache.read(links)
         closed = await asyncio.to_thread(
             core.close, reason, core.residual_entries(residuals), members
         )
         for rejection in closed.rejected:
             node.log.warning("update_declined", sender=rejection.sender, reason=rejection.reason)
         if closed.residual is not None:
-            readers = node.seal_to(self.id, *self.hierarchy.residual_readers(self.id))
-            await node.state.residuals.put(
-                self.id, core.meta.round, closed.residual, seal_to=readers
-            )
-        end = core.meta.offsets.get(self.intake.name, 0)
+            await self.cache.write(core.round, closed.residual)
+        end = core.offset(self.intake.name)
         aggregate_s = time.perf_counter() - started
         values, ledger = self.books.close(closed, self.intake, end, aggregate_s)
         report = node.report(closed.round, values, federation=self.id, ledger=ledger)
         notice = self.announcer.notice(
             closed.round, reason, closed.version, len(closed.folded), report, core.needed(members)
         )
-        core.meta.unreported = notice.to_json()  # saved with the round: announced once
+        core.hold_notice(notice.to_json())  # saved with the round: announced once
         self._save()
         self.checkpoint.drop_pending(keep=set())
         await self.announcer.publish(notice)
-        core.meta.unreported = {}  # the next save records it (until then a resume reads back)
+        core.hold_notice({})  # the next save records it (until then a resume reads back)
         self.intake.lag = 0
         self.books.next_round(end)
         node.log.info(
@@ -274,7 +252,7 @@ class AggregatorParticipant:
                     assert self.fed.parent is not None
                     if submission is not None:
                         self._save(model=False)  # the submission id survives a restart
-                    await self.announcer.submit(self.fed.parent, submission, core.meta.round)
+                    await self.announcer.submit(self.fed.parent, submission, core.round)
                 case steps.AwaitParent(after=after):  # awaited alongside intake
                     assert self._parent is not None
                     wait = self._parent.next(after)
@@ -282,7 +260,7 @@ class AggregatorParticipant:
                 case steps.Broadcast():
                     if not await self.lease.fence():  # a replica that lost the lead
                         raise Stopped
-                    await self.announcer.broadcast(core.weights, core.meta, self.fed.members)
+                    await self.announcer.broadcast(core.weights, step, self.fed.members)
                 case steps.OpenRound():
                     await self._open_round()
                 case steps.Done():
@@ -309,11 +287,11 @@ class AggregatorParticipant:
             round=meta.round,
             version=meta.version,
             pending=len(snapshot.pending),
-            offset=meta.offsets.get(self.intake.name, 0),
+            offset=self.core.offset(self.intake.name),
         )
 
     def _save(self, model: bool = True) -> None:
         if self.lease.lost:  # the checkpoint is the new leader's now
             raise Stopped
-        self.core.meta.revocations = self.node.revocations.saved  # outlives a restart
+        self.core.keep_revocations(self.node.revocations.saved)
         self.checkpoint.save_snapshot(self.core.snapshot(), model=model)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
     from schemas.messages import MetricsReport
-    from worldlm.core.steps import Meta, Submission
+    from worldlm.core.steps import Broadcast, Submission
     from worldlm.participants.books import RoundBooks
     from worldlm.participants.node import Node
 
@@ -107,7 +107,7 @@ class Announcer:
         )
 
     async def broadcast(
-        self, weights: Mapping[str, torch.Tensor], meta: Meta, members: Sequence[str]
+        self, weights: Mapping[str, torch.Tensor], step: Broadcast, members: Sequence[str]
     ) -> None:
         """Publish the federation's model (the full weights: a model, not a delta) and point
         Redis at it."""
@@ -119,23 +119,23 @@ class Announcer:
             to=members,
             federation=self.id,
             kind="broadcast",
-            base_version=meta.version,
-            version=meta.version,
-            round=meta.round,
-            metrics={"final": float(meta.final), "parent_version": float(meta.parent_version)},
+            base_version=step.version,
+            version=step.version,
+            round=step.round,
+            metrics={"final": float(step.final), "parent_version": float(step.parent_version)},
         )
         await node.state.set_model_version(
             self.id,
-            meta.version,
+            step.version,
             topic=published.topic,
             partition=published.partition,
             offset=published.first_offset,
         )
         node.log.info(
             "broadcast",
-            version=meta.version,
-            round=meta.round,
-            final=meta.final,
+            version=step.version,
+            round=step.round,
+            final=step.final,
             bytes=published.bytes,
         )
 

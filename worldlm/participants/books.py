@@ -99,8 +99,8 @@ class RoundBooks:
     def summary(self, core: FederationCore, intake: Intake) -> dict[str, int]:
         """The counters of the shutdown line: the core's, the node's and the intake's."""
         return {
-            "round": core.meta.round,
-            "version": core.meta.version,
+            "round": core.round,
+            "version": core.version,
             "read_gaps": intake.gaps[0],
             "read_gaps_skipped": intake.gaps[1],
             **dict(core.counters),

@@ -16,7 +16,7 @@ from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
 from worldlm.config.hierarchy import Hierarchy
 from worldlm.core.stopping import Stopped
-from worldlm.participants.follower import Broadcast, BroadcastFollower
+from worldlm.participants.follower import Broadcast, BroadcastFollower, follow
 from worldlm.participants.node import Endpoints, Node, bounded
 from worldlm.training.learner import Learner
 
@@ -44,16 +44,7 @@ class ClientParticipant:
         node = self.node
         self.learner = await asyncio.to_thread(Learner, self._hierarchy, self.client.id)
         await node.start()
-        follower = BroadcastFollower(
-            node.settings,
-            node.state,
-            node.federation,
-            topic=node.topics.down(node.federation),
-            keys=node.public_keys,
-            unsealer=node.unsealer,
-            on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
-            revocations=node.revocations,
-        )
+        follower = follow(node, node.federation)
         try:
             await node.join()
             await follower.start(self.stop)

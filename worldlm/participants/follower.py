@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 import torch
@@ -31,6 +32,9 @@ from schemas.messages import DeltaManifest
 from schemas.sealing import Unsealer
 from schemas.signing import SignatureError, verify_manifest
 from worldlm.core.stopping import Stopped
+
+if TYPE_CHECKING:
+    from worldlm.participants.node import Node
 
 log = structlog.get_logger(__name__)
 
@@ -156,3 +160,18 @@ class BroadcastFollower:
                 log.warning("broadcast_rejected", reason=exc.reason, detail=str(exc))
                 return None
         return Broadcast(m, received.delta.tensors(), m.total_bytes)
+
+
+def follow(node: Node, federation: str) -> BroadcastFollower:
+    """``node``'s follower of ``federation``'s broadcasts: its keys, unsealer and revocation
+    reader; a record of the federation that cannot be used is dead-lettered."""
+    return BroadcastFollower(
+        node.settings,
+        node.state,
+        federation,
+        topic=node.topics.down(federation),
+        keys=node.public_keys,
+        unsealer=node.unsealer,
+        on_rejected=lambda r: node.dead_letter(r.record, r.reason, r.detail),
+        revocations=node.revocations,
+    )

@@ -109,10 +109,11 @@ class Intake:
         """The offset a checkpoint may record once ``received`` is durable."""
         return self.receiver.safe_offset(self.tp, received.last_offset + 1)
 
-    def offer(self, received: Received, revoked: Collection[str] = ()) -> Offer:
-        """The update as the round core sees it: decoded (a malformed codec map raises
-        :class:`~schemas.errors.CodecError`), its signature verified here (a key whose
-        fingerprint is in ``revoked`` does not verify): the core judges the facts."""
+    def make_offer(self, received: Received, revoked: Collection[str] = ()) -> Offer:
+        """The offer the round core judges (``FederationCore.offer``), made of ``received``:
+        decoded (a malformed codec map raises :class:`~schemas.errors.CodecError`), its
+        signature verified here (a key whose fingerprint is in ``revoked`` does not verify):
+        the core judges the facts."""
         delta = received.delta
         m = delta.manifest
         keys, reload = self.keys, self.reload_keys

@@ -193,7 +193,7 @@ class Replay:
 
     def run(self) -> list[ReplayedRound]:
         for fid, core in self.cores.items():
-            self.on_broadcast(fid, core.meta.version, core.meta.round, core.weights)
+            self.on_broadcast(fid, core.version, core.round, core.weights)
         progress = True
         while progress:
             progress = False
@@ -264,16 +264,14 @@ class Replay:
             assert offer is not None
             core.offer(offer)
         recorded = tuple(sorted(self.updates[i].sender for i in r.ledger.folded))
-        if not core.pending and recorded:  # (a round empty live closes empty here too)
+        if not core.arrived and recorded:  # (a round empty live closes empty here too)
             self.replayed.append(
-                ReplayedRound(
-                    fid, r.round, core.meta.version, (), recorded, True, "", {"skipped": 1.0}
-                )
+                ReplayedRound(fid, r.round, core.version, (), recorded, True, "", {"skipped": 1.0})
             )
             return True
         closed = core.close("replay", core.residual_entries(self._cached(fid, r)), r.live)
         if closed.residual is not None:
-            self.residuals.setdefault(fid, {})[core.meta.round] = closed.residual
+            self.residuals.setdefault(fid, {})[core.round] = closed.residual
         by_id = {o.update_id: o.sender for o in offers if o is not None}
         folded = tuple(sorted(by_id[i] for i in closed.folded))
         self.replayed.append(
@@ -308,7 +306,7 @@ class Replay:
     def _wanted(self, fid: str) -> int | None:
         """The parent broadcast ``fid`` took live for its next model, where recorded: its next
         broadcast's manifest names it, else its next round's ledger (None: unknown)."""
-        took = self.takes.get(fid, {}).get(self.cores[fid].meta.version + 1)
+        took = self.takes.get(fid, {}).get(self.cores[fid].version + 1)
         if took is not None:
             return took
         left = self.rounds[fid]
@@ -320,27 +318,25 @@ class Replay:
         predate its own submission's fold: a late joiner, a restart.)"""
         core, wanted = self.cores[fid], self._wanted(fid)
         parent = self.hierarchy.federations[fid].parent
-        if parent is None or wanted is None or not core.meta.awaiting_parent:
+        if parent is None or wanted is None:
             return
-        if wanted > core.meta.parent_version and wanted in self.broadcasts[parent]:
+        if core.wants_parent(wanted) and wanted in self.broadcasts[parent]:
             weights, final = self.broadcasts[parent][wanted]
             self._carry(fid, core.take_parent(weights, wanted, final))
 
     def _broadcast(self, fid: str) -> None:
         core = self.cores[fid]
-        self.on_broadcast(fid, core.meta.version, core.meta.round, core.weights)
+        self.on_broadcast(fid, core.version, core.round, core.weights)
         children = self.hierarchy.federations[fid].children
         if children:  # kept for a child that takes it later (cores never change tensors in place)
             kept = self.broadcasts[fid]
-            kept[core.meta.version] = (dict(core.weights), core.meta.final)
-            taken = min(self.cores[c].meta.parent_version for c in children)
+            kept[core.version] = (dict(core.weights), core.final)
+            taken = min(self.cores[c].parent_version for c in children)
             for version in [v for v in kept if v <= taken]:  # no child takes these any more
                 del kept[version]
         for child in children:
             sub, wanted = self.cores[child], self._wanted(child)
-            if wanted is not None and wanted != core.meta.version:
+            if wanted is not None and wanted != core.version:
                 continue  # the recording says the child took another broadcast
-            if sub.meta.awaiting_parent and core.meta.version > sub.meta.parent_version:
-                self._carry(
-                    child, sub.take_parent(core.weights, core.meta.version, core.meta.final)
-                )
+            if sub.wants_parent(core.version):
+                self._carry(child, sub.take_parent(core.weights, core.version, core.final))

@@ -127,5 +127,5 @@ def test_resuming_carries_out_what_the_kill_interrupted_in_order() -> None:
     assert first[0].submission is not None
     assert again[0].submission.update_id == first[0].submission.update_id
     parent = {n: t.clone() for n, t in c.weights.items()}
-    assert c.take_parent(parent, 1, final=True) == (Broadcast(3, 2, True), Done())
+    assert c.take_parent(parent, 1, final=True) == (Broadcast(3, 2, True, parent_version=1), Done())
     assert c.next_steps(published=3) == (Done(),)  # the final model went out before a kill
