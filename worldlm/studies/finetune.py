@@ -196,8 +196,13 @@ def _ppl(data: dict[str, Any], method: str) -> str:
 
 
 def _ratio(full: dict[str, Any], lora: dict[str, Any], method: str) -> str:
-    a = full["methods"][method]["per_seed_mean"]
-    b = lora["methods"][method]["per_seed_mean"]
+    """LoRA's mean perplexity over full fine-tuning's, paired by seed."""
+    a, b = full["methods"][method]["seeds"], lora["methods"][method]["seeds"]
     seeds = sorted(set(a) & set(b))
-    mean, half = interval([b[s] / a[s] for s in seeds])
-    return f"{mean:.2f} ± {half or 0:.2f}×"
+    mean, half = interval([_seed_mean(b[s]) / _seed_mean(a[s]) for s in seeds])
+    return f"{mean:.2f} ± {half if half == half else 0:.2f}×"
+
+
+def _seed_mean(seed: dict[str, Any]) -> float:
+    scores = list(seed["score"].values())
+    return sum(scores) / len(scores)
