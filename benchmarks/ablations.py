@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from worldlm.config import parse
-from worldlm.demo import demo_config_path, demo_raw, run_method
-from worldlm.methods import METHODS
-from worldlm.report import Comparison, MethodResult, write_report
+from worldlm.config.hierarchy import parse
+from worldlm.lab.demo import demo_config_path, demo_raw, run_method
+from worldlm.lab.methods import METHODS
+from worldlm.lab.report import Comparison, MethodResult, write_report
 from worldlm.training.corpus import partitions
 
 Raw = dict[str, Any]

@@ -1,10 +1,10 @@
 """Bytes on the links of the demo: what a federation sends its parent per exchange (the
 backbone only, against the whole model), and what one update costs per codec against float32.
 
-python benchmarks/exchange_bytes.py [worldlm/configs/demo.toml]
+python benchmarks/exchange_bytes.py [worldlm/config/shipped/demo.toml]
 
 Update bytes are every record publishing the update takes (manifest and chunks, as
-``worldlm/compression.py``'s ``update_bytes`` encodes them); a client sends one per round.
+``worldlm/strategies/compression.py``'s ``update_bytes`` encodes them); a client sends one per round.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from worldlm.compression import CompressionConfig, update_bytes
-from worldlm.config import load
+from worldlm.strategies.compression import CompressionConfig, update_bytes
+from worldlm.config.hierarchy import load
 from worldlm.training.corpus import partitions
 from worldlm.training.workbench import initial_weights, key_names
 
@@ -30,7 +30,7 @@ CODECS: tuple[tuple[str, CompressionConfig], ...] = (
 
 
 def main() -> None:
-    path = sys.argv[1] if len(sys.argv) > 1 else "worldlm/configs/demo.toml"
+    path = sys.argv[1] if len(sys.argv) > 1 else "worldlm/config/shipped/demo.toml"
     h = load(path, known_partitions={p.name for p in partitions()})
     weights = initial_weights(h.run)
     total = sum(t.numel() * t.element_size() for t in weights.values() if t.is_floating_point())

@@ -180,7 +180,7 @@ async def measure(
     from brokers.embedded import EmbeddedKafka, EmbeddedRedis, Servers
     from schemas.messages import MetricsReport
     from schemas.topics import Topics
-    from worldlm.config import parse
+    from worldlm.config.hierarchy import parse
     from worldlm.participants.node import Endpoints
     from worldlm.participants.runner import run_hierarchy
     from worldlm.training.corpus import partitions

@@ -9,7 +9,7 @@
 Both use one torch intra-op thread per training thread, as the CLI does. Trials alternate
 (a) and (b); every pair is printed, and the medians are compared.
 
-    python benchmarks/simulate.py [--config worldlm/configs/demo.toml] [--trials 7] [--quick]
+    python benchmarks/simulate.py [--config worldlm/config/shipped/demo.toml] [--trials 7] [--quick]
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from worldlm.config import parse
-from worldlm.demo import QUICK, demo_raw
+from worldlm.config.hierarchy import parse
+from worldlm.lab.demo import QUICK, demo_raw
 from worldlm.participants.node import Endpoints
 from worldlm.participants.runner import run_hierarchy
-from worldlm.simulator import Simulation
+from worldlm.lab.simulator import Simulation
 from worldlm.training.corpus import partitions
 
 

@@ -1,6 +1,6 @@
 """Redis ACL users, set through an admin connection (``ACL SETUSER``).
 
-The rules themselves are the caller's (:mod:`worldlm.acl` derives them from a hierarchy);
+The rules themselves are the caller's (:mod:`worldlm.security.acl` derives them from a hierarchy);
 this module only speaks to the server. Setting a user replaces its rules when they start
 with ``reset``, so applying the same users twice changes nothing.
 """

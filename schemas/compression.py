@@ -10,7 +10,7 @@ compressed tensor's name to a :class:`~schemas.messages.TensorCodec`. Its wire t
   strictly increasing positions in the flattened tensor); every other value is zero.
 
 Tensors not in the map travel as they are. Decoding is exact for what was sent: the sender
-keeps the difference (error feedback, ``worldlm/compression.py``), so :func:`decompress` is
+keeps the difference (error feedback, ``worldlm/strategies/compression.py``), so :func:`decompress` is
 the one definition of what an update means, used by sender and receiver alike. Every way a
 manifest can disagree with its tensors raises :class:`~schemas.errors.CodecError`.
 

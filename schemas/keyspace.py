@@ -2,7 +2,7 @@
 
 Every key written under these names gets a TTL from the writer (see :mod:`brokers.state`),
 so an abandoned run cleans itself up.
-The glob patterns at the end name key families for Redis ACLs (:mod:`worldlm.acl`): ids
+The glob patterns at the end name key families for Redis ACLs (:mod:`worldlm.security.acl`): ids
 cannot hold glob characters or ':' (``check_name``), so one federation's pattern never
 matches another's keys.
 """

@@ -23,7 +23,7 @@ import typer
 import yaml
 
 from worldlm.cli import app
-from worldlm.config import Hierarchy, load
+from worldlm.config.hierarchy import Hierarchy, load
 from worldlm.participants.shares import Share, assignment
 
 REPO = Path(__file__).resolve().parents[1]

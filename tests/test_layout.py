@@ -67,8 +67,8 @@ def test_the_round_core_and_the_strategies_are_pure() -> None:
     """No broker, Redis, checkpoint (file I/O) or training code under the core: the shells
     hand it verified facts and plain tensors."""
     core = (
-        "worldlm.participants.federation, worldlm.participants.exchange, "
-        "worldlm.participants.admission_rules, worldlm.participants.steps, worldlm.strategies"
+        "worldlm.core.federation, worldlm.core.exchange, "
+        "worldlm.core.admission_rules, worldlm.core.steps, worldlm.strategies"
     )
     forbidden = (
         "('aiokafka', 'redis', 'brokers', 'safetensors', 'worldlm.participants.checkpoint', "
@@ -79,8 +79,8 @@ def test_the_round_core_and_the_strategies_are_pure() -> None:
 
 def test_the_simulator_replay_and_the_lab_stand_without_the_live_stack() -> None:
     lab = (
-        "worldlm.simulator, worldlm.replay, worldlm.demo, worldlm.experiment, worldlm.report, "
-        "worldlm.grid, worldlm.methods, worldlm.centralized, worldlm.studies.regimes"
+        "worldlm.lab.simulator, worldlm.record.replay, worldlm.lab.demo, worldlm.lab.experiment, worldlm.lab.report, "
+        "worldlm.lab.grid, worldlm.lab.methods, worldlm.lab.centralized, worldlm.lab.studies.regimes"
     )
     assert _loaded_by(lab, "('aiokafka', 'redis')") == []
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from brokers.embedded import Servers
 from worldlm.cli import app
-from worldlm.keys import load_keyring
+from worldlm.security.keys import load_keyring
 
 DEMO = str(Path(__file__).parents[2] / "worldlm" / "configs" / "demo.toml")
 
@@ -70,7 +70,7 @@ def test_smoke_requires_both_addresses_or_neither() -> None:
 
 
 async def test_smoke_transfer_against_given_servers_is_bit_exact(servers: Servers) -> None:
-    from worldlm.smoke import smoke_transfer
+    from brokers.smoke import smoke_transfer
 
     report = await smoke_transfer(servers.kafka, servers.redis, megabytes=4)
     assert report.bit_exact and report.barrier_closed and report.residual_round == 0

@@ -23,11 +23,11 @@ from worldlm.chaos.fleet import Fleet
 from worldlm.chaos.garbage import Item, Target, garbage
 from worldlm.chaos.trials import Setting, Stage, bounded_trial, trial_rng
 from worldlm.chaos.verdict import Row, ScenarioResult, Trial, count_row, ratio_row
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.recording import dead_letters, settings_for
+from worldlm.record.recording import dead_letters, settings_for
 from worldlm.training.workbench import initial_weights
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 SCENARIO = "bad_input"
 #: Root rounds of the run the bad input is sent into.

@@ -20,7 +20,7 @@ from worldlm.chaos.fleet import Fleet
 from worldlm.chaos.trials import Setting, Stage, bounded_trial, trial_rng
 from worldlm.chaos.verdict import Row, ScenarioResult, Trial, count_row, ratio_row, total
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.watch import RoundTimes, RunWatch
+from worldlm.chaos.watch import RoundTimes, RunWatch
 
 SCENARIO = "client_churn"
 #: The share of clients killed and restarted in each round.

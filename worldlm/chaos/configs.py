@@ -16,7 +16,7 @@ from typing import Any
 
 import tomli_w
 
-from worldlm.config import Hierarchy, parse
+from worldlm.config.hierarchy import Hierarchy, parse
 
 #: The config a campaign uses unless given one: a flat federation of ten tiny clients.
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "chaos.toml"

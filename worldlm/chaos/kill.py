@@ -7,7 +7,7 @@ and, after a random pause under a second, started again on the same checkpoint d
 The run must then end as if nothing happened, which the campaign checks from what the run
 recorded, not from what the participants say about themselves:
 
-- ``worldlm audit``'s accounting (:func:`~worldlm.recording.audit_run`): no round reported
+- ``worldlm audit``'s accounting (:func:`~worldlm.record.recording.audit_run`): no round reported
   twice, no update lost, none folded twice;
 - ``worldlm replay`` of the recording through the same round core reproduces every
   broadcast model bit for bit (an update folded twice *into the weights*, e.g. from a torn
@@ -27,9 +27,9 @@ from worldlm.chaos.trials import Setting, Stage, bounded_trial, trial_rng
 from worldlm.chaos.uninterrupted import differing, not_comparable
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row, total
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.recording import audit_run, recorded_run
-from worldlm.replay_report import replay_run
-from worldlm.watch import RunWatch
+from worldlm.record.recording import audit_run, recorded_run
+from worldlm.record.replay_report import replay_run
+from worldlm.chaos.watch import RunWatch
 
 SCENARIO = "aggregator_kill"
 #: Root rounds per trial: the kill lands in one of the first ``ROUNDS - 1``.

@@ -1,6 +1,6 @@
 """A kill at every level changes nothing: the killed run ends at the uninterrupted run's weights.
 
-Each trial is a fresh run of ``worldlm/configs/chaos-levels.toml`` (root -> europe ->
+Each trial is a fresh run of ``worldlm/config/shipped/chaos-levels.toml`` (root -> europe ->
 {latin, slavic} -> clients: three levels of aggregators, sync, every declared member, no
 residual links): every aggregator is its own ``worldlm aggregator`` process, the clients
 are tasks of the campaign's process. One aggregator of each level (a leaf federation drawn
@@ -9,7 +9,7 @@ after it opened, and started again after a random pause under a second on its ch
 directory. Judged from what the run left:
 
 - every federation's final model equals the simulator's bit for bit (the uninterrupted
-  run's: a live run equals the simulator, ``tests/worldlm/test_simulator.py``);
+  run's: a live run equals the simulator, ``tests/worldlm/lab/test_simulator.py``);
 - ``worldlm audit``: nothing lost, folded twice, reported twice, or otherwise unaccounted.
 """
 
@@ -27,10 +27,10 @@ from worldlm.chaos.fleet import Fleet, Members
 from worldlm.chaos.trials import Setting, Stage, bounded_trial, trial_rng
 from worldlm.chaos.uninterrupted import differing, not_comparable
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row, total
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.recording import audit_run
-from worldlm.watch import RunWatch
+from worldlm.record.recording import audit_run
+from worldlm.chaos.watch import RunWatch
 
 SCENARIO = "kill_every_level"
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "chaos-levels.toml"

@@ -21,8 +21,8 @@ from brokers.state import RedisState
 from schemas.keyspace import Keyspace
 from worldlm.chaos.fleet import Fleet, Process
 from worldlm.chaos.trials import Stage
-from worldlm.config import Hierarchy
-from worldlm.recording import audit_run
+from worldlm.config.hierarchy import Hierarchy
+from worldlm.record.recording import audit_run
 
 #: The two federations a flat config's clients are dealt to.
 CHILDREN = ("west", "east")

@@ -23,7 +23,7 @@ from worldlm.chaos.fleet import Fleet, Process
 from worldlm.chaos.trials import Setting, Stage, bounded_trial
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 Server = Literal["redis", "broker"]
 #: Root rounds per trial (the restart comes after the first).

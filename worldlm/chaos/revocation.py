@@ -41,7 +41,7 @@ from brokers.state import RedisState
 from schemas.keyspace import Keyspace
 from schemas.revocation import ChainMemory, make_entry
 from schemas.topics import Topics
-from worldlm.acl import principal, principals
+from worldlm.security.acl import principal, principals
 from worldlm.chaos.attacker import Attempt, Means, erase, forge
 from worldlm.chaos.configs import TrialConfig
 from worldlm.chaos.fleet import Fleet
@@ -55,8 +55,8 @@ from worldlm.chaos.probes import (
 )
 from worldlm.chaos.trials import Setting, Stage, bounded_trial
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row, total
-from worldlm.credentials import generate_passwords, read_password, with_credentials
-from worldlm.keys import (
+from worldlm.security.credentials import generate_passwords, read_password, with_credentials
+from worldlm.security.keys import (
     generate_keys,
     load_admin_key,
     load_keyring,
@@ -64,8 +64,8 @@ from worldlm.keys import (
     public_fingerprint,
 )
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.recording import dead_letters, settings_for
-from worldlm.watch import RunWatch
+from worldlm.record.recording import dead_letters, settings_for
+from worldlm.chaos.watch import RunWatch
 
 SCENARIO = "forged_revocation"
 Kind = Literal["forged", "erased"]

@@ -26,9 +26,9 @@ from worldlm.chaos.fleet import Fleet
 from worldlm.chaos.probes import exits, lost_updates, members_of, start_joined, two_federations
 from worldlm.chaos.trials import Setting, Stage, bounded_trial
 from worldlm.chaos.verdict import Figure, Row, ScenarioResult, Trial, count_row, ratio_row, total
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants.node import Endpoints, prepare_run
-from worldlm.watch import RoundTimes, RunWatch
+from worldlm.chaos.watch import RoundTimes, RunWatch
 
 SCENARIO = "silent_federation"
 #: Root rounds per trial: round 0 with every member, the rest with one federation silent.

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants.checkpoint import Checkpoint
-from worldlm.simulator import simulate
+from worldlm.lab.simulator import simulate
 
 
 def not_comparable(h: Hierarchy) -> str | None:

@@ -51,14 +51,14 @@ def acl(
     creation, then one kafka-acls.sh line per grant. Redis: one ACL SETUSER line per
     principal, with the SHA-256 of its password from --keys (else a placeholder).
     --apply sets the Redis users on --redis (an admin connection) instead of printing them."""
-    from worldlm.acl import kafka_commands, principals, redis_commands
+    from worldlm.security.acl import kafka_commands, principals, redis_commands
     from worldlm.cli.participants import _usage_errors, load_config
-    from worldlm.credentials import read_password
+    from worldlm.security.credentials import read_password
 
     hierarchy = load_config(config, run_id)
     with _usage_errors(), _refusals():
         if apply:
-            from worldlm.credentials import apply_redis_users
+            from worldlm.security.credentials import apply_redis_users
 
             if redis is None:
                 raise typer.BadParameter("--apply sets users on a Redis: give --redis URL")

@@ -42,8 +42,8 @@ def audit(
     the aggregator folded, refused, dropped as duplicates and dead-lettered, and the foreign,
     incomplete and unreadable records beside them. Exit 0 only when every published update
     is matched to one fold or a named refusal; 1 with one line per problem otherwise."""
-    from worldlm.keys import KeyFileError, load_public_keys
-    from worldlm.recording import audit_run
+    from worldlm.security.keys import KeyFileError, load_public_keys
+    from worldlm.record.recording import audit_run
 
     hierarchy = None
     if config is not None:

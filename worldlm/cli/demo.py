@@ -19,7 +19,7 @@ def demo(
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Seeds 0..N-1 per method.")] = 1,
     methods: Annotated[
         str,
-        typer.Option("--methods", help="Comma-separated methods (worldlm/methods.py)."),
+        typer.Option("--methods", help="Comma-separated methods (worldlm/lab/methods.py)."),
     ] = ",".join(("worldlm", "worldlm_meankey", "fedper", "fedavg", "local")),
     live: Annotated[
         bool, typer.Option("--live", help="Run WorldLM on embedded Kafka and Redis.")
@@ -38,7 +38,7 @@ def demo(
         Path | None,
         typer.Option(
             "--config",
-            help="Another hierarchy to compare (e.g. worldlm/configs/domains.toml).",
+            help="Another hierarchy to compare (e.g. worldlm/config/shipped/domains.toml).",
             exists=True,
             dir_okay=False,
         ),
@@ -54,9 +54,9 @@ def demo(
     import asyncio
 
     from worldlm import logs
-    from worldlm.demo import DemoOutcome, run_demo
-    from worldlm.methods import METHODS
-    from worldlm.simulator import SimulationStopped
+    from worldlm.lab.demo import DemoOutcome, run_demo
+    from worldlm.lab.methods import METHODS
+    from worldlm.lab.simulator import SimulationStopped
 
     logs.configure(level=log_level)
     single_threaded_torch()

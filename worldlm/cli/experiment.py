@@ -46,7 +46,7 @@ def experiment(
         typer.Option("--processes", "-j", min=1, help="Cells at a time; default: one per core."),
     ] = None,
     methods: Annotated[
-        str | None, typer.Option("--methods", help="Comma-separated (worldlm/methods.py).")
+        str | None, typer.Option("--methods", help="Comma-separated (worldlm/lab/methods.py).")
     ] = None,
     lrs: Annotated[
         str, typer.Option("--lrs", help="Learning-rate grid, comma-separated.")
@@ -105,18 +105,18 @@ def experiment(
     from tqdm import tqdm
 
     from worldlm import logs
-    from worldlm.dp_study import DPStudy
-    from worldlm.experiment import (
+    from worldlm.lab.dp_study import DPStudy
+    from worldlm.lab.experiment import (
         EXPERIMENT_METHODS,
         QUICK,
         STANDARD,
         Experiment,
         shipped_configs,
     )
-    from worldlm.grid import default_processes
-    from worldlm.methods import METHODS
-    from worldlm.report import summary_markdown
-    from worldlm.simulator import SimulationStopped
+    from worldlm.lab.grid import default_processes
+    from worldlm.lab.methods import METHODS
+    from worldlm.lab.report import summary_markdown
+    from worldlm.lab.simulator import SimulationStopped
 
     logs.configure(level=log_level)
     single_threaded_torch()

@@ -82,7 +82,7 @@ def export(
             )
         _, weights, _, _ = checkpoint.load()
     else:
-        from worldlm.simulator import simulate
+        from worldlm.lab.simulator import simulate
 
         result, simulation = simulate(hierarchy)
         weights = simulation.weights(federation)

@@ -21,9 +21,9 @@ def run_finetune(
     from tqdm import tqdm
 
     from worldlm.cli.participants import load_config
-    from worldlm.grid import default_processes
-    from worldlm.simulator import SimulationStopped
-    from worldlm.studies.finetune import DEMO, FinetuneStudy, summary_table
+    from worldlm.lab.grid import default_processes
+    from worldlm.lab.simulator import SimulationStopped
+    from worldlm.lab.studies.finetune import DEMO, FinetuneStudy, summary_table
     from worldlm.training.pretrained import PretrainConfig, pretrain, public_partitions
 
     tree = config or DEMO

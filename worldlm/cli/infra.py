@@ -61,7 +61,7 @@ def smoke(
 
 def run_smoke(kafka: str | None, redis: str | None, megabytes: float) -> None:
     from brokers.embedded import embedded_servers
-    from worldlm.smoke import SmokeReport, smoke_transfer
+    from brokers.smoke import SmokeReport, smoke_transfer
 
     logs.configure(level="warning")
 

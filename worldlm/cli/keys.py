@@ -32,10 +32,10 @@ def generate(
     machine its own .key, everyone's .pub and admin.pub; keep admin.key with the operator.
     A run with isolation = "acl" also gets a Redis password per participant and the
     observer: OUT/<id>.redis (0600)."""
-    from worldlm.acl import principals
+    from worldlm.security.acl import principals
     from worldlm.cli.participants import _usage_errors, load_config
-    from worldlm.credentials import generate_passwords
-    from worldlm.keys import generate_admin_key, generate_keys
+    from worldlm.security.credentials import generate_passwords
+    from worldlm.security.keys import generate_admin_key, generate_keys
 
     hierarchy = load_config(config, None)
     owners = [*hierarchy.federations, *hierarchy.clients]
@@ -74,7 +74,7 @@ async def _revoke(
     from brokers.revocations import Revocations
     from brokers.state import RedisState
     from schemas.keyspace import Keyspace
-    from worldlm.keys import load_admin_key
+    from worldlm.security.keys import load_admin_key
 
     admin = load_admin_key(keys)
     async with RedisState(redis, Keyspace(run_id)) as state:
@@ -91,7 +91,7 @@ def revoke(config: Config, keys: KeyDir, participant: Participant, redis: RedisU
     import asyncio
 
     from worldlm.cli.participants import _usage_errors
-    from worldlm.keys import public_fingerprint
+    from worldlm.security.keys import public_fingerprint
 
     run_id = _run_of(config, participant)
     with _usage_errors():
@@ -108,7 +108,7 @@ def rotate(config: Config, keys: KeyDir, participant: Participant, redis: RedisU
     import asyncio
 
     from worldlm.cli.participants import _usage_errors
-    from worldlm.keys import load_admin_key, rotate_signing_key
+    from worldlm.security.keys import load_admin_key, rotate_signing_key
 
     run_id = _run_of(config, participant)
     with _usage_errors():

@@ -23,7 +23,7 @@ from worldlm.cli.spread import ShareOpt, WorkerOpt, WorkersOpt
 from worldlm.cli.stopping import ServerLost, Stop, run_until_signal, server_errors
 
 if TYPE_CHECKING:
-    from worldlm.config import Hierarchy
+    from worldlm.config.hierarchy import Hierarchy
     from worldlm.participants.node import Endpoints
 
 KafkaOpt = Annotated[str | None, typer.Option("--kafka", help="Kafka bootstrap address host:port.")]
@@ -51,7 +51,7 @@ DurableOpt = Annotated[
 def _usage_errors() -> Iterator[None]:
     """A missing key or a bad Kafka security setting is a usage error, not a traceback."""
     from brokers.security import KafkaSecurityError
-    from worldlm.keys import KeyFileError
+    from worldlm.security.keys import KeyFileError
 
     try:
         yield
@@ -67,7 +67,7 @@ def _usage_errors() -> Iterator[None]:
 def load_config(path: Path, run_id: str | None) -> Hierarchy:
     from msgspec.structs import replace
 
-    from worldlm.config import ConfigError, load
+    from worldlm.config.hierarchy import ConfigError, load
     from worldlm.training.corpus import partitions
 
     try:
@@ -145,7 +145,7 @@ def run(
     """
     from worldlm.cli import spread
     from worldlm.participants.node import Endpoints
-    from worldlm.participants.progress import RoundProgress
+    from worldlm.lab.progress import RoundProgress
     from worldlm.participants.runner import RunResult, run_hierarchy
     from worldlm.participants.workers import SpreadResult
 

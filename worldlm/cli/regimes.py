@@ -25,10 +25,10 @@ def run_regimes(
 
     from tqdm import tqdm
 
-    from worldlm.grid import default_processes
-    from worldlm.simulator import SimulationStopped
-    from worldlm.studies.regime_report import write
-    from worldlm.studies.regimes import QUICK_BUDGET, RegimeStudy
+    from worldlm.lab.grid import default_processes
+    from worldlm.lab.simulator import SimulationStopped
+    from worldlm.lab.studies.regime_report import write
+    from worldlm.lab.studies.regimes import QUICK_BUDGET, RegimeStudy
 
     study = RegimeStudy(seeds=seeds or 3)
     if quick:

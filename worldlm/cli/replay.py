@@ -14,12 +14,12 @@ from worldlm import logs
 from worldlm.cli.participants import RunIdOpt
 
 if TYPE_CHECKING:
-    from worldlm.config import DPConfig
+    from worldlm.config.hierarchy import DPConfig
 
 
 def _dp(value: str | None) -> DPConfig | bool | None:
     """``CLIP:NOISE`` (e.g. ``1.0:0.5``), ``off``, or None (keep the config's)."""
-    from worldlm.config import DPConfig
+    from worldlm.config.hierarchy import DPConfig
 
     if value is None:
         return False
@@ -74,9 +74,9 @@ def replay(
     import torch
 
     from worldlm.cli.participants import load_config
-    from worldlm.recording import recorded_run
-    from worldlm.replay import ReplayError, check_replayable, what_if
-    from worldlm.replay_report import replay_run, write_report
+    from worldlm.record.recording import recorded_run
+    from worldlm.record.replay import ReplayError, check_replayable, what_if
+    from worldlm.record.replay_report import replay_run, write_report
 
     logs.configure(level=log_level)
     torch.set_num_threads(1)
@@ -90,7 +90,7 @@ def replay(
             dp=_dp(dp),
         )
         if dp not in (None, "off"):
-            from worldlm.dp_feasibility import check as check_member_dp
+            from worldlm.config.feasibility import check as check_member_dp
 
             check_member_dp(hierarchy)  # what_if skips parse: the forced DP is logged here
     own = hierarchy == recorded_config

@@ -28,8 +28,8 @@ def simulate(
     `worldlm run`, deterministic for a seed (bit-identical weights and metrics)."""
     import torch
 
-    from worldlm.participants.progress import RoundProgress
-    from worldlm.simulator import Simulation
+    from worldlm.lab.progress import RoundProgress
+    from worldlm.lab.simulator import Simulation
 
     logs.configure(level=log_level)
     torch.set_num_threads(1)  # one intra-op thread per training thread: no oversubscription

@@ -25,7 +25,7 @@ from worldlm import logs
 
 if TYPE_CHECKING:
     from schemas.messages import MetricsReport
-    from worldlm.config import Hierarchy
+    from worldlm.config.hierarchy import Hierarchy
     from worldlm.participants.node import Endpoints
     from worldlm.participants.shares import Share
     from worldlm.participants.workers import SpreadResult

@@ -27,7 +27,7 @@ import structlog
 from aiohttp import web
 
 from brokers.lifecycle import Service
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.dashboard.prometheus import CONTENT_TYPE, exposition, registry_for
 from worldlm.dashboard.state import DashboardState
 from worldlm.dashboard.stream import DashboardFollower

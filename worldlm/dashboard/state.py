@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 
 from schemas.messages import DeadLetter, MembershipEvent, MetricsReport, RoundEvent
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.dashboard.views import (
     ClientView,
     FederationView,

@@ -1,7 +1,7 @@
 """What the aggregator shell reads, offered to its federation core.
 
 The intake hands over decoded updates and the records it could not decode; each update goes
-to the core's :meth:`~worldlm.participants.federation.FederationCore.offer` with the
+to the core's :meth:`~worldlm.core.federation.FederationCore.offer` with the
 revocations as of its batch, and what the core admits is made durable (its delta, then the
 offset that delivered it) before anyone is told; what it refuses, or the intake could not
 read, is dead-lettered. The members a round counts on come from the roster, decided by the
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from brokers.deltas import Received
 from schemas.errors import WireError
-from worldlm.participants.federation import Accepted, FederationCore, Refused
+from worldlm.core.federation import Accepted, FederationCore, Refused
 from worldlm.participants.intake import UpdateOrigin
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The aggregator participant: the live I/O shell around a federation's round core.
 
 Every decision (admission, quorum/deadline/buffer, close, the exchange with the parent) is
-the :class:`~worldlm.participants.federation.FederationCore`'s; this shell reads the
+the :class:`~worldlm.core.federation.FederationCore`'s; this shell reads the
 federation's update partition, feeds the core, and publishes what it decides: dead letters,
 residual-cache entries, round events, metrics, the upward submission and broadcasts.
 
@@ -22,13 +22,13 @@ from typing import Any
 
 from schemas.delta import new_update_id
 from schemas.sealing import SealError
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants import steps
 from worldlm.participants.admission import Admission
 from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
 from worldlm.participants.checkpoint import Checkpoint
-from worldlm.participants.federation import (
+from worldlm.core.federation import (
     FederationCore,
 )
 from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from schemas.messages import MetricsReport
     from worldlm.participants.books import RoundBooks
     from worldlm.participants.node import Node
-    from worldlm.participants.rounds import Submission
-    from worldlm.participants.steps import Meta
+    from worldlm.core.rounds import Submission
+    from worldlm.core.steps import Meta
 
 #: Empty fetches in a row that end a read-back whose end the broker never reported.
 QUIET_FETCHES = 25

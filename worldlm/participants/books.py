@@ -20,7 +20,7 @@ from schemas.messages import RoundEvent
 
 if TYPE_CHECKING:
     from schemas.messages import RoundLedger
-    from worldlm.participants.federation import Closed, FederationCore, Refused
+    from worldlm.core.federation import Closed, FederationCore, Refused
     from worldlm.participants.intake import Intake
     from worldlm.participants.node import Node, Origin
 

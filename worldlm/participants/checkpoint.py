@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from worldlm.participants.steps import Meta
+from worldlm.core.steps import Meta
 
 if TYPE_CHECKING:
-    from worldlm.participants.rounds import Snapshot
+    from worldlm.core.rounds import Snapshot
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -156,7 +156,7 @@ class Checkpoint:
 
     def load_snapshot(self) -> Snapshot | None:
         """The last snapshot written here, with its pending updates; None if there is none."""
-        from worldlm.participants.rounds import Pending, Snapshot
+        from worldlm.core.rounds import Pending, Snapshot
 
         if not self.exists:
             return None

@@ -14,9 +14,9 @@ from typing import Any
 
 from brokers.deltas import publish_delta
 from schemas.delta import encode_delta
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants.follower import Broadcast, BroadcastFollower, FollowerStopped
-from worldlm.participants.learner import Learner
+from worldlm.training.learner import Learner
 from worldlm.participants.node import Endpoints, Node, bounded
 
 

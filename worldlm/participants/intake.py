@@ -22,7 +22,7 @@ from schemas.compression import decompress
 from schemas.delta import Reassembler
 from schemas.sealing import Unsealer
 from schemas.signing import SignatureError, verify_manifest
-from worldlm.participants.federation import Offer
+from worldlm.core.federation import Offer
 
 
 class UpdateOrigin:

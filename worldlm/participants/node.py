@@ -36,12 +36,12 @@ from schemas.messages import (
 )
 from schemas.sealing import Unsealer
 from schemas.topics import Topics
-from worldlm.acl import principal
-from worldlm.config import Hierarchy
-from worldlm.credentials import apply_redis_users, load_password, with_credentials
-from worldlm.keys import KeyFileError
+from worldlm.security.acl import principal
+from worldlm.config.hierarchy import Hierarchy
+from worldlm.security.credentials import apply_redis_users, load_password, with_credentials
+from worldlm.security.keys import KeyFileError
 from worldlm.participants.heartbeats import Beat, heartbeats
-from worldlm.participants.keychain import Keychain
+from worldlm.security.keychain import Keychain
 
 Role = Literal["client", "aggregator"]
 

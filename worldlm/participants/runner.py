@@ -22,13 +22,13 @@ from brokers.liveness import BrokerLost
 from schemas.codec import metrics_decoder
 from schemas.errors import WireError
 from schemas.messages import MetricsReport
-from worldlm.acl import principals
-from worldlm.config import Hierarchy
-from worldlm.credentials import generate_passwords
+from worldlm.security.acl import principals
+from worldlm.config.hierarchy import Hierarchy
+from worldlm.security.credentials import generate_passwords
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import Endpoints, Node, prepare_run
-from worldlm.participants.results import RunResult
+from worldlm.core.results import RunResult
 
 __all__ = [
     "RunResult",

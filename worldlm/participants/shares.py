@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 
 #: A forward pass over one evaluation batch, in training steps (forward, backward, update).
 EVAL_BATCH_STEPS = 1 / 3

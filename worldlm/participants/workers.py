@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.messages import MetricsReport
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.participants.node import Endpoints
 from worldlm.participants.runner import RunResult, collecting, prepare_local_run
 from worldlm.participants.shares import Assignment, Share, partition

@@ -3,7 +3,7 @@ part of the model local are built with.
 
 The baseline *methods* (flat and hierarchical FedAvg, FedPer, local-only, ...) differ in the
 tree and the policy, not in a strategy of their own: they are config transforms in
-``worldlm/methods.py``, built from the same factories as WorldLM. ``KeepCurrent`` is what a
+``worldlm/lab/methods.py``, built from the same factories as WorldLM. ``KeepCurrent`` is what a
 policy's ``key = "local"`` (FedPer) or ``backbone = "local"`` builds.
 """
 

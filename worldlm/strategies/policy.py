@@ -6,7 +6,7 @@
     DifferentialPrivacy      when the policy sets ``dp``,
     StalenessPolicy          always (with a = 0 and no bound it changes nothing).
 
-The methods (WorldLM and its baselines) are config transforms in ``worldlm/methods.py``.
+The methods (WorldLM and its baselines) are config transforms in ``worldlm/lab/methods.py``.
 """
 
 from __future__ import annotations

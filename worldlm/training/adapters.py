@@ -25,7 +25,7 @@ import torch
 if TYPE_CHECKING:  # peft is imported where adapters are made: the trainer never needs it
     from peft import LoraConfig as PeftLoraConfig
 
-    from worldlm.config_schema import LoraConfig
+    from worldlm.config.schema import LoraConfig
 
 #: peft's name for the one adapter a WorldLM model carries.
 ADAPTER = "default"

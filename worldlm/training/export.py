@@ -21,7 +21,7 @@ from pathlib import Path
 import msgspec
 import torch
 
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.training.adapters import peft_config, peft_state
 from worldlm.training.evaluate import evaluate
 from worldlm.training.pretrained import hf_tokenizer

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.training.corpus import client_split, partitions
 from worldlm.training.evaluate import evaluate
 from worldlm.training.model import ModelConfig, build_model

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from worldlm.config import Client, Hierarchy, LoraConfig, Policy, RunConfig
+from worldlm.config.hierarchy import Client, Hierarchy, LoraConfig, Policy, RunConfig
 from worldlm.strategies.base import Weights
 from worldlm.training.adapters import attach_lora, frozen_names
 from worldlm.training.corpus import client_split

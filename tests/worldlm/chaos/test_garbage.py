@@ -16,7 +16,7 @@ from schemas.topics import Topics
 from tests.worldlm.participants.helpers import flat
 from worldlm.chaos.bad_input import target_of
 from worldlm.chaos.garbage import KINDS, garbage, zone_counts
-from worldlm.participants.federation import Accepted, FederationCore, Refused
+from worldlm.core.federation import Accepted, FederationCore, Refused
 from worldlm.participants.intake import Intake
 from worldlm.training.workbench import federation_key, initial_weights
 

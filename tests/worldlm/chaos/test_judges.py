@@ -11,7 +11,7 @@ from worldlm.chaos.garbage import Item, Record
 from worldlm.chaos.probes import two_federations
 from worldlm.chaos.trials import bounded_trial
 from worldlm.chaos.verdict import Campaign, ScenarioResult, Trial
-from worldlm.watch import RoundTimes
+from worldlm.chaos.watch import RoundTimes
 
 
 def kill_observation(**changes: object) -> kill.KillObservation:

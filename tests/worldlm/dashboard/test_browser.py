@@ -25,7 +25,7 @@ import pytest
 from brokers.embedded import Servers
 from tests.waiting import until as wait_until
 from tests.worldlm.participants.helpers import endpoints, hierarchy
-from worldlm.config import Hierarchy
+from worldlm.config.hierarchy import Hierarchy
 from worldlm.dashboard import Dashboard
 from worldlm.participants.runner import run_hierarchy
 

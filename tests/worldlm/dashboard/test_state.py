@@ -12,7 +12,7 @@ from schemas.messages import (
     MetricsReport,
     RoundEvent,
 )
-from worldlm.config import Hierarchy, parse
+from worldlm.config.hierarchy import Hierarchy, parse
 from worldlm.dashboard.state import DashboardState
 
 RUN = "t-dash"

@@ -22,7 +22,7 @@ from brokers.embedded import Servers
 from brokers.kafka import KafkaSettings, PartitionReader, partition_for
 from schemas.errors import WireError
 from tests.waiting import until
-from worldlm.config import Hierarchy, parse
+from worldlm.config.hierarchy import Hierarchy, parse
 from worldlm.participants.node import Endpoints
 
 T = TypeVar("T")

@@ -32,13 +32,13 @@ from tests.worldlm.participants.helpers import (
     read_topic,
     settings,
 )
-from worldlm.config import Hierarchy, load
+from worldlm.config.hierarchy import Hierarchy, load
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.participants.runner import run_hierarchy
 from worldlm.training.workbench import initial_weights
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 # -- on the real servers -----------------------------------------------------------------
 

@@ -21,8 +21,8 @@ from worldlm.participants.announcer import Announcer, Notice
 from worldlm.participants.books import RoundBooks
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
-from worldlm.recording import audit_run
-from worldlm.watch import RunWatch
+from worldlm.record.recording import audit_run
+from worldlm.chaos.watch import RunWatch
 
 
 @pytest.mark.parametrize("reported", [False, True], ids=["before-the-report", "after-it"])

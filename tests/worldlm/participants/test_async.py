@@ -29,7 +29,7 @@ from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
 from worldlm.training.workbench import initial_weights
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 
 @pytest.mark.parametrize(("bound", "accepted"), [(50, True), (1, False)], ids=["within", "past"])

@@ -18,11 +18,11 @@ from brokers.embedded import EmbeddedKafka, Servers
 from brokers.kafka import KafkaSettings
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import flat, flat_raw
-from worldlm.config import parse
+from worldlm.config.hierarchy import parse
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
-from worldlm.recording import audit_run, records, settings_for
-from worldlm.watch import RunWatch
+from worldlm.record.recording import audit_run, records, settings_for
+from worldlm.chaos.watch import RunWatch
 
 Position = tuple[str, int, int]
 ROUNDS = 6

@@ -10,9 +10,9 @@ import torch
 
 from tests.worldlm.participants.helpers import flat
 from worldlm.participants.checkpoint import Checkpoint, Meta
-from worldlm.participants.federation import FederationCore
-from worldlm.participants.rounds import Snapshot
-from worldlm.replay import model_hash
+from worldlm.core.federation import FederationCore
+from worldlm.core.rounds import Snapshot
+from worldlm.record.replay import model_hash
 from worldlm.training.workbench import federation_key, initial_weights
 
 

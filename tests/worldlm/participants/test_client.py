@@ -23,11 +23,11 @@ from tests.worldlm.participants.helpers import (
     read_topic,
     settings,
 )
-from worldlm.config import load
+from worldlm.config.hierarchy import load
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import prepare_run
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 
 async def test_late_client_starts_from_current_model_and_is_counted_from_then_on(

@@ -1,6 +1,6 @@
 """Compressed updates on the real embedded servers: an update whose codec map disagrees with
 its tensors is dead-lettered as ``bad_codec`` and counted, and the round goes on without it
-(sim == live with every codec: tests/worldlm/test_simulator.py)."""
+(sim == live with every codec: tests/worldlm/lab/test_simulator.py)."""
 
 from __future__ import annotations
 

@@ -17,16 +17,16 @@ from brokers.embedded import Servers
 from brokers.state import RedisState
 from schemas.keyspace import Keyspace
 from tests.worldlm.participants.helpers import raw_config
-from worldlm.acl import principal, principals
+from worldlm.security.acl import principal, principals
 from worldlm.cli import app
-from worldlm.config import Hierarchy, parse
-from worldlm.credentials import (
+from worldlm.config.hierarchy import Hierarchy, parse
+from worldlm.security.credentials import (
     apply_redis_users,
     generate_passwords,
     read_password,
     with_credentials,
 )
-from worldlm.keys import generate_keys
+from worldlm.security.keys import generate_keys
 from worldlm.participants.node import Endpoints
 from worldlm.participants.runner import run_hierarchy
 
@@ -122,7 +122,7 @@ async def test_a_run_that_isolates_federations_completes_without_a_refusal(
 async def test_a_participant_logs_in_as_itself_and_needs_its_password(
     run_id: str, tmp_path: Path
 ) -> None:
-    from worldlm.keys import KeyFileError
+    from worldlm.security.keys import KeyFileError
     from worldlm.participants.client import ClientParticipant
 
     h = isolated(run_id)

@@ -12,7 +12,7 @@ from tests.waiting import until
 from tests.worldlm.participants.helpers import flat, settings
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 
 async def test_a_redis_restart_mid_run_is_survived_and_heartbeats_rejoin(

@@ -31,16 +31,16 @@ from schemas.messages import Envelope
 from schemas.revocation import ChainMemory, make_entry, revocation_decoder
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import flat_raw, poll, raw_config, read_topic, settings
-from worldlm.acl import principal, principals
+from worldlm.security.acl import principal, principals
 from worldlm.cli import app
-from worldlm.config import Hierarchy, parse
-from worldlm.credentials import (
+from worldlm.config.hierarchy import Hierarchy, parse
+from worldlm.security.credentials import (
     apply_redis_users,
     generate_passwords,
     read_password,
     with_credentials,
 )
-from worldlm.keys import generate_keys, load_keyring, public_fingerprint
+from worldlm.security.keys import generate_keys, load_keyring, public_fingerprint
 from worldlm.participants.aggregator import AggregatorParticipant
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy

@@ -27,13 +27,13 @@ from schemas.sealing import TAG_BYTES, SealError, Unsealer
 from schemas.tensors import pack
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import raw_config, read_topic, settings
-from worldlm.config import Hierarchy, parse
-from worldlm.keys import generate_keys, load_keyring
+from worldlm.config.hierarchy import Hierarchy, parse
+from worldlm.security.keys import generate_keys, load_keyring
 from worldlm.participants.checkpoint import Checkpoint
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy
-from worldlm.recording import metrics
-from worldlm.simulator import simulate
+from worldlm.record.recording import metrics
+from worldlm.lab.simulator import simulate
 
 
 def sealed_tree(run_id: str) -> Hierarchy:

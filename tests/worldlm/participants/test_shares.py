@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.worldlm.participants.helpers import hierarchy, raw_config
-from worldlm.config import Hierarchy, load, parse
+from worldlm.config.hierarchy import Hierarchy, load, parse
 from worldlm.participants.shares import Share, assignment, partition, weights
 
 DEMO = Path(__file__).parents[3] / "worldlm" / "configs" / "demo.toml"

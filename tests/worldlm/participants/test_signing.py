@@ -17,8 +17,8 @@ from schemas.delta import encode_delta
 from schemas.messages import Envelope
 from schemas.topics import Topics
 from tests.worldlm.participants.helpers import flat_raw, read_topic, settings
-from worldlm.config import parse
-from worldlm.keys import KeyFileError, generate_keys, load_keyring
+from worldlm.config.hierarchy import parse
+from worldlm.security.keys import KeyFileError, generate_keys, load_keyring
 from worldlm.participants.client import ClientParticipant
 from worldlm.participants.node import Endpoints, prepare_run
 from worldlm.participants.runner import run_hierarchy

@@ -34,10 +34,10 @@ from tests.worldlm.participants.helpers import (
     settings,
 )
 from worldlm.cli import app
-from worldlm.config import Hierarchy, parse
+from worldlm.config.hierarchy import Hierarchy, parse
 from worldlm.participants.node import prepare_run
 from worldlm.participants.shares import partition
-from worldlm.watch import RunWatch
+from worldlm.chaos.watch import RunWatch
 
 CLIENTS = {
     "fr-0": ("a", "lang-fr"),

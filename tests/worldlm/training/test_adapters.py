@@ -9,7 +9,7 @@ import torch
 
 from tests.worldlm.participants.helpers import raw_config
 from tests.worldlm.training.bases import LORA, make_base
-from worldlm.config import Hierarchy, LoraConfig, parse
+from worldlm.config.hierarchy import Hierarchy, LoraConfig, parse
 from worldlm.training.adapters import attach_lora, frozen_names, peft_state, trainable_names
 from worldlm.training.model import ModelConfig, build_model, load_pretrained
 from worldlm.training.workbench import Workbench, federation_key, initial_weights

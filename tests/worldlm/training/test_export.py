@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.worldlm.participants.helpers import raw_config
 from tests.worldlm.training.bases import LORA, make_base
-from worldlm.config import Hierarchy, parse
-from worldlm.simulator import simulate
+from worldlm.config.hierarchy import Hierarchy, parse
+from worldlm.lab.simulator import simulate
 from worldlm.training.export import CARD, export, federation_perplexity
 
 

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.worldlm.participants.helpers import raw_config
 from tests.worldlm.training.bases import PUBLIC, make_base
-from worldlm.config import parse
+from worldlm.config.hierarchy import parse
 from worldlm.training.pretrained import CARD, public_partitions
 from worldlm.training.tokenizer import load_tokenizer
 from worldlm.training.workbench import Workbench, initial_weights

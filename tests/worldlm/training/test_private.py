@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worldlm.config import ConfigError, parse
-from worldlm.participants.learner import Learner
+from worldlm.config.hierarchy import ConfigError, parse
+from worldlm.training.learner import Learner
 from worldlm.training.model import ModelConfig, build_model
 from worldlm.training.private import (
     RecordDP,

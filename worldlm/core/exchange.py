@@ -1,0 +1,122 @@
+"""A federation's side of the edge to its parent, and what its shell does next.
+
+Part of the round core (:class:`~worldlm.core.federation.FederationCore` is built on
+it): what goes up to the parent (the backbone only, compressed in the parent's codec), what
+comes back (the parent's backbone, our own key layers kept), and the steps that follow a
+close, a parent's model, or a restart. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from worldlm.strategies.compression import Compressed, Compressor
+from worldlm.core.rounds import Submission, Weights
+from worldlm.core.steps import (
+    AwaitParent,
+    Broadcast,
+    Done,
+    Meta,
+    OpenRound,
+    Step,
+    Submit,
+)
+
+
+def take_parent(
+    weights: Mapping[str, torch.Tensor],
+    parent: Mapping[str, torch.Tensor],
+    key: frozenset[str],
+) -> Weights:
+    """The model after a parent broadcast: the parent's backbone, our own key layers."""
+    return {n: (v if n in key else parent[n].clone()) for n, v in weights.items()}
+
+
+class ParentExchange:
+    """The exchange with the parent, as state transitions of the core's own fields."""
+
+    meta: Meta
+    weights: Weights
+    base: Weights
+    key: frozenset[str]
+    compressor: Compressor
+    _outgoing: tuple[str, Compressed] | None
+    _new_id: Callable[[], str]
+
+    def next_steps(self, published: int | None = None) -> tuple[Step, ...]:
+        """What the shell does next, from the core's state: after a close, after the
+        parent's model, or when resuming from a checkpoint (``published``: the version of
+        the federation's model already broadcast, None when not known to be).
+
+        Waiting for the parent: submit (again, after a restart: the same id, so the parent
+        drops a repeat) and wait for its model. Otherwise broadcast the model unless it is
+        out already, then open the next round, or stop after the run's final model.
+        """
+        meta = self.meta
+        if meta.awaiting_parent:
+            return (Submit(self.submission()), AwaitParent(meta.parent_version))
+        steps: list[Step] = []
+        if published is None or published < meta.version:
+            steps.append(Broadcast(meta.version, meta.round, meta.final))
+        steps.append(Done() if meta.final else OpenRound(meta.round))
+        return tuple(steps)
+
+    def submission(self) -> Submission | None:
+        """The update for the parent: only the backbone (K never leaves the federation).
+
+        Its id is fixed until the parent's broadcast is taken, so a resubmission after a
+        restart is deduplicated by the parent. It is compressed in the parent's codec, and
+        its residual adopted only when the parent's broadcast is taken, so a resubmission
+        compresses identically.
+
+        None when the rounds since the parent's last broadcast were all empty: nothing to send
+        (zero samples would be refused as ``no_samples``); the federation only waits for the
+        parent's next broadcast, which the parent's own deadline guarantees.
+        """
+        assert self.meta.awaiting_parent, "submit only after a round that ends the exchange"
+        if not self.meta.samples:
+            return None
+        sent = self._compressed()
+        return Submission(
+            self.meta.submit_id,
+            sent.decoded,
+            max(self.meta.samples, 1),
+            self.meta.parent_version,
+            self.meta.round,
+            wire=sent.wire,
+            codecs=sent.codecs,
+        )
+
+    def _compressed(self) -> Compressed:
+        if not self.meta.submit_id:
+            self.meta.submit_id = self._new_id()
+        if self._outgoing is None or self._outgoing[0] != self.meta.submit_id:
+            delta = {
+                n: w.float() - self.base[n].float()
+                for n, w in self.weights.items()
+                if w.is_floating_point() and n not in self.key
+            }
+            self._outgoing = (self.meta.submit_id, self.compressor.compress(delta))
+        return self._outgoing[1]
+
+    def take_parent(
+        self, weights: Mapping[str, torch.Tensor], version: int, final: bool
+    ) -> tuple[Step, ...]:
+        """The parent's broadcast arrived: take its backbone, keep our key layers; what the
+        shell does next (broadcast, then open a round or stop)."""
+        meta = self.meta
+        if meta.awaiting_parent and meta.samples and self.compressor.active:
+            self.compressor.commit(self._compressed())  # the submission counted as sent
+        self._outgoing = None
+        self.weights = take_parent(self.weights, weights, self.key)
+        self.base = {n: t.clone() for n, t in self.weights.items()}
+        meta.parent_version = version
+        meta.version += 1
+        meta.rounds_since_submit = 0
+        meta.samples = 0
+        meta.submit_id = ""
+        meta.awaiting_parent = False
+        meta.final = final
+        return self.next_steps()
