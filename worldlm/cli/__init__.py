@@ -11,6 +11,7 @@ from worldlm.cli.dashboard import dashboard as dashboard_command
 from worldlm.cli.data import app as data_app
 from worldlm.cli.demo import demo
 from worldlm.cli.experiment import experiment
+from worldlm.cli.finetune import export, pretrain
 from worldlm.cli.infra import app as infra_app
 from worldlm.cli.keys import app as keys_app
 from worldlm.cli.participants import aggregator, client, run
@@ -37,6 +38,8 @@ app.command()(acl)
 app.command()(audit)
 app.command()(replay)
 app.command()(chaos)
+app.command()(pretrain)
+app.command()(export)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ def experiment(
             "--study",
             help="table: the paper's table (settings x methods x seeds x rates); "
             "regimes: where joining pays, mapped over tokens and clients per federation "
-            "(docs/regimes.md).",
+            "(docs/regimes.md); finetune: full fine-tuning vs LoRA (docs/finetune.md).",
         ),
     ] = "table",
     config: Annotated[
@@ -70,8 +70,16 @@ def experiment(
     """Run every method on every data setting over seeds and a learning-rate grid, on the
     simulator; resumable (cells already in OUT/cells are reused). Writes OUT/report.md,
     OUT/summary.json and per setting OUT/<setting>/report.{md,json} and perplexity.png."""
-    if study not in ("table", "regimes"):
-        raise typer.BadParameter("choose table or regimes", param_hint="--study")
+    if study not in ("table", "regimes", "finetune"):
+        raise typer.BadParameter("choose table, regimes or finetune", param_hint="--study")
+    if study == "finetune":  # full fine-tuning vs LoRA from one base (docs/finetune.md)
+        from worldlm.cli.finetune_study import run_finetune
+
+        logs_configure(log_level)
+        single_threaded_torch()
+        cfg = config[0] if config else None
+        return run_finetune(out=out or Path("out/finetune"), config=cfg, seeds=seeds,
+                            processes=processes, dp=dp)  # fmt: skip
     if study == "regimes":
         from worldlm.cli.regimes import run_regimes
 

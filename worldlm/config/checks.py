@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 
+import msgspec
+
 from schemas.topics import check_name
-from worldlm.config.schema import ConfigError, Policy, RecordDPConfig, RunConfig
+from worldlm.config.schema import ConfigError, LoraConfig, Policy, RecordDPConfig, RunConfig
 from worldlm.strategies.compression import check_compression
 
 
@@ -78,9 +80,36 @@ def check_policy(p: Policy, source: str, where: str) -> None:
         check(ratio > 0, source, f"{where}.dp.max_noise_ratio", "must be positive")
     if p.record_dp is not None:
         check_record_dp(p.record_dp, source, f"{where}.record_dp")
+    if p.lora is not None:
+        check_lora(p.lora, source, f"{where}.lora")
     check(
         math.isfinite(p.server_lr) and p.server_lr > 0,
         source,
         f"{where}.server_lr",
         "must be positive",
     )
+
+
+def check_lora(lora: LoraConfig, source: str, where: str) -> None:
+    check(lora.rank >= 1, source, f"{where}.rank", "must be at least 1")
+    check(lora.alpha > 0, source, f"{where}.alpha", "must be positive")
+    check(bool(lora.targets), source, f"{where}.targets", "name at least one module")
+    check(0 <= lora.dropout < 1, source, f"{where}.dropout", "must be in [0, 1)")
+
+
+def with_adapters(run: RunConfig, policies: dict[str, Policy], source: str) -> RunConfig:
+    """``run`` with the adapter set's shape every federation's ``lora`` policy agrees on.
+
+    The shared adapters are averaged up to the root and residual adapters cross federations,
+    so rank and targets must be the same everywhere (alpha and dropout may differ).
+    """
+    check(run.lora is None, source, "run.lora", "LoRA is a federation policy: [defaults.lora]")
+    loras = {fid: p.lora for fid, p in policies.items()}
+    shapes = {(x.rank, x.targets) if x is not None else None for x in loras.values()}
+    if len(shapes) > 1:
+        raise ConfigError(
+            f"{source}: federations.*.lora: every federation trains the same adapter set "
+            f"(rank, targets), or none does; got {sorted(map(str, shapes))}"
+        )
+    first = next(iter(loras.values()), None)
+    return msgspec.structs.replace(run, lora=first) if first is not None else run

@@ -179,15 +179,15 @@ def _times(ratio: float) -> str:
 
 def _layout(source: str, run: RunConfig) -> tuple[int, dict[str, int]]:
     try:
-        return _floating_sizes(run.model, run.arch, run.pretrained)
+        return _floating_sizes(run.model, run.arch, run.init)
     except (OSError, ValueError) as exc:
-        where = "run.pretrained" if run.pretrained else "run.model"
+        where = "run.init" if run.init else "run.model"
         raise ConfigError(f"{source}: {where}: {_one_line(exc)}") from None
 
 
 def _key(source: str, where: str, run: RunConfig, patterns: list[str]) -> frozenset[str]:
     try:
-        return _key_names(run.model, run.arch, run.pretrained, tuple(patterns))
+        return _key_names(run.model, run.arch, run.init, tuple(patterns))
     except ValueError as exc:
         raise ConfigError(f"{source}: {where}: {_one_line(exc)}") from None
 

@@ -41,12 +41,14 @@ from worldlm.config.checks import check as _check
 from worldlm.config.checks import check_id as _check_name
 from worldlm.config.checks import check_policy as _check_policy
 from worldlm.config.checks import check_run as _check_run
+from worldlm.config.checks import with_adapters
 from worldlm.config.feasibility import check as check_member_dp
 from worldlm.config.schema import (
     AttentionConfig,
     ClientConfig,
     ConfigError,
     DPConfig,
+    LoraConfig,
     Policy,
     RecordDPConfig,
     ResidualConfig,
@@ -63,6 +65,7 @@ __all__ = [
     "DPConfig",
     "Federation",
     "Hierarchy",
+    "LoraConfig",
     "Policy",
     "RecordDPConfig",
     "ResidualConfig",
@@ -228,6 +231,7 @@ def parse(
         policies[fid] = _convert(_merge(defaults, body), Policy, where, source)
         _check_policy(policies[fid], source, where)
 
+    run = with_adapters(run, policies, source)
     for fid, parent in parents.items():
         if parent is not None and parent not in parents:
             raise ConfigError(f"{source}: federations.{fid}.parent: unknown federation {parent!r}")

@@ -20,6 +20,17 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
+class LoraConfig(_Strict, frozen=True):
+    """LoRA adapters (Hugging Face ``peft``) on a frozen base: ``rank`` and ``targets`` (module
+    names, e.g. ``q_proj``) fix the adapters' shapes, so every federation must agree on them;
+    ``alpha`` (the scale is alpha/rank) and ``dropout`` are each federation's own."""
+
+    rank: int = 8
+    alpha: int = 16
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    dropout: float = 0.0
+
+
 class RunConfig(_Strict, frozen=True):
     """Run-wide settings: the model, the data shapes, the number of root rounds."""
 
@@ -27,7 +38,12 @@ class RunConfig(_Strict, frozen=True):
     seed: int = 0
     model: str = "tiny"
     arch: Literal["llama", "gpt2"] = "llama"
-    pretrained: str | None = None
+    #: A pretrained causal LM to start from instead of ``model``: a local Hugging Face
+    #: directory (``worldlm pretrain`` makes one), or ``hub:<id>`` where a hub is reachable.
+    init: str | None = None
+    #: The adapter set's shape, taken by the loader from the federations' ``lora`` policies
+    #: (never written under ``[run]``); None: full fine-tuning.
+    lora: LoraConfig | None = None
     rounds: int = 4
     seq_len: int = 64
     batch_size: int = 16
@@ -148,6 +164,8 @@ class Policy(_Strict, frozen=True):
     #: The codec of the updates this federation's members send it
     #: (worldlm/strategies/compression.py).
     compression: CompressionConfig = CompressionConfig()
+    #: Train LoRA adapters on a frozen base instead of every weight (docs/finetune.md).
+    lora: LoraConfig | None = None
 
     def strategy_policy(self, seed: int = 0) -> StrategyPolicy:
         """The aggregation strategy this policy asks for."""

@@ -196,8 +196,12 @@ def load_pretrained(
     """Load a causal LM from a local directory written by `save_pretrained`.
 
     Never contacts a model hub (``local_files_only=True``); a missing directory is an error
-    here rather than a hub lookup of a name that happens to look like a path.
+    here rather than a hub lookup of a name that happens to look like a path. Only an explicit
+    ``hub:<id>`` asks a hub (where one is reachable, and ``HF_HUB_OFFLINE`` is not set).
     """
+    if str(path).startswith("hub:"):
+        hub: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(path)[4:], dtype=dtype)
+        return hub
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"no pretrained model directory at {directory}")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from worldlm.training.adapters import frozen_names
 from worldlm.training.batches import check_stream, sample_starts
 from worldlm.training.layers import tied_aliases
 from worldlm.training.private import PrivacySpent, RecordDP, RecordPrivacy, examples
@@ -129,7 +130,8 @@ class LocalTrainer:
             raise ValueError(
                 f"seq_len {config.seq_len} exceeds the model's {n_positions} positions"
             )
-        self._aliases = tied_aliases(model)
+        # Names a caller may leave out: tied aliases, and a frozen base (LoRA) never moves.
+        self._aliases = tied_aliases(model).keys() | frozen_names(model)
         self._generator = torch.Generator().manual_seed(config.seed)
         self._optimizer: torch.optim.AdamW | None = None
         self._record: RecordDP | None = None  # built on the first private round (needs N)

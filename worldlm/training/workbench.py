@@ -8,6 +8,7 @@ embedding) are left out, so a tied tensor crosses the wire once.
 from __future__ import annotations
 
 import functools
+import threading
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from worldlm.config.hierarchy import Client, Hierarchy, Policy, RunConfig
+from worldlm.config.hierarchy import Client, Hierarchy, LoraConfig, Policy, RunConfig
 from worldlm.strategies.base import Weights
+from worldlm.training.adapters import attach_lora, frozen_names
 from worldlm.training.corpus import client_split
 from worldlm.training.evaluate import EvalResult, evaluate
 from worldlm.training.layers import default_key_patterns, split_parameters, tied_aliases
@@ -26,20 +28,33 @@ from worldlm.training.tokenizer import encode_documents, load_tokenizer
 from worldlm.training.trainer import LocalResult, LocalTrainer, TrainConfig
 
 
-def make_model(run: RunConfig) -> torch.nn.Module:
-    """The run's model, initialised from ``run.seed`` (or loaded from ``run.pretrained``)."""
-    if run.pretrained:
-        return load_pretrained(run.pretrained)
-    config = ModelConfig.from_preset(
-        run.model, vocab_size=load_tokenizer().vocab_size, arch=run.arch
-    )
-    return build_model(config, seed=run.seed)
+def make_model(run: RunConfig, lora: LoraConfig | None = None) -> torch.nn.Module:
+    """The run's model, initialised from ``run.seed`` (or loaded from ``run.init``), with
+    LoRA adapters on a frozen base when the run has them (``lora``: a federation's own
+    alpha and dropout for the run's adapter shape)."""
+    with _BUILDING:
+        if run.init:
+            model = load_pretrained(run.init)
+        else:
+            config = ModelConfig.from_preset(
+                run.model, vocab_size=load_tokenizer().vocab_size, arch=run.arch
+            )
+            model = build_model(config, seed=run.seed)
+        if run.lora is None:
+            return model
+        return attach_lora(model, lora or run.lora, seed=run.seed)
+
+
+# One model is built at a time in a process: transformers' loading patches process-wide
+# state (torch.nn.init turned into no-ops) that a model built in another thread would see.
+_BUILDING = threading.Lock()
 
 
 def canonical(model: torch.nn.Module) -> Weights:
-    """The model's state dict without tied aliases, as fresh fp32 CPU copies for floats."""
-    aliases = tied_aliases(model)
-    return {n: t.detach().clone().cpu() for n, t in model.state_dict().items() if n not in aliases}
+    """The model's trainable state dict (every weight, or the adapters on a frozen base)
+    without tied aliases, as fresh CPU copies: what travels and is checkpointed."""
+    skip = tied_aliases(model).keys() | frozen_names(model)
+    return {n: t.detach().clone().cpu() for n, t in model.state_dict().items() if n not in skip}
 
 
 @functools.lru_cache(maxsize=4)
@@ -56,8 +71,8 @@ def initial_weights(run: RunConfig) -> Weights:
 def _key_names(run: RunConfig, patterns: tuple[str, ...]) -> frozenset[str]:
     model = make_model(run)
     split = split_parameters(model, patterns or default_key_patterns(model))
-    aliases = tied_aliases(model)
-    return frozenset(n for n in split.key if n not in aliases)
+    skip = tied_aliases(model).keys() | frozen_names(model)  # under LoRA: K is adapters
+    return frozenset(n for n in split.key if n not in skip)
 
 
 def key_names(run: RunConfig, policy: Policy) -> frozenset[str]:
@@ -159,7 +174,7 @@ class Workbench:
     ) -> None:
         self.run = run
         self.data = client_data(run, client)
-        self.model = make_model(run)
+        self.model = make_model(run, policy.lora)
         self.trainer = LocalTrainer(
             self.model,
             TrainConfig(
@@ -174,8 +189,8 @@ class Workbench:
 
     def load(self, weights: Mapping[str, torch.Tensor]) -> None:
         missing, unexpected = self.model.load_state_dict(dict(weights), strict=False)
-        aliases = tied_aliases(self.model)
-        missing = [n for n in missing if n not in aliases]
+        skip = tied_aliases(self.model).keys() | frozen_names(self.model)
+        missing = [n for n in missing if n not in skip]
         if missing or unexpected:
             raise KeyError(
                 f"weights do not fit the model: missing {missing}, unexpected {unexpected}"

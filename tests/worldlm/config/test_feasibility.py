@@ -173,8 +173,8 @@ def test_a_model_or_key_pattern_the_count_cannot_build_is_a_config_error(
     raw["run"]["model"] = "huge"
     with pytest.raises(ConfigError, match=r"^x\.toml: run\.model: unknown model preset"):
         parse(raw, source="x.toml")
-    raw["run"]["pretrained"] = str(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"^x\.toml: run\.pretrained: no pretrained model"):
+    raw["run"]["init"] = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"^x\.toml: run\.init: no pretrained model"):
         parse(raw, source="x.toml")
     raw = latin(4, None)
     raw["federations"]["root"]["dp"] = {"noise_multiplier": 1.0}
