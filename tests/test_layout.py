@@ -161,3 +161,13 @@ def test_the_simulator_replay_and_the_lab_stand_without_the_live_stack() -> None
 
 def test_the_purity_check_sees_a_live_import() -> None:
     assert "aiokafka" in _loaded_by("worldlm.participants.runner", "('aiokafka',)")
+
+
+def test_no_module_of_the_packages_runs_past_350_lines() -> None:
+    long = {
+        str(path.relative_to(ROOT)): n
+        for package in ("schemas", "brokers", "worldlm")
+        for path in (ROOT / package).rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 350
+    }
+    assert long == {}

@@ -116,7 +116,7 @@ def experiment(
     )
     from worldlm.lab.grid import default_processes
     from worldlm.lab.methods import METHODS
-    from worldlm.lab.report import summary_markdown
+    from worldlm.lab.summary import summary_markdown
 
     logs.configure(level=log_level)
     single_threaded_torch()

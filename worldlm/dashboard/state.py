@@ -19,14 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from schemas.messages import DeadLetter, MembershipEvent, MetricsReport, RoundEvent
 from worldlm.config.hierarchy import Hierarchy
-from worldlm.dashboard.views import (
-    ClientView,
-    FederationView,
-    LevelView,
-    Member,
-    RoundStats,
-    RunView,
-)
+from worldlm.dashboard.entities import ClientView, FederationView, LevelView, Member, RoundStats
+from worldlm.dashboard.views import RunView
 
 #: A record's position: (topic, partition, offset). Used to ignore records seen before.
 Position = tuple[str, int, int]

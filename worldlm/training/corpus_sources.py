@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from worldlm.training import corpus_text as ct
+from worldlm.training import roff
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _man_pages(mandir: Path) -> Extracted:
         source = _read_utf8(path)
         if source is None or re.match(r"(\.\\\".*\n|\s*\n)*\.so\s", source):
             continue  # undecodable, or a redirect to another page
-        yield str(path.relative_to(mandir)), ct.strip_roff(source)
+        yield str(path.relative_to(mandir)), roff.strip_roff(source)
 
 
 def _plain_files(folder: Path, pattern: str) -> Extracted:

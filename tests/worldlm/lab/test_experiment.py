@@ -9,7 +9,7 @@ from pathlib import Path
 
 from worldlm.lab.dp_study import DPStudy
 from worldlm.lab.experiment import Cell, Experiment, shipped_configs
-from worldlm.lab.report import summary_markdown
+from worldlm.lab.summary import summary_markdown
 
 TINY = {"rounds": 1, "local_steps": 2, "eval_batches": 1, "seq_len": 32, "batch_size": 4}
 

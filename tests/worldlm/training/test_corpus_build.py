@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worldlm.training import corpus_build as cb
-from worldlm.training import corpus_sources
+from worldlm.training import corpus_sources, roff
 from worldlm.training import corpus_text as ct
 
 MAN_PAGE = r""".\" Copyright (C) 2023 comment that must vanish
@@ -42,7 +42,7 @@ Name;Value
 
 
 def test_strip_roff_renders_man_page_text_like_groff() -> None:
-    text = ct.normalize_text(ct.strip_roff(MAN_PAGE))
+    text = ct.normalize_text(roff.strip_roff(MAN_PAGE))
     assert text.split("\n\n")[:3] == [
         "NAME",
         "ls - list directory contents",
@@ -58,7 +58,7 @@ def test_strip_roff_renders_man_page_text_like_groff() -> None:
 
 
 def test_strip_roff_handles_mdoc_flags() -> None:
-    text = ct.strip_roff(".Sh SYNOPSIS\n.Nm file\n.Op Fl Fl mime-type\n.Fl b Ar name\n")
+    text = roff.strip_roff(".Sh SYNOPSIS\n.Nm file\n.Op Fl Fl mime-type\n.Fl b Ar name\n")
     assert "SYNOPSIS" in text
     assert "--mime-type" in text and "-b name" in text
     assert "Fl" not in text and "Ar" not in text
@@ -76,7 +76,7 @@ def test_strip_roff_handles_mdoc_flags() -> None:
     ],
 )
 def test_roff_escapes_map_to_unicode_or_vanish(escaped: str, plain: str) -> None:
-    assert ct.roff_escapes(escaped) == plain
+    assert roff.roff_escapes(escaped) == plain
 
 
 def test_html_to_text_keeps_paragraphs_and_pre_and_drops_navigation() -> None:
