@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from worldlm.config.schema import ConfigError, RunConfig, ScheduleConfig
+from worldlm.config.schema import ConfigError, LoraConfig, RunConfig, ScheduleConfig
 
 if TYPE_CHECKING:
     import torch
@@ -179,7 +179,7 @@ def _times(ratio: float) -> str:
 
 def _layout(source: str, run: RunConfig) -> tuple[int, dict[str, int]]:
     try:
-        return _floating_sizes(run.model, run.arch, run.init)
+        return _floating_sizes(run.model, run.arch, run.init, run.lora)
     except (OSError, ValueError) as exc:
         where = "run.init" if run.init else "run.model"
         raise ConfigError(f"{source}: {where}: {_one_line(exc)}") from None
@@ -187,7 +187,7 @@ def _layout(source: str, run: RunConfig) -> tuple[int, dict[str, int]]:
 
 def _key(source: str, where: str, run: RunConfig, patterns: list[str]) -> frozenset[str]:
     try:
-        return _key_names(run.model, run.arch, run.init, tuple(patterns))
+        return _key_names(run.model, run.arch, run.init, run.lora, tuple(patterns))
     except ValueError as exc:
         raise ConfigError(f"{source}: {where}: {_one_line(exc)}") from None
 
@@ -197,36 +197,65 @@ def _one_line(exc: Exception) -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _floating_sizes(model: str, arch: str, pretrained: str | None) -> tuple[int, dict[str, int]]:
-    """Total floating coordinates of the canonical state dict, and each name's size."""
+def _floating_sizes(
+    model: str, arch: str, pretrained: str | None, lora: LoraConfig | None
+) -> tuple[int, dict[str, int]]:
+    """Total floating coordinates of what travels (the canonical state dict; under LoRA its
+    adapters only), and each name's size."""
     from worldlm.training.layers import tied_aliases
 
-    meta = _meta_model(model, arch, pretrained)
-    aliases = tied_aliases(meta)
+    meta = _meta_model(model, arch, pretrained, lora)
+    skip = tied_aliases(meta).keys() | _frozen(meta)
     sizes = {
         n: t.numel()
         for n, t in meta.state_dict().items()
-        if n not in aliases and t.is_floating_point()
+        if n not in skip and t.is_floating_point()
     }
     return sum(sizes.values()), sizes
 
 
 @functools.lru_cache(maxsize=32)
 def _key_names(
-    model: str, arch: str, pretrained: str | None, patterns: tuple[str, ...]
+    model: str,
+    arch: str,
+    pretrained: str | None,
+    lora: LoraConfig | None,
+    patterns: tuple[str, ...],
 ) -> frozenset[str]:
     """K under ``patterns`` (or the default split), as ``workbench.key_names`` selects it."""
     from worldlm.training.layers import default_key_patterns, split_parameters, tied_aliases
 
-    meta = _meta_model(model, arch, pretrained)
+    meta = _meta_model(model, arch, pretrained, lora)
     split = split_parameters(meta, patterns or default_key_patterns(meta))
-    aliases = tied_aliases(meta)
-    return frozenset(n for n in split.key if n not in aliases)
+    skip = tied_aliases(meta).keys() | _frozen(meta)
+    return frozenset(n for n in split.key if n not in skip)
+
+
+def _frozen(meta: torch.nn.Module) -> frozenset[str]:
+    from worldlm.training.adapters import frozen_names
+
+    return frozen_names(meta)
 
 
 @functools.lru_cache(maxsize=4)
-def _meta_model(model: str, arch: str, pretrained: str | None) -> torch.nn.Module:
-    """The run's model on the ``meta`` device: names, shapes and ties, no weights."""
+def _meta_model(
+    model: str, arch: str, pretrained: str | None, lora: LoraConfig | None = None
+) -> torch.nn.Module:
+    """The run's model on the ``meta`` device: names, shapes and ties, no weights; under
+    LoRA with its adapters injected and its base frozen (only the adapters travel)."""
+    built = _meta_base(model, arch, pretrained)
+    if lora is not None:
+        from peft import inject_adapter_in_model
+
+        from worldlm.training.adapters import ADAPTER, peft_config
+
+        built = inject_adapter_in_model(peft_config(lora), built, adapter_name=ADAPTER)
+        for name, parameter in built.named_parameters():
+            parameter.requires_grad_(".lora_" in name)
+    return built
+
+
+def _meta_base(model: str, arch: str, pretrained: str | None) -> torch.nn.Module:
     # Imported here: transformers costs seconds to import, and only DP configs need it.
     import torch
 

@@ -166,6 +166,20 @@ def test_a_federation_edge_counts_the_backbone_only() -> None:
         parse(raw, source="tree.toml")
 
 
+def test_under_lora_an_edge_counts_the_adapters_only() -> None:
+    """Only adapters travel under LoRA: the noise spreads over them, not the frozen base."""
+    lora = {"rank": 4, "targets": ["q_proj", "v_proj"]}
+    raw = latin(4, {"noise_multiplier": 0.0}) | {"defaults": {"lora": lora}}
+    h = parse(raw)
+    sent = sum(t.numel() for t in initial_weights(h.run).values() if t.is_floating_point())
+    assert 0 < private_coordinates(h, "latin") == sent < TINY / 50
+    # the refusal names the adapters' count and the population they need
+    raw = latin(12, {"noise_multiplier": SIGMA}) | {"defaults": {"lora": lora}}
+    needed = math.ceil(SIGMA * math.sqrt(sent))
+    with pytest.raises(ConfigError, match=rf"{sent:,} private .* at least {needed:,} "):
+        parse(raw, source="lora.toml")
+
+
 def test_a_model_or_key_pattern_the_count_cannot_build_is_a_config_error(
     tmp_path: Path,
 ) -> None:
