@@ -122,5 +122,10 @@ class ClientParticipant:
         node.counters["updates_sent"] += 1
         node.counters["bytes_out"] += published.bytes
         await node.metrics(broadcast.round, values | {"bytes_out": float(published.bytes)})
-        log.info("client_round", val_ppl=values.get("val_ppl"), train_loss=done.result.train_loss)
+        log.info(
+            "client_round",
+            val_ppl=values.get("val_ppl"),
+            train_loss=done.result.train_loss,
+            train_s=round(done.train_s, 3),
+        )
         return False
