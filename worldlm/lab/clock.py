@@ -9,6 +9,8 @@ logical-clock run.
 
 The transfer model follows what the Kafka client does (``brokers/kafka.py``):
 
+- **bytes**: at the edge's rate times :data:`PAYLOAD_PER_WIRE_BYTE` (TCP/IP and Ethernet
+  headers);
 - **up** (an update or a submission, published as a manifest and chunks of ``chunk_bytes``):
   the producer keeps one request in flight per broker and every chunk is a request, so each
   record after the first waits a round trip for its acknowledgement:
@@ -34,6 +36,9 @@ from worldlm.config.links import LinkConfig, Links
 
 #: What one fetch of a broadcast partition brings at most (``max_partition_fetch_bytes``).
 FETCH_BYTES = 8 * 1024 * 1024
+#: Payload per byte on the wire: a full TCP segment on Ethernet at MTU 1500 carries 1448
+#: bytes (MSS with timestamps) in a 1514-byte frame, and a link's rate counts frames.
+PAYLOAD_PER_WIRE_BYTE = 1448 / 1514
 
 T = TypeVar("T")
 
@@ -42,7 +47,7 @@ def wire_s(link: LinkConfig, nbytes: int) -> float:
     """Seconds to put ``nbytes`` through ``link``'s bandwidth (0: unlimited)."""
     if link.bandwidth_mbit is None:
         return 0.0
-    return nbytes * 8 / (link.bandwidth_mbit * 1e6)
+    return nbytes * 8 / (link.bandwidth_mbit * 1e6 * PAYLOAD_PER_WIRE_BYTE)
 
 
 def transfer_s(link: LinkConfig, nbytes: int, exchanges: int) -> float:

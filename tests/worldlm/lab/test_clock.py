@@ -8,7 +8,7 @@ import math
 import pytest
 
 from worldlm.config.links import ClockConfig, LinkConfig, Links
-from worldlm.lab.clock import FETCH_BYTES, Agenda, Clock, transfer_s, wire_s
+from worldlm.lab.clock import FETCH_BYTES, PAYLOAD_PER_WIRE_BYTE, Agenda, Clock, transfer_s, wire_s
 
 MB = 1_000_000
 
@@ -20,21 +20,24 @@ def test_loopback_moves_any_size_in_no_time() -> None:
     assert clock.work_s("anyone", steps=10, evaluated=True) == 0.0
 
 
-def test_bandwidth_alone_is_bytes_times_eight_over_bits_per_second() -> None:
+def test_bandwidth_alone_is_payload_bits_over_the_rate_less_the_headers() -> None:
     link = LinkConfig(bandwidth_mbit=100)
-    assert wire_s(link, 100 * MB) == pytest.approx(8.0)
-    assert transfer_s(link, 100 * MB, exchanges=7) == pytest.approx(8.0)  # no latency
+    assert PAYLOAD_PER_WIRE_BYTE == pytest.approx(0.9564, abs=1e-4)
+    assert wire_s(link, 100 * MB) == pytest.approx(8.0 / PAYLOAD_PER_WIRE_BYTE)
+    assert transfer_s(link, 100 * MB, exchanges=7) == wire_s(link, 100 * MB)  # no latency
 
 
 def test_each_record_after_the_first_costs_a_round_trip_upward() -> None:
     links = Links((("c", LinkConfig(bandwidth_mbit=8, latency_ms=100)),))
     clock = Clock(links, chunk_bytes=1 * MB)
-    # 2.5 MB: a manifest and 3 chunks = 4 records -> 2.5 s of wire + (2*4-1) * 0.1 s
-    assert clock.up_s("c", int(2.5 * MB)) == pytest.approx(2.5 + 0.7)
+    wire = 2.5 / PAYLOAD_PER_WIRE_BYTE  # 2.5 MB at 1 MB/s, less the headers
+    # a manifest and 3 chunks = 4 records: the wire time and (2*4-1) one-way latencies
+    assert clock.up_s("c", int(2.5 * MB)) == pytest.approx(wire + 0.7)
     # a broadcast under one fetch: one latency
-    assert clock.down_s("c", int(2.5 * MB)) == pytest.approx(2.5 + 0.1)
+    assert clock.down_s("c", int(2.5 * MB)) == pytest.approx(wire + 0.1)
     # two fetches: one more round trip
-    assert clock.down_s("c", FETCH_BYTES + 1) == pytest.approx((FETCH_BYTES + 1) * 8 / 8e6 + 0.3)
+    two = (FETCH_BYTES + 1) / MB / PAYLOAD_PER_WIRE_BYTE
+    assert clock.down_s("c", FETCH_BYTES + 1) == pytest.approx(two + 0.3)
 
 
 def test_compute_is_declared_and_scaled_by_the_nodes_speed() -> None:
