@@ -105,6 +105,8 @@ class Simulation:
         #: updates refused as too stale (an ``async`` parent that moved on): dropped, as a
         #: live aggregator dead-letters them
         self.stale: list[str] = []
+        #: seconds each close took on this machine (reported beside the declared time)
+        self.close_s: list[float] = []
         self.clock = Clock(hierarchy.links, hierarchy.run.chunk_kib * 1024)
         self._agenda: Agenda[_Broadcast | _Update | _ParentModel] = Agenda()
         self._busy: dict[str, float] = {}  # client -> simulated time it is free again
@@ -211,7 +213,9 @@ class Simulation:
             for other in self.hierarchy.residual_links(fid)
             if other in self.residuals
         }
+        started = time.perf_counter()
         closed = core.close(reason, core.residual_entries(cached), members)
+        self.close_s.append(time.perf_counter() - started)  # measured, never the clock's
         if closed.residual is not None:
             self.residuals[fid] = (core.round, closed.residual)
         at = now + self.clock.aggregate_s(fid)

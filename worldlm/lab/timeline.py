@@ -11,7 +11,7 @@ mean is at most the target, counted once every client has reported.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from schemas.messages import MetricsReport
@@ -54,12 +54,19 @@ def mean_curve(
 ) -> list[tuple[float, float]]:
     """(time, mean of ``clients``' latest ``metric``) at every evaluation, from the time all
     of them have one; equal times collapse to the last."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for r in reports:
+        if r.role == "client" and metric in r.values and "sim_s" in r.values:
+            points.setdefault(r.node, []).append((r.values["sim_s"], r.values[metric]))
+    return points_curve(points, clients)
+
+
+def points_curve(
+    points: Mapping[str, Sequence[tuple[float, float]]], clients: Sequence[str]
+) -> list[tuple[float, float]]:
+    """:func:`mean_curve` from each client's (time, figure) points."""
     wanted = set(clients)
-    events = sorted(
-        (r.values["sim_s"], r.node, r.values[metric])
-        for r in reports
-        if r.role == "client" and r.node in wanted and metric in r.values and "sim_s" in r.values
-    )
+    events = sorted((at, node, value) for node in wanted for at, value in points.get(node, ()))
     latest: dict[str, float] = {}
     curve: list[tuple[float, float]] = []
     for at, node, value in events:
