@@ -21,14 +21,20 @@ round is the link model's transfer time alone: the slowest client's broadcast do
 up). The error is (predicted - measured) / measured; it is also given for the time the links
 add (measured - loopback).
 
-Latency is not shaped (``netem`` does not work on these machines): the profiles validate the
-bandwidth half of the model; the latency half stays the model's (docs/worldwide.md).
+Latency comes from a delaying TCP proxy (``benchmarks/delay_proxy.py``; ``netem`` does not
+work on these machines) in front of the broker in the hub: the broker listens on the hub's
+loopback and advertises the proxy's address, so every Kafka byte a client sends or fetches is
+delayed by the profile's one-way latency each way (the root's aggregator, beside the broker,
+is not delayed). Redis is not delayed (heartbeats and pointers, off the round's path).
 
 Needs root and ``ip netns``; prints why and exits 0 elsewhere. Every namespace (and with it
 every veth and qdisc) is removed on exit, error or Ctrl-C.
 
-    sudo python benchmarks/shaped_links.py [--profiles 50,20,10,10/100] [--rounds 4]
-        [--json out.json]
+    sudo python benchmarks/shaped_links.py [--profiles 50,20,10,10/100,20@50,100@100]
+        [--rounds 4] [--json out.json]
+
+A profile is ``RATE`` (Mbit/s, every client), ``RATE0/RATE1`` (per client), optionally
+``@LATENCY`` (one-way ms).
 """
 
 from __future__ import annotations
@@ -52,11 +58,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB_IP = "10.22.0.1"
-KAFKA_PORT, REDIS_PORT = 19092, 16379
+KAFKA_PORT, REDIS_PORT, BROKER_PORT = 19092, 16379, 29092
 CLIENTS = {"c0": "lang-en", "c1": "lang-de"}
 
 
-def config_toml(run_id: str, rounds: int, links: dict[str, float] | None) -> str:
+def config_toml(
+    run_id: str, rounds: int, links: dict[str, float] | None, latency_ms: float = 0.0
+) -> str:
     """The flat tree (root, two clients), tiny and short; ``links``: client -> Mbit/s."""
     lines = [
         "[run]",
@@ -76,7 +84,7 @@ def config_toml(run_id: str, rounds: int, links: dict[str, float] | None) -> str
     for cid, partition in CLIENTS.items():
         lines += [f"[clients.{cid}]", 'federation = "root"', f'partition = "{partition}"']
     for cid, mbit in (links or {}).items():
-        lines += [f"[links.{cid}]", f"bandwidth_mbit = {mbit}"]
+        lines += [f"[links.{cid}]", f"bandwidth_mbit = {mbit}", f"latency_ms = {latency_ms}"]
     return "\n".join(lines) + "\n"
 
 
@@ -130,10 +138,12 @@ class Network:
 
 
 def spawn(ns: str, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``worldlm ARGS`` (or any command, when ``args`` starts with a path) in ``ns``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = args if args[0].startswith("/") else [sys.executable, "-m", "worldlm", *args]
     with log.open("wb") as out:
         return subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "worldlm", *args],
+            ["ip", "netns", "exec", ns, *command],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
@@ -155,18 +165,48 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def servers(net: Network, work: Path) -> Iterator[None]:
-    log = work / "infra.log"
-    infra = spawn(net.hub, ["infra", "up", "--host", HUB_IP, "--kafka-port", str(KAFKA_PORT),
-                            "--redis-port", str(REDIS_PORT)], log)  # fmt: skip
+    """Tansu on the hub's loopback, advertising the proxy's address; Redis on the hub's."""
+    from brokers.embedded import redis_server_binary, tansu_binary
+
+    broker = spawn(net.hub, [tansu_binary(), "broker", "--listener-url",
+                             f"tcp://127.0.0.1:{BROKER_PORT}", "--advertised-listener-url",
+                             f"tcp://{HUB_IP}:{KAFKA_PORT}", "--storage-engine",
+                             "memory://tansu/"], work / "broker.log")  # fmt: skip
+    redis = spawn(net.hub, [redis_server_binary(), "--port", str(REDIS_PORT), "--bind", HUB_IP,
+                            "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                  work / "redis.log")  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while "redis url" not in log.read_text(errors="replace"):
-            if infra.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the servers did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.2)
+        for port in (BROKER_PORT, REDIS_PORT):
+            host = "127.0.0.1" if port == BROKER_PORT else HUB_IP
+            deadline = time.monotonic() + 30
+            probe = ["ip", "netns", "exec", net.hub, "bash", "-c", f"echo >/dev/tcp/{host}/{port}"]
+            while subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"nothing listens on {host}:{port} in the hub")
+                time.sleep(0.2)
         yield
     finally:
-        stop(infra)
+        stop(broker)
+        stop(redis)
+
+
+@contextlib.contextmanager
+def delayed(net: Network, work: Path, latency_ms: float) -> Iterator[None]:
+    """The delaying proxy in front of the broker for one profile."""
+    log = work / f"proxy-{latency_ms:g}.log"
+    proxy = spawn(net.hub, [sys.executable, str(ROOT / "benchmarks" / "delay_proxy.py"),
+                            "--listen", f"{HUB_IP}:{KAFKA_PORT}", "--to",
+                            f"127.0.0.1:{BROKER_PORT}", "--delay-ms", str(latency_ms),
+                            "--local", HUB_IP], log)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "delaying" not in log.read_text(errors="replace"):
+            if proxy.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the proxy did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield
+    finally:
+        stop(proxy)
 
 
 def closes(log: Path) -> list[float]:
@@ -182,7 +222,7 @@ def closes(log: Path) -> list[float]:
 
 def live_round_s(net: Network, work: Path, name: str, rounds: int) -> list[float]:
     """One live run of the flat tree; the intervals between the root's closes after its first."""
-    run_id = f"shaped-{name.replace('/', '-')}-{os.getpid()}"
+    run_id = f"shaped-{name.replace('/', '-').replace('@', '-')}-{os.getpid()}"
     config = work / f"{run_id}.toml"
     config.write_text(config_toml(run_id, rounds, None))
     endpoints = ["--kafka", f"{HUB_IP}:{KAFKA_PORT}", "--redis", f"redis://{HUB_IP}:{REDIS_PORT}/0"]
@@ -207,7 +247,7 @@ def live_round_s(net: Network, work: Path, name: str, rounds: int) -> list[float
     return [b - a for a, b in itertools.pairwise(times)]
 
 
-def predicted_transfer_s(rates: dict[str, float], rounds: int) -> float:
+def predicted_transfer_s(rates: dict[str, float], latency_ms: float, rounds: int) -> float:
     """The simulator's round on the profile's links with no declared compute."""
     sys.path.insert(0, str(ROOT))
     import tomllib
@@ -216,15 +256,17 @@ def predicted_transfer_s(rates: dict[str, float], rounds: int) -> float:
     from worldlm.lab.simulator import simulate
     from worldlm.lab.timeline import timeline
 
-    h = parse(tomllib.loads(config_toml("predict", rounds, rates)))
+    h = parse(tomllib.loads(config_toml("predict", rounds, rates, latency_ms)))
     result, _ = simulate(h, workers=1)
     return statistics.median(timeline(h, result.reports).round_s["root"][1:])
 
 
-def profile_rates(spec: str) -> dict[str, float]:
-    """``"20"``: every client at 20 Mbit/s; ``"10/100"``: c0 at 10, c1 at 100."""
-    parts = [float(x) for x in spec.split("/")]
-    return {c: parts[min(i, len(parts) - 1)] for i, c in enumerate(CLIENTS)}
+def profile(spec: str) -> tuple[dict[str, float], float]:
+    """``"20"``: every client at 20 Mbit/s; ``"10/100"``: c0 at 10, c1 at 100; ``"20@50"``:
+    and 50 ms one way. Returns (client -> Mbit/s, latency in ms)."""
+    rates, _, latency = spec.partition("@")
+    parts = [float(x) for x in rates.split("/")]
+    return {c: parts[min(i, len(parts) - 1)] for i, c in enumerate(CLIENTS)}, float(latency or 0)
 
 
 def can_shape() -> str | None:
@@ -242,7 +284,7 @@ def can_shape() -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profiles", default="50,20,10,10/100")
+    parser.add_argument("--profiles", default="50,20,10,10/100,20@50,100@100")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -257,16 +299,20 @@ def main() -> int:
             net.up()
             with servers(net, work):
                 net.shape(None)
-                base = statistics.median(live_round_s(net, work, "loopback", args.rounds))
+                with delayed(net, work, 0.0):
+                    base = statistics.median(live_round_s(net, work, "loopback", args.rounds))
                 print(f"loopback: measured round {base:.2f}s")
                 for spec in args.profiles.split(","):
-                    rates = profile_rates(spec)
+                    rates, latency_ms = profile(spec)
                     net.shape(rates)
-                    measured = statistics.median(live_round_s(net, work, spec, args.rounds))
-                    transfer = predicted_transfer_s(rates, args.rounds)
+                    with delayed(net, work, latency_ms):
+                        rounds = live_round_s(net, work, spec, args.rounds)
+                    measured = statistics.median(rounds)
+                    transfer = predicted_transfer_s(rates, latency_ms, args.rounds)
                     predicted = base + transfer
                     row = {
-                        "profile_mbit": spec,
+                        "profile": spec,
+                        "rounds_s": [round(x, 3) for x in rounds],
                         "measured_s": round(measured, 3),
                         "loopback_s": round(base, 3),
                         "link_model_transfer_s": round(transfer, 3),

@@ -74,6 +74,13 @@ def _cell(x: dict[str, Any], unit: str = "") -> str:
     return f"{x['mean']:.1f}{half}{unit}"
 
 
+def _ratio(x: dict[str, Any]) -> str:
+    if x["mean"] is None:
+        return "—"
+    half = f" ± {x['ci95']:.2f}" if x["ci95"] is not None else ""
+    return f"{x['mean']:.2f}{half}×"
+
+
 def report_markdown(summary: dict[str, Any]) -> str:
     """Markdown: the tree's time to target and final perplexity per setting, then each
     federation's time to its own target."""
@@ -89,24 +96,27 @@ def report_markdown(summary: dict[str, Any]) -> str:
         + json.dumps({k: round(v, 3) for k, v in summary["measured_clock"].items()})
         + ".",
         "",
-        f"Mean ± 95% CI over {n} seeds (t interval); times are simulated seconds. Target: "
-        f"1.1 x the fp32 setting's mean final perplexity (tree: {targets['tree']:.1f}).",
+        f"Mean ± 95% CI over {n} seeds (t interval); times are simulated seconds. Target "
+        "of a seed: 1.1 x the final perplexity of the fp32 cell of that seed (tree: "
+        + ", ".join(f"{t:.0f}" for t in targets["tree"])
+        + "); ratios are paired by seed.",
         "",
-        "| setting | tree: time to target (s) | reached | tree: final perplexity | "
-        "run length (s) |",
-        "|---|---|---|---|---|",
+        "| setting | tree: time to target (s) | reached | vs fp32 (paired) | "
+        "tree: final perplexity | final vs fp32 (paired) | run length (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s, row in settings.items():
         tree = row["parts"]["tree"]
         lines.append(
             f"| {s} | {_cell(tree['time_to_target_s'])} | {tree['reached']}/{n} | "
-            f"{_cell(tree['final_ppl'])} | {_cell(row['end_s'])} |"
+            f"{_ratio(tree['vs_fp32'])} | {_cell(tree['final_ppl'])} | "
+            f"{_ratio(tree['final_vs_fp32'])} | {_cell(row['end_s'])} |"
         )
     feds = [p for p in parts if p != "tree"]
     lines += [
         "",
         "Each federation's clients: time to their own target (s) [seeds reached] / final "
-        "perplexity. Targets: " + ", ".join(f"{p} {targets[p]:.1f}" for p in feds) + ".",
+        "perplexity (the target per seed: 1.1 x the federation's final figure under fp32).",
         "",
         "| setting | " + " | ".join(feds) + " |",
         "|---|" + "---|" * len(feds),
@@ -118,4 +128,15 @@ def report_markdown(summary: dict[str, Any]) -> str:
             for p in feds
         ]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Share of the run each federation spends between submitting to the root and the "
+        "root's next close (the least it waits for the root's model):",
+        "",
+        "| setting | " + " | ".join(feds) + " |",
+        "|---|" + "---|" * len(feds),
+    ]
+    for s, row in settings.items():
+        shares = [row["waiting"][f]["mean"] for f in feds]
+        lines.append(f"| {s} | " + " | ".join(f"{x:.0%}" for x in shares) + " |")
     return "\n".join(lines)

@@ -4,11 +4,16 @@ times; without links every time is 0."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from tests.worldlm.participants.helpers import flat_raw
+from worldlm.cli import app
 from worldlm.config.hierarchy import Hierarchy, parse
 from worldlm.lab.clock import Clock
 from worldlm.lab.simulator import simulate
@@ -69,3 +74,39 @@ def test_time_to_target_is_when_the_mean_of_the_latest_figures_first_reaches_it(
     t = timeline(h, result.reports, target)
     assert t.reached_s["root"] == next(at for at, v in curve if v == target)
     assert timeline(h, result.reports, target / 2).reached_s["root"] is None
+
+
+SMALL = """
+[run]
+id = "clock-cli"
+rounds = 1
+seq_len = 32
+batch_size = 4
+eval_batches = 1
+[defaults]
+local_steps = 1
+[federations.root]
+[clients.en-0]
+federation = "root"
+partition = "lang-en"
+[links.en-0]
+bandwidth_mbit = 10
+latency_ms = 20
+[clock]
+step_s = 0.1
+"""
+
+
+def test_worldlm_simulate_prints_the_simulated_rounds_and_the_time_to_target(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL)
+    got = CliRunner().invoke(
+        app, ["simulate", str(config), "--target", "1e9", "--out", str(tmp_path / "out")]
+    )
+    assert got.exit_code == 0, got.output
+    # the first evaluation is of the first broadcast, once it crossed the 10 Mbit/s link
+    assert re.search(r"root  simulated round s: [\d.]+; target 1e\+09 at [1-9][\d.]*s", got.output)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["simulated"]["round_s"]["root"][0] > 0.1  # the link and one step
