@@ -11,7 +11,9 @@ function of the config and the seed. Each setting changes one policy of the root
 - ``bf16``, ``int8``, ``topk``: the federations' submissions to the root in that codec
   (error feedback on; broadcasts stay float32, as the system sends them);
 - ``async``: the root folds submissions as they come, two at a time, discounted by
-  staleness; it runs 3/2 as many root rounds, so it folds as many submissions as ``fp32``.
+  staleness; it runs 3/2 as many root rounds, so it folds as many submissions as ``fp32``;
+- ``overlap``: every federation goes on training while its submission travels and puts the
+  root's answer under the progress made since (``exchange = "overlap"``, one step delayed).
 
 Per setting and seed, on the simulator: when the whole tree (the mean of its six clients'
 latest validation perplexities) and each federation's clients first reach the target, and
@@ -52,7 +54,7 @@ PROFILE: dict[str, dict[str, float]] = {
 #: model, an evaluation of 2 batches, a close: :func:`calibrate` measured 0.087, 0.047 and
 #: 0.022 on 2026-12-08 (2 shared cores, under load), rounded here.
 CLOCK = {"step_s": 0.08, "eval_s": 0.05, "aggregate_s": 0.02}
-SETTINGS = ("fp32", "bf16", "int8", "topk", "async")
+SETTINGS = ("fp32", "bf16", "int8", "topk", "async", "overlap")
 TARGET_FACTOR = 1.1
 LR = 3e-3
 
@@ -71,6 +73,8 @@ def with_setting(raw: dict[str, Any], setting: str) -> dict[str, Any]:
     root = out["federations"]["root"]
     if setting in ("bf16", "int8", "topk"):
         root["compression"] = {"codec": setting}
+    elif setting == "overlap":
+        out["defaults"]["exchange"] = "overlap"
     elif setting == "async":
         root["schedule"] = {"mode": "async", "buffer": 2, "staleness_bound": 2}
         out["run"]["rounds"] = out["run"]["rounds"] * 3 // 2
