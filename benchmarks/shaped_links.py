@@ -329,8 +329,11 @@ def main() -> int:
     if rows:
         worst = max(abs(r["error"]) for r in rows)
         print(f"worst round-time error {worst:.1%} over {len(rows)} profiles")
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     if args.json is not None:
-        args.json.write_text(json.dumps({"loopback_s": base, "profiles": rows}, indent=2))
+        data = {"loopback_s": base, "profiles": rows, "loadavg": load}
+        args.json.write_text(json.dumps(data, indent=2))
     return 0
 
 

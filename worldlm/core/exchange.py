@@ -52,11 +52,14 @@ class ParentExchange:
     policy: Policy
 
     def after_close(self) -> tuple[Step, ...]:
-        """The steps after a close: :meth:`next_steps`; or, under ``exchange = "overlap"``
-        with nothing in flight, submit and go on training."""
+        """The steps after a close: :meth:`next_steps`; under ``exchange = "overlap"``, with
+        nothing in flight: submit and go on training; with the answer still out: nothing
+        (it is awaited already; rounds pause until it comes)."""
         meta = self.meta
         overlap = self.policy.exchange == "overlap"
-        if meta.awaiting_parent and overlap and not meta.in_flight and meta.samples:
+        if meta.awaiting_parent and meta.in_flight:
+            return ()
+        if meta.awaiting_parent and overlap and meta.samples:
             return self._submit_and_go_on()
         return self.next_steps()
 
@@ -70,7 +73,7 @@ class ParentExchange:
         self.base = {n: t.clone() for n, t in self.weights.items()}
         meta.in_flight, meta.awaiting_parent = True, False
         meta.samples = meta.rounds_since_submit = 0
-        return (Submit(submission), AwaitParent(meta.parent_version), *self.next_steps())
+        return (Submit(submission), *self.next_steps())
 
     def _merge_parent(
         self, parent: Mapping[str, torch.Tensor], version: int, final: bool
@@ -104,14 +107,17 @@ class ParentExchange:
 
         Waiting for the parent: submit (again, after a restart: the same id, so the parent
         drops a repeat) and wait for its model. Otherwise broadcast the model unless it is
-        out already, then open the next round, or stop after the run's final model.
+        out already, then open the next round, or stop after the run's final model. Under
+        ``exchange = "overlap"`` a submission in flight is awaited alongside (never sent
+        again: its progress is the base's already), and the rounds pause when they are done.
         """
         meta = self.meta
-        if meta.awaiting_parent and meta.in_flight:  # overlap: the last answer is still out
-            return (AwaitParent(meta.parent_version),)
+        waiting = (AwaitParent(meta.parent_version),) if meta.in_flight else ()
+        if meta.awaiting_parent and meta.in_flight:
+            return waiting
         if meta.awaiting_parent:
             return (Submit(self.submission()), AwaitParent(meta.parent_version))
-        steps: list[Step] = []
+        steps: list[Step] = [*waiting]
         if published is None or published < meta.version:
             steps.append(Broadcast(meta.version, meta.round, meta.final, meta.parent_version))
         steps.append(Done() if meta.final else OpenRound(meta.round))

@@ -72,8 +72,9 @@ def test_after_submitting_the_federation_goes_on_and_merges_the_answer_mid_round
     answer(root, steps[0])
     latin.open_round(0.0)
     a_round(latin, 2)  # internal_rounds = 1: the next exchange is due, the answer is out
-    assert latin.after_close() == (AwaitParent(latin.meta.parent_version),)
+    assert latin.after_close() == ()  # the answer is awaited already: the rounds pause
     assert latin.meta.awaiting_parent and not latin.open
+    assert latin.next_steps() == (AwaitParent(latin.meta.parent_version),)  # on a resume
     before = dict(latin.weights)
     steps = latin.take_parent(root.weights, root.version, False)
     # the parent's backbone under our progress since the submission; our key layers kept
