@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -271,6 +272,9 @@ class EmbeddedRedis(ServerProcess):
             "no",
             "--dir",
             str(self.log_path.parent),
+            # Listening on another interface was asked for (``worldlm infra up --host``):
+            # protected mode would refuse every client not on loopback.
+            *(["--protected-mode", "no"] if not _loopback(self.host) else []),
         ]
 
     async def ready(self) -> bool:
@@ -283,6 +287,13 @@ class EmbeddedRedis(ServerProcess):
             return False
         finally:
             await client.aclose()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ def experiment(
             "--study",
             help="table: the paper's table (settings x methods x seeds x rates); "
             "regimes: where joining pays, mapped over tokens and clients per federation "
-            "(docs/regimes.md); finetune: full fine-tuning vs LoRA (docs/finetune.md).",
+            "(docs/regimes.md); finetune: full fine-tuning vs LoRA (docs/finetune.md); "
+            "worldwide: the demo tree over worldwide links (docs/worldwide.md).",
         ),
     ] = "table",
     config: Annotated[
@@ -70,8 +71,18 @@ def experiment(
     """Run every method on every data setting over seeds and a learning-rate grid, on the
     simulator; resumable (cells already in OUT/cells are reused). Writes OUT/report.md,
     OUT/summary.json and per setting OUT/<setting>/report.{md,json} and perplexity.png."""
-    if study not in ("table", "regimes", "finetune"):
-        raise typer.BadParameter("choose table, regimes or finetune", param_hint="--study")
+    if study not in ("table", "regimes", "finetune", "worldwide"):
+        raise typer.BadParameter(
+            "choose table, regimes, finetune or worldwide", param_hint="--study"
+        )
+    if study == "worldwide":  # policies on worldwide links, simulated time (docs/worldwide.md)
+        from worldlm.cli.worldwide import run_worldwide
+
+        logs_configure(log_level)
+        single_threaded_torch()
+        cfg = config[0] if config else None
+        return run_worldwide(out=out or Path("out/worldwide"), config=cfg, seeds=seeds,
+                             processes=processes)  # fmt: skip
     if study == "finetune":  # full fine-tuning vs LoRA from one base (docs/finetune.md)
         from worldlm.cli.finetune_study import run_finetune
 

@@ -21,6 +21,14 @@ def simulate(
         typer.Option("--out", help="Write metrics.jsonl (every report) and summary.json here."),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Clients trained at once.")] = 2,
+    target: Annotated[
+        float | None,
+        typer.Option(
+            "--target",
+            help="Report when each federation's clients reach this "
+            "mean validation perplexity, in simulated time ([links], [clock]).",
+        ),
+    ] = None,
     run_id: RunIdOpt = None,
     log_level: LogOpt = "warning",
 ) -> None:
@@ -52,6 +60,18 @@ def simulate(
         f"done in {result.wall_s:.1f}s (training and evaluation {simulation.train_s:.1f}s, "
         f"simulator {overhead:.1%})"
     )
+    from worldlm.lab.timeline import timeline
+
+    clock = timeline(hierarchy, result.reports, target)
+    if hierarchy.links.declared:
+        for fid, rounds in clock.round_s.items():
+            reached = clock.reached_s[fid]
+            typer.echo(
+                f"{fid:>16}  simulated round s: {', '.join(f'{x:.2f}' for x in rounds)}"
+                + (f"; target {target:g} at {reached:.2f}s" if reached is not None else "")
+                + (" never reached" if target is not None and reached is None else "")
+            )
+        typer.echo(f"simulated time to the end: {clock.end_s:.2f}s")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         with (out / "metrics.jsonl").open("wb") as f:
@@ -63,6 +83,7 @@ def simulate(
             "final_val_ppl": finals,
             "wall_s": result.wall_s,
             "train_s": simulation.train_s,
+            "simulated": clock.as_dict(),
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         typer.echo(f"metrics: {out / 'metrics.jsonl'}  summary: {out / 'summary.json'}")

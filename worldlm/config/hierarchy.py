@@ -43,6 +43,7 @@ from worldlm.config.checks import check_policy as _check_policy
 from worldlm.config.checks import check_run as _check_run
 from worldlm.config.checks import with_adapters
 from worldlm.config.feasibility import check as check_member_dp
+from worldlm.config.links import Links, parse_links
 from worldlm.config.schema import (
     AttentionConfig,
     ClientConfig,
@@ -113,6 +114,8 @@ class Hierarchy:
     federations: dict[str, Federation]
     clients: dict[str, Client]
     source: str = "<config>"
+    #: The network and compute times the simulator's clock reads (``[links]``, ``[clock]``).
+    links: Links = dataclasses.field(default_factory=Links)
 
     @property
     def root(self) -> Federation:
@@ -201,7 +204,7 @@ def parse(
     raw: Mapping[str, Any], *, source: str = "<config>", known_partitions: set[str] | None = None
 ) -> Hierarchy:
     """Validate a config already read from TOML (see :func:`load`)."""
-    unknown = set(raw) - {"run", "defaults", "federations", "clients"}
+    unknown = set(raw) - {"run", "defaults", "federations", "clients", "links", "clock"}
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {sorted(unknown)}")
     run: RunConfig = _convert(raw.get("run", {}), RunConfig, "run", source)
@@ -316,7 +319,8 @@ def parse(
         federations[fid] = Federation(
             fid, parents[fid], levels[fid], policies[fid], children, members
         )
-    hierarchy = Hierarchy(run, federations, clients, source)
+    network = parse_links(raw, set(federations) | set(clients), source)
+    hierarchy = Hierarchy(run, federations, clients, source, network)
     for fid in federations:
         links = hierarchy.federations[fid].policy.residual
         if links is not None and isinstance(links.links, list):

@@ -159,6 +159,10 @@ class Policy(_Strict, frozen=True):
     record_dp: RecordDPConfig | None = None
     schedule: ScheduleConfig = ScheduleConfig()
     internal_rounds: int = 1
+    #: After submitting to the parent: ``wait`` for its model (rounds pause), or ``overlap``:
+    #: go on training, and put the parent's model, when it comes, under the progress made
+    #: since (a one-step-delayed exchange; docs/worldwide.md).
+    exchange: Literal["wait", "overlap"] = "wait"
     local_steps: int = 10
     lr: float | None = None
     #: The codec of the updates this federation's members send it

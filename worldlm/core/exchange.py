@@ -9,6 +9,7 @@ close, a parent's model, or a restart. Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from worldlm.core.steps import (
     Submit,
 )
 from worldlm.strategies.compression import Compressed, Compressor
+
+if TYPE_CHECKING:
+    from worldlm.config.schema import Policy
 
 
 def take_parent(
@@ -45,6 +49,56 @@ class ParentExchange:
     compressor: Compressor
     _outgoing: tuple[str, Compressed] | None
     _new_id: Callable[[], str]
+    policy: Policy
+
+    def after_close(self) -> tuple[Step, ...]:
+        """The steps after a close: :meth:`next_steps`; under ``exchange = "overlap"``, with
+        nothing in flight: submit and go on training; with the answer still out: nothing
+        (it is awaited already; rounds pause until it comes)."""
+        meta = self.meta
+        overlap = self.policy.exchange == "overlap"
+        if meta.awaiting_parent and meta.in_flight:
+            return ()
+        if meta.awaiting_parent and overlap and meta.samples:
+            return self._submit_and_go_on()
+        return self.next_steps()
+
+    def _submit_and_go_on(self) -> tuple[Step, ...]:
+        """Send the submission, take its model as the base the parent's answer will
+        replace, and open the next round on it (the answer is awaited alongside)."""
+        meta = self.meta
+        submission = self.submission()
+        self.compressor.commit(self._compressed())  # it counts as sent: no resubmission
+        self._outgoing = None
+        self.base = {n: t.clone() for n, t in self.weights.items()}
+        meta.in_flight, meta.awaiting_parent = True, False
+        meta.samples = meta.rounds_since_submit = 0
+        return (Submit(submission), *self.next_steps())
+
+    def _merge_parent(
+        self, parent: Mapping[str, torch.Tensor], version: int, final: bool
+    ) -> tuple[Step, ...]:
+        """The parent's answer to the submission in flight: its backbone replaces ours as
+        it was when we submitted (``base``), and the progress made since stays on top (the
+        next submission sends it). Mid-round nothing else happens (the round's close
+        broadcasts the result); after rounds that waited for it, the next submission goes."""
+        meta = self.meta
+        progress = {
+            n: w - self.base[n]
+            for n, w in self.weights.items()
+            if n not in self.key and w.is_floating_point()
+        }
+        taken = take_parent(self.weights, parent, self.key)
+        self.base = {n: t.clone() for n, t in taken.items()}
+        self.weights = {n: t + progress[n] if n in progress else t for n, t in taken.items()}
+        meta.parent_version, meta.in_flight, meta.submit_id, meta.final = version, False, "", final
+        if not (final or meta.awaiting_parent):
+            return ()
+        meta.version += 1
+        if final:
+            meta.awaiting_parent = False
+            return self.next_steps()
+        return self._submit_and_go_on() if meta.samples else self.next_steps()
 
     def next_steps(self, published: int | None = None) -> tuple[Step, ...]:
         """What the shell does next, from the core's state: after a close, after the
@@ -53,12 +107,17 @@ class ParentExchange:
 
         Waiting for the parent: submit (again, after a restart: the same id, so the parent
         drops a repeat) and wait for its model. Otherwise broadcast the model unless it is
-        out already, then open the next round, or stop after the run's final model.
+        out already, then open the next round, or stop after the run's final model. Under
+        ``exchange = "overlap"`` a submission in flight is awaited alongside (never sent
+        again: its progress is the base's already), and the rounds pause when they are done.
         """
         meta = self.meta
+        waiting = (AwaitParent(meta.parent_version),) if meta.in_flight else ()
+        if meta.awaiting_parent and meta.in_flight:
+            return waiting
         if meta.awaiting_parent:
             return (Submit(self.submission()), AwaitParent(meta.parent_version))
-        steps: list[Step] = []
+        steps: list[Step] = [*waiting]
         if published is None or published < meta.version:
             steps.append(Broadcast(meta.version, meta.round, meta.final, meta.parent_version))
         steps.append(Done() if meta.final else OpenRound(meta.round))
@@ -108,6 +167,8 @@ class ParentExchange:
         """The parent's broadcast arrived: take its backbone, keep our key layers; what the
         shell does next (broadcast, then open a round or stop)."""
         meta = self.meta
+        if meta.in_flight:
+            return self._merge_parent(weights, version, final)
         if meta.awaiting_parent and meta.samples and self.compressor.active:
             self.compressor.commit(self._compressed())  # the submission counted as sent
         self._outgoing = None

@@ -201,7 +201,8 @@ class FederationCore(ParentExchange, CloseRules):
 
     def wants_parent(self, version: int) -> bool:
         """Whether the parent's model at ``version`` is one this federation waits for."""
-        return self.meta.awaiting_parent and version > self.meta.parent_version
+        waiting = self.meta.awaiting_parent or self.meta.in_flight
+        return waiting and version > self.meta.parent_version
 
     def offset(self, source: str) -> int:
         """The next offset to read of ``source`` (a shell's "topic:partition")."""
@@ -289,7 +290,7 @@ class FederationCore(ParentExchange, CloseRules):
             final=meta.final,
             values=values,
             ledger=ledger,
-            next=self.next_steps(),
+            next=self.after_close(),
         )
 
     def residual_entries(

@@ -57,6 +57,8 @@ class Meta:
     counters: dict[str, int] = field(default_factory=dict)
     final: bool = False
     awaiting_parent: bool = False
+    #: ``exchange = "overlap"``: a submission is out and rounds go on until its answer
+    in_flight: bool = False
     submit_id: str = ""
     samples: int = 0
     #: the revocation chain the shell verified (``schemas.revocation.ChainMemory``)

@@ -60,6 +60,10 @@ class CellResult:
     #: every held-out figure a client measured (only the final one unless
     #: ``run.test_each_eval``), by the round of the validation figure it was measured with
     test_curve: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    #: the simulated clock (worldlm/lab/clock.py): each client's (sim_s, validation
+    #: perplexity) and each federation's close times
+    timed: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    closes: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ def run_cell(
     train_s = 0.0
     epsilon = 0.0
     sent: list[float] = []
+    timed: dict[str, list[tuple[float, float]]] = {}
+    closes: dict[str, list[float]] = {}
     method = cell.method.split("+")[0]  # "worldlm+dp": the method under a variant
     for h in method_configs(raw, method, known_partitions=known, then=job.then):
         budgets |= client_budget(h)
@@ -136,6 +142,10 @@ def run_cell(
             # Member-level DP is spent by aggregators, record-level DP by clients.
             spent = [v for k, v in r.values.items() if k.endswith("epsilon")]
             epsilon = max([epsilon, *spent])
+            if r.role == "client" and "val_ppl" in r.values:
+                timed.setdefault(r.node, []).append((r.values["sim_s"], r.values["val_ppl"]))
+            elif r.role == "aggregator":
+                closes.setdefault(r.node, []).append(r.values["sim_s"])
         val |= curves_from_reports(result.reports, "val_ppl")
         test |= curves_from_reports(result.reports, "test_ppl")
     wall = time.perf_counter() - started
@@ -146,6 +156,8 @@ def run_cell(
         epsilon,
         sum(sent) / len(sent) if sent else 0.0,
         test,
+        timed,
+        closes,
     )
 
 
@@ -166,6 +178,8 @@ def save_cell(path: Path, cell: Cell, result: CellResult) -> None:
         "budget": result.budget,
         "epsilon": result.epsilon,
         "bytes_per_update": result.bytes_per_update,
+        "timed": result.timed,
+        "closes": result.closes,
     }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -187,6 +201,8 @@ def load_cell(path: Path) -> CellResult:
         data.get("epsilon", 0.0),
         data.get("bytes_per_update", 0.0),
         test,
+        {c: [(float(t), float(p)) for t, p in pts] for c, pts in data.get("timed", {}).items()},
+        data.get("closes", {}),
     )
 
 

@@ -9,8 +9,12 @@ dict; the participants cannot tell.
 
 Determinism: every generator is seeded from the config, updates are folded in sender order
 by the core, clients of one broadcast train in parallel threads but their updates are queued
-in client order, and the clock is logical (a ``sync`` round closes at its quorum; deadlines
-never fire, since nobody is slow). The same config therefore gives bit-identical weights and
+in client order, and the clock is simulated (:mod:`worldlm.lab.clock`): every message is
+handled at the simulated time it arrives, from the config's links and declared compute times,
+never this machine's (a ``sync`` round closes at its quorum; deadlines never fire). Without
+``[links]`` and ``[clock]`` every time is 0 and messages are handled first in, first out.
+Reports carry the simulated time as ``sim_s``: when a client received the model it evaluated,
+when a federation closed its round. The same config therefore gives bit-identical weights and
 metrics on every run, and the same weights as a live ``sync`` run with a full quorum
 (``tests/test_simulator.py`` proves both). What the simulator cannot reproduce of a live run:
 arrival-order effects (a ``sync`` quorum below 1, ``async`` buffers, deadlines) and residual
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +35,8 @@ from worldlm.core.federation import Accepted, FederationCore, Offer, Refused
 from worldlm.core.results import RunResult
 from worldlm.core.steps import Broadcast, OpenRound, Step, Submit
 from worldlm.core.stopping import check
+from worldlm.lab.clock import Agenda, Clock
+from worldlm.strategies.compression import encoded_bytes
 from worldlm.training.learner import Learner, LearnerRound
 from worldlm.training.workbench import Weights, federation_key, initial_weights
 
@@ -49,6 +54,14 @@ class _Broadcast:
 class _Update:
     federation: str
     offer: Offer
+
+
+@dataclass(frozen=True, eq=False)
+class _ParentModel:
+    """A parent's broadcast reaching one of its sub-federations."""
+
+    federation: str
+    broadcast: _Broadcast
 
 
 class Simulation:
@@ -89,7 +102,16 @@ class Simulation:
         self.residuals: dict[str, tuple[int, Weights]] = {}
         #: seconds spent in local training and evaluation (the rest is the simulator's own)
         self.train_s = 0.0
-        self._queue: deque[_Broadcast | _Update] = deque()
+        #: updates refused as too stale (an ``async`` parent that moved on): dropped, as a
+        #: live aggregator dead-letters them
+        self.stale: list[str] = []
+        #: seconds each close took on this machine (reported beside the declared time)
+        self.close_s: list[float] = []
+        self.clock = Clock(hierarchy.links, hierarchy.run.chunk_kib * 1024)
+        self._agenda: Agenda[_Broadcast | _Update | _ParentModel] = Agenda()
+        self._busy: dict[str, float] = {}  # client -> simulated time it is free again
+        #: (node, "broadcast" | "update" | "submission") -> bytes of one such message
+        self.message_bytes: dict[tuple[str, str], int] = {}
         self._ids = itertools.count()
 
     def run(self) -> RunResult:
@@ -97,14 +119,17 @@ class Simulation:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="sim-client") as pool:
             for fid, core in self.cores.items():
                 core.open_round(0.0)
-                self._broadcast(fid)
-            while self._queue:
+                self._broadcast(fid, 0.0)
+            while self._agenda:
                 check(self.should_stop, "simulation")
-                message = self._queue.popleft()
+                message = self._agenda.pop()
+                now = self._agenda.now
                 if isinstance(message, _Broadcast):
-                    self._deliver(message, pool)
+                    self._deliver(message, pool, now)
+                elif isinstance(message, _ParentModel):
+                    self._take_parent(message.federation, message.broadcast, now)
                 else:
-                    self._offer(message)
+                    self._offer(message, now)
         root = self.cores[self.hierarchy.root.id]
         if not root.final:
             raise RuntimeError("the simulation stopped before the root's final round")
@@ -116,22 +141,42 @@ class Simulation:
 
     # -- messages ------------------------------------------------------------------------
 
-    def _broadcast(self, fid: str) -> None:
+    def _broadcast(self, fid: str, at: float) -> None:
         core = self.cores[fid]
-        self._queue.append(_Broadcast(fid, core.weights, core.version, core.round, core.final))
+        b = _Broadcast(fid, core.weights, core.version, core.round, core.final)
+        self._agenda.add(at, b)
 
-    def _deliver(self, b: _Broadcast, pool: ThreadPoolExecutor) -> None:
+    def _size(self, node: str, kind: str, wire: Weights, codecs: dict | None = None) -> int:
+        """Bytes of one message of ``kind`` from ``node`` (they depend on names, shapes and
+        codecs only, so the first one's count holds for all)."""
+        if (node, kind) not in self.message_bytes:
+            chunk = self.clock.chunk_bytes
+            self.message_bytes[node, kind] = encoded_bytes(wire, codecs, chunk_size=chunk)
+        return self.message_bytes[node, kind]
+
+    def _deliver(self, b: _Broadcast, pool: ThreadPoolExecutor, now: float) -> None:
         fed = self.hierarchy.federations[b.federation]
+        size = self._size(b.federation, "broadcast", b.weights)
         for child in fed.children:  # sub-federations take it only when waiting for it
-            core = self.cores[child]
-            if core.wants_parent(b.version):
-                self._carry(child, core.take_parent(b.weights, b.version, b.final))
+            at = now + self.clock.down_s(child, size)
+            if at == now:
+                self._take_parent(child, b, now)
+            else:
+                self._agenda.add(at, _ParentModel(child, b))
         clients = sorted(fed.clients)
         started = time.perf_counter()
         rounds = list(pool.map(lambda c: self.learners[c].round(b.weights, final=b.final), clients))
         self.train_s += time.perf_counter() - started
+        steps = fed.policy.local_steps
         for cid, done in zip(clients, rounds, strict=True):
-            self._client_report(cid, b, done)
+            start = max(now + self.clock.down_s(cid, size), self._busy.get(cid, 0.0))
+            trained = done.result is not None
+            evaluated = done.evaluation is not None
+            sent_at = start + self.clock.work_s(
+                cid, steps=steps if trained else 0, evaluated=evaluated
+            )
+            self._busy[cid] = sent_at
+            self._client_report(cid, b, done, start)
             if done.result is not None:
                 assert done.sent is not None
                 offer = Offer(
@@ -141,11 +186,20 @@ class Simulation:
                     done.result.num_samples,
                     b.version,
                 )
-                self._queue.append(_Update(b.federation, offer))
+                wire = self._size(cid, "update", done.sent.wire, done.sent.codecs)
+                self._agenda.add(sent_at + self.clock.up_s(cid, wire), _Update(b.federation, offer))
 
-    def _offer(self, message: _Update) -> None:
+    def _take_parent(self, fid: str, b: _Broadcast, now: float) -> None:
+        core = self.cores[fid]
+        if core.wants_parent(b.version):
+            self._carry(fid, core.take_parent(b.weights, b.version, b.final), now)
+
+    def _offer(self, message: _Update, now: float) -> None:
         fid, core = message.federation, self.cores[message.federation]
         decision = core.offer(message.offer)
+        if isinstance(decision, Refused) and decision.reason == "stale":
+            self.stale.append(message.offer.update_id)
+            return
         if isinstance(decision, Refused):
             raise RuntimeError(f"{fid} refused {message.offer.sender}: {decision.detail}")
         if not isinstance(decision, Accepted):
@@ -159,25 +213,28 @@ class Simulation:
             for other in self.hierarchy.residual_links(fid)
             if other in self.residuals
         }
+        started = time.perf_counter()
         closed = core.close(reason, core.residual_entries(cached), members)
+        self.close_s.append(time.perf_counter() - started)  # measured, never the clock's
         if closed.residual is not None:
             self.residuals[fid] = (core.round, closed.residual)
-        self._report(
-            fid, "aggregator", closed.round, closed.values, federation=fid, ledger=closed.ledger
-        )
-        self._carry(fid, closed.next)
+        at = now + self.clock.aggregate_s(fid)
+        values = {**closed.values, "sim_s": at}
+        self._report(fid, "aggregator", closed.round, values, federation=fid, ledger=closed.ledger)
+        self._carry(fid, closed.next, at)
 
-    def _carry(self, fid: str, next_steps: tuple[Step, ...]) -> None:
-        """Carry out what the core says happens next, on the in-memory queue."""
+    def _carry(self, fid: str, next_steps: tuple[Step, ...], now: float) -> None:
+        """Carry out what the core says happens next, on the agenda, from time ``now``."""
         for step in next_steps:
             match step:
                 case Submit(submission=s) if s is not None:  # None: never here (no deadline)
                     parent = self.hierarchy.federations[fid].parent
                     assert parent is not None
                     offer = Offer(fid, s.update_id, s.delta, s.samples, s.base_version)
-                    self._queue.append(_Update(parent, offer))
+                    size = self._size(fid, "submission", s.wire or s.delta, s.codecs)
+                    self._agenda.add(now + self.clock.up_s(fid, size), _Update(parent, offer))
                 case Broadcast():
-                    self._broadcast(fid)
+                    self._broadcast(fid, now)
                 case OpenRound():
                     self.cores[fid].open_round(0.0)
                 case _:  # AwaitParent: the parent's broadcast is delivered from the queue; Done
@@ -185,8 +242,8 @@ class Simulation:
 
     # -- metrics -------------------------------------------------------------------------
 
-    def _client_report(self, cid: str, b: _Broadcast, done: LearnerRound) -> None:
-        values = done.values(b.version, b.final)
+    def _client_report(self, cid: str, b: _Broadcast, done: LearnerRound, at: float) -> None:
+        values = {**done.values(b.version, b.final), "sim_s": at}
         if done.sent is not None:
             values["bytes_out"] = float(done.sent.nbytes)
         self._report(cid, "client", b.round, values, federation=b.federation)

@@ -120,12 +120,23 @@ def update_bytes(
     """Bytes of every record (manifest and chunks) that publishing ``delta`` under ``config``
     takes: what one update costs on its link."""
     sent = Compressor(config).send(delta)
+    return encoded_bytes(sent.wire, sent.codecs, chunk_size=chunk_size)
+
+
+def encoded_bytes(
+    wire: Mapping[str, torch.Tensor],
+    codecs: Mapping[str, TensorCodec] | None = None,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Bytes of every record (manifest and chunks) that publishing ``wire`` (tensors as sent,
+    with their ``codecs``) takes."""
     encoded = encode_delta(
-        sent.wire,
+        dict(wire),
         envelope=Envelope(run="bytes", sender="sender", federation="receiver"),
         kind="update",
         base_version=0,
         chunk_size=chunk_size,
-        codecs=sent.codecs,
+        codecs=dict(codecs or {}),
     )
     return sum(len(encode(message)) for message in encoded.messages())
