@@ -85,18 +85,7 @@ class Simulation:
         self.should_stop = should_stop
         self.on_report = on_report
         self.workers = max(1, workers)
-        ids = itertools.count()
-        start = initial_weights(hierarchy.run)
-        self.cores = {
-            f.id: FederationCore(
-                hierarchy,
-                f.id,
-                start,
-                key=federation_key(hierarchy, f.id),
-                new_id=lambda: f"sim-{next(ids)}",
-            )
-            for f in hierarchy.walk()
-        }
+        self.cores = federation_cores(hierarchy, "sim")
         self.learners = {c: Learner(hierarchy, c) for c in sorted(hierarchy.clients)}
         self.reports: list[MetricsReport] = []
         self.residuals: dict[str, tuple[int, Weights]] = {}
@@ -282,3 +271,21 @@ def simulate(
     """Run ``hierarchy`` on the simulator; the result has the same form as a live run's."""
     simulation = Simulation(hierarchy, on_report=on_report, workers=workers)
     return simulation.run(), simulation
+
+
+def federation_cores(hierarchy: Hierarchy, prefix: str) -> dict[str, FederationCore]:
+    """A round core for every federation of ``hierarchy``, all from the run's initial weights;
+    submission ids ``<prefix>-0``, ``<prefix>-1``, ... in the order they are made (ids never
+    influence weights)."""
+    ids = itertools.count()
+    start = initial_weights(hierarchy.run)
+    return {
+        f.id: FederationCore(
+            hierarchy,
+            f.id,
+            start,
+            key=federation_key(hierarchy, f.id),
+            new_id=lambda: f"{prefix}-{next(ids)}",
+        )
+        for f in hierarchy.walk()
+    }

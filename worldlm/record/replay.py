@@ -23,7 +23,6 @@ timing), so runs with residual links replay too.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -35,9 +34,10 @@ import xxhash
 from schemas.messages import RoundLedger
 from schemas.tensors import layout
 from worldlm.config.hierarchy import DPConfig, Hierarchy
-from worldlm.core.federation import FederationCore, Offer
+from worldlm.core.federation import Offer
 from worldlm.core.steps import AwaitParent, Broadcast, Step, Submit
-from worldlm.training.workbench import Weights, federation_key, initial_weights
+from worldlm.lab.simulator import federation_cores
+from worldlm.training.workbench import Weights
 
 
 class ReplayError(ValueError):
@@ -161,18 +161,7 @@ class Replay:
         takes: Mapping[str, Mapping[int, int]] | None = None,
     ) -> None:
         self.hierarchy = hierarchy
-        ids = itertools.count()
-        start = initial_weights(hierarchy.run)
-        self.cores = {
-            f.id: FederationCore(
-                hierarchy,
-                f.id,
-                start,
-                key=federation_key(hierarchy, f.id),
-                new_id=lambda: f"replay-{next(ids)}",
-            )
-            for f in hierarchy.walk()
-        }
+        self.cores = federation_cores(hierarchy, "replay")
         self.rounds: dict[str, deque[RecordedRound]] = {f: deque() for f in self.cores}
         for r in sorted(rounds, key=lambda r: (r.federation, r.round)):
             if r.federation not in self.cores:

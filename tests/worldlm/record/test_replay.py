@@ -68,11 +68,11 @@ class RecordingSimulation(Simulation):
         super().__init__(hierarchy)
         self.recorded: dict[str, RecordedUpdate] = {}
 
-    def _offer(self, message: _Update) -> None:
+    def _offer(self, message: _Update, now: float) -> None:
         o = message.offer
         # A submission's round is its federation's (what the live manifest carries).
         sub = self.cores.get(o.sender)
-        round_ = sub.meta.round if sub is not None else 0
+        round_ = sub.round if sub is not None else 0
         self.recorded[o.update_id] = RecordedUpdate(
             message.federation,
             o.update_id,
@@ -83,7 +83,7 @@ class RecordingSimulation(Simulation):
             len(self.recorded),
             o.delta,
         )
-        super()._offer(message)
+        super()._offer(message, now)
 
 
 def simulated_recording(h: Hierarchy) -> tuple[RecordingSimulation, list[RecordedRound]]:
