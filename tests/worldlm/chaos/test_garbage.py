@@ -66,7 +66,7 @@ def test_every_bad_input_aimed_at_the_aggregator_is_refused_with_a_reason() -> N
                 reasons[result.reason] += 1
                 refused = True
             elif isinstance(result, Received):
-                decision = core.offer(intake.offer(result))
+                decision = core.offer(intake.make_offer(result))
                 assert not isinstance(decision, Accepted), (item.kind, decision)
                 assert isinstance(decision, Refused)
                 reasons[decision.reason] += 1
