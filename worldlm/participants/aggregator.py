@@ -108,7 +108,7 @@ class AggregatorParticipant:
 
     async def _lead(self) -> None:
         node, core = self.node, self.core
-        self._restore()
+        await self._restore()
         self.books.covered_from = core.offset(self.intake.name)
         await self.intake.start(self.books.covered_from)
         try:
@@ -228,7 +228,7 @@ class AggregatorParticipant:
             closed.round, reason, closed.version, len(closed.folded), report, core.needed(members)
         )
         core.hold_notice(notice.to_json())  # saved with the round: announced once
-        self._save()
+        await self._save()
         self.checkpoint.drop_pending(keep=set())
         await self.announcer.publish(notice)
         core.hold_notice({})  # the next save records it (until then a resume reads back)
@@ -251,7 +251,7 @@ class AggregatorParticipant:
                 case steps.Submit(submission=submission):
                     assert self.fed.parent is not None
                     if submission is not None:
-                        self._save(model=False)  # the submission id survives a restart
+                        await self._save(model=False)  # the submission id survives a restart
                     await self.announcer.submit(self.fed.parent, submission, core.round)
                 case steps.AwaitParent(after=after):  # awaited alongside intake
                     assert self._parent is not None
@@ -268,16 +268,16 @@ class AggregatorParticipant:
 
     async def _take_parent(self, broadcast: Broadcast) -> None:
         next_steps = self.core.take_parent(broadcast.tensors, broadcast.version, broadcast.final)
-        self._save()
+        await self._save()
         self.node.log.info("took_parent", parent_version=broadcast.version, final=broadcast.final)
         await self._carry(next_steps)
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _restore(self) -> None:
+    async def _restore(self) -> None:
         snapshot = self.checkpoint.load_snapshot()
         if snapshot is None:
-            self._save()
+            await self._save()
             return
         self.core.restore(snapshot)
         meta = snapshot.meta
@@ -290,8 +290,12 @@ class AggregatorParticipant:
             offset=self.core.offset(self.intake.name),
         )
 
-    def _save(self, model: bool = True) -> None:
+    async def _save(self, model: bool = True) -> None:
+        """Write the core's snapshot, in a worker thread: the event loop (every other
+        participant of the process, the Kafka fetches) goes on meanwhile. Nothing changes the
+        core while this awaits: only this aggregator's loop does, and it is here."""
         if self.lease.lost:  # the checkpoint is the new leader's now
             raise Stopped
         self.core.keep_revocations(self.node.revocations.saved)
-        self.checkpoint.save_snapshot(self.core.snapshot(), model=model)
+        snapshot = self.core.snapshot()
+        await asyncio.to_thread(self.checkpoint.save_snapshot, snapshot, model=model)
