@@ -3,7 +3,8 @@
 Transport only: what a delta means is the participants' business. The receiver never raises
 on bad input; it returns a :class:`Unreadable` with the reason (to dead-letter and count) and
 goes on, and it tracks the lowest offset still needed by incomplete updates, so a consumer
-commits only past what it has fully folded in.
+commits only past what it has fully folded in. A :class:`SharedReceiver` decodes and verifies
+each record of one partition once for every reader in the process that follows it.
 """
 
 from __future__ import annotations
@@ -146,3 +147,56 @@ class DeltaReceiver:
         live = self.reassembler.pending_keys()
         for key in [k for k in self._first_offset if k not in live]:
             del self._first_offset[key]
+
+
+#: Type of what :meth:`DeltaReceiver.feed` returns.
+Outcome = Received | Unreadable | Repeat | None
+
+
+class SharedReceiver:
+    """One :class:`DeltaReceiver` for every reader of one sender's records on one partition
+    in this process (the clients of a federation following its broadcasts).
+
+    Each record is decoded, hash-checked and reassembled once, by the first reader that
+    feeds it; the others get the same outcome for that offset, the same :class:`Received`
+    (its payload shared, read-only by contract: receivers never modify what they get). Only
+    what every reader would conclude alike is shared: the bytes' integrity (chunk and content
+    hashes, the manifest's sizes). A sealed delta is not readable here (no key), so sealing
+    runs keep a receiver per reader; a signature is checked by each reader against its own
+    keys and revocations.
+
+    The outcomes of the last ``remember`` offsets are kept, and the payloads of the last
+    ``keep`` completed deltas: an older completed delta reads as nothing (a newer one of the
+    same sender lies further on), so a reader never holds more than the newest models alive.
+    """
+
+    def __init__(self, *, remember: int = 4096, keep: int = 2) -> None:
+        self.receiver = DeltaReceiver()
+        self.records = 0  # records decoded here (each once, however many readers)
+        self._outcomes: OrderedDict[int, Outcome] = OrderedDict()
+        self._complete: list[int] = []  # offsets of kept Received outcomes, oldest first
+        self._remember, self._keep = remember, keep
+        self._low: int | None = None  # lowest and highest offset decoded so far
+        self._high = -1
+
+    def feed(self, record: ConsumerRecord) -> Outcome:
+        """The outcome of ``record``, decoding it only if no reader has."""
+        offset = record.offset
+        if offset in self._outcomes:
+            return self._outcomes[offset]
+        if self._low is not None and self._low <= offset <= self._high:
+            return None  # decoded before: a chunk, or a delta no longer kept
+        self._low = offset if self._low is None else min(self._low, offset)
+        self._high = max(self._high, offset)
+        self.records += 1
+        outcome = self.receiver.feed(record)
+        self._outcomes[offset] = outcome
+        if isinstance(outcome, Received):
+            self._complete.append(offset)
+            if len(self._complete) > self._keep:
+                self._outcomes[self._complete.pop(0)] = None
+        while len(self._outcomes) > self._remember:
+            dropped, _ = self._outcomes.popitem(last=False)
+            if dropped in self._complete:
+                self._complete.remove(dropped)
+        return outcome

@@ -7,7 +7,10 @@ partition once and hands every record (the same ``bytes``, not a copy) to each s
 at or past the subscription's own next offset: a subscriber that starts before the reader's
 position makes the reader seek back, and those already further on skip what they have seen.
 Subscribers wake when records arrive, not on a timer. A reader that fails hands its error to
-every subscription. Fan-outs are shared within one running loop, like :mod:`brokers.shared`.
+every subscription. Fan-outs are shared within one running loop, like :mod:`brokers.shared`,
+and so is the decoding of what they carry: :meth:`Fanout.receiver` is the one
+:class:`~brokers.deltas.SharedReceiver` of a sender's deltas on the partition, so a broadcast
+is decoded and verified once per process, not once per follower.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import replace
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
+from brokers.deltas import SharedReceiver
 from brokers.kafka import KafkaSettings, PartitionReader
 
 log = structlog.get_logger(__name__)
@@ -113,6 +117,15 @@ class Fanout:
         self.highwater: int | None = None  # the partition's end as the last fetch saw it
         self.fetches = 0  # fetches of the shared reader so far (tests wait on it)
         self._lock = asyncio.Lock()
+        self._receivers: dict[bytes, SharedReceiver] = {}
+
+    def receiver(self, key: bytes) -> SharedReceiver:
+        """The process's one receiver of the deltas keyed ``key`` on this partition (while
+        any subscription lasts: the last one to leave drops it, payloads and all)."""
+        found = self._receivers.get(key)
+        if found is None:
+            found = self._receivers[key] = SharedReceiver()
+        return found
 
     async def add(self, offset: int) -> Subscription:
         async with self._lock:
@@ -134,6 +147,7 @@ class Fanout:
             self.subscriptions.discard(subscription)
             if self.subscriptions or self._reader is None:
                 return
+            self._receivers.clear()
             task, reader, self._task, self._reader = self._task, self._reader, None, None
             if task is not None:
                 task.cancel()

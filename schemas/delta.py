@@ -1,7 +1,8 @@
 """Chunked model deltas: encode a state dict into a manifest and bounded chunks.
 
-The sender lays tensors out in one payload, hashes it (xxh3-128) and each chunk (xxh3-64) in
-one pass, and slices chunks with ``memoryview`` (no copies). Receiving is
+The sender lays tensors out in one payload, hashes each chunk (xxh3-64) in one pass over the
+tensors' memory, derives the content hash from those chunk hashes, and slices chunks with
+``memoryview`` (no copies). Receiving is
 :mod:`schemas.reassembly`; its names are re-exported here.
 """
 
@@ -28,6 +29,8 @@ from schemas.reassembly import (
     ReassemblyCounters,
     chunk_hash,
     content_hash,
+    derived_hash,
+    payload_hash,
 )
 from schemas.sealing import seal_delta
 from schemas.signing import sign_manifest
@@ -47,8 +50,10 @@ __all__ = [
     "ReassemblyCounters",
     "chunk_hash",
     "content_hash",
+    "derived_hash",
     "encode_delta",
     "new_update_id",
+    "payload_hash",
 ]
 
 #: Default chunk payload: well under Kafka's default 1 MiB record limit, envelope included.
@@ -167,15 +172,12 @@ def encode_delta(
 
 
 def _hashes(segments: Segments, chunk_size: int, chunk_count: int) -> tuple[str, list[int]]:
-    """The payload's content hash and every chunk's hash, in one pass over the tensors'
-    memory: both hashes read a chunk while it is in cache, and publishing does not read the
-    payload a second time to hash it."""
-    whole = xxhash.xxh3_128()
+    """Every chunk's hash, in one pass over the tensors' memory, and the content hash
+    derived from them (publishing does not read the payload again to hash it)."""
     hashes = []
     for index in range(chunk_count):
         part = xxhash.xxh3_64()
         for piece in segments.pieces(index * chunk_size, (index + 1) * chunk_size):
-            whole.update(piece)
             part.update(piece)
         hashes.append(part.intdigest())
-    return whole.hexdigest(), hashes
+    return derived_hash(hashes, len(segments), chunk_size), hashes

@@ -13,10 +13,12 @@ from typing import Literal
 
 import msgspec
 
-#: The schema version this build writes.
-SCHEMA_VERSION = 1
-#: The schema versions this build reads.
-SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+#: The schema version this build writes. Version 2 (issue 23): a delta manifest's
+#: ``content_hash`` is derived from its chunks' hashes (``schemas/reassembly.py``), not a hash
+#: of the whole payload; every other message reads as in version 1.
+SCHEMA_VERSION = 2
+#: The schema versions this build reads (a version-1 manifest is verified by its own rule).
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 
 
 def _now() -> float:
@@ -80,8 +82,11 @@ class DeltaManifest(Message, frozen=True, tag="manifest"):
     ``update``, a member's change since ``base_version``; ``broadcast``, a federation's whole
     model at ``version`` (not a difference); ``residual``, a federation's key layers.
 
-    ``content_hash`` is the xxh3-128 hex digest of the whole payload; each chunk carries its
-    own hash, so a corrupt chunk is caught before the payload is assembled.
+    Each chunk carries its own xxh3-64 hash, so a corrupt chunk is caught before it is
+    placed; ``content_hash`` (schema version 2) is the xxh3-128 hex digest of the payload's
+    size, the chunk size and every chunk's hash in order (:func:`schemas.reassembly.
+    derived_hash`), so it binds the chunks to this manifest with one hashing pass per side.
+    In schema version 1 it was the xxh3-128 of the whole payload (still read).
     """
 
     update_id: str

@@ -2,17 +2,19 @@
 
 The :class:`Reassembler` keys partial updates by (sender, update id), so duplicates,
 re-ordering and interleaved senders are harmless; it verifies every chunk's hash as it arrives
-and the whole payload's hash (folded in chunk by chunk, in order, while each chunk is in
-cache), opens sealed chunks straight into its buffer, expires incomplete updates, and hands
-back tensors that are views into the one buffer it assembled into. The hashes are defined
-here; :mod:`schemas.delta` computes them on the sending side.
+(the one pass over a chunk's bytes besides placing it) and, when the update is whole, the
+manifest's content hash, derived from those verified chunk hashes (no second pass over the
+payload); it opens sealed chunks straight into its buffer, expires incomplete updates, and
+hands back tensors that are views into the one buffer it assembled into. The hashes are
+defined here; :mod:`schemas.delta` computes them on the sending side.
 """
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -44,8 +46,40 @@ def chunk_hash(data: bytes | bytearray | memoryview) -> int:
 
 
 def content_hash(data: bytes | bytearray | memoryview) -> str:
-    """The 128-bit hash of a whole payload, as carried by the manifest."""
+    """The xxh3-128 of some bytes (a schema-version-1 manifest's content hash was this of
+    the whole payload; residual cache entries still use it)."""
     return xxhash.xxh3_128_hexdigest(data)
+
+
+def derived_hash(chunk_hashes: Sequence[int], total_bytes: int, chunk_size: int) -> str:
+    """A manifest's content hash (schema version 2): the xxh3-128 of the payload's size, the
+    chunk size and every chunk's xxh3-64 in order, each as 8 little-endian bytes.
+
+    A chunk whose bytes do not give its hash is refused on arrival; one that does but comes
+    from another payload (or sits at another index) changes this hash. Computing it reads
+    8 bytes per chunk, not the payload.
+    """
+    head = struct.pack("<QQ", total_bytes, chunk_size)
+    return xxhash.xxh3_128_hexdigest(head + struct.pack(f"<{len(chunk_hashes)}Q", *chunk_hashes))
+
+
+def payload_hash(pieces: Iterable[bytes | bytearray | memoryview], chunk_size: int) -> str:
+    """The content hash (schema version 2) of a payload given as consecutive pieces (tensor
+    memory and padding, e.g. ``Segments.iter_parts()``), cut into ``chunk_size`` chunks."""
+    hashes: list[int] = []
+    part, filled, total = xxhash.xxh3_64(), 0, 0
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        while len(view):
+            take = min(chunk_size - filled, len(view))
+            part.update(view[:take])
+            view, filled, total = view[take:], filled + take, total + take
+            if filled == chunk_size:
+                hashes.append(part.intdigest())
+                part, filled = xxhash.xxh3_64(), 0
+    if filled or not hashes:
+        hashes.append(part.intdigest())
+    return derived_hash(hashes, total, chunk_size)
 
 
 @dataclass(frozen=True)
@@ -90,7 +124,9 @@ class _Partial:
     early: dict[int, DeltaChunk] = field(default_factory=dict)
     early_bytes: int = 0
     opener: Opener | None = None
-    # The content hash of chunks [0, hashed), folded in as they arrive in order.
+    # Schema version 2: each placed chunk's verified hash, for the derived content hash.
+    hashes: list[int] | None = None
+    # Schema version 1 only: the whole payload's hash of chunks [0, hashed), folded in order.
     hasher: xxhash.xxh3_128 | None = None
     hashed: int = 0
 
@@ -192,8 +228,10 @@ class Reassembler:
         partial.manifest = manifest
         # Not zero-filled: the chunks cover every byte, padding included.
         partial.buffer = np.empty(manifest.total_bytes, dtype=np.uint8)
-        if manifest.seal is None:
+        if manifest.seal is None and manifest.envelope.schema_version == 1:
             partial.hasher = xxhash.xxh3_128()
+        elif manifest.seal is None:
+            partial.hashes = [0] * manifest.chunk_count
         early, partial.early, partial.early_bytes = partial.early, {}, 0
         for chunk in early.values():
             try:
@@ -270,7 +308,9 @@ class Reassembler:
             target[:] = chunk.data
         partial.received.add(chunk.index)
         self.counters.chunks_accepted += 1
-        if partial.hasher is not None and chunk.index == partial.hashed:
+        if partial.hashes is not None:
+            partial.hashes[chunk.index] = chunk.hash  # verified in _add_chunk
+        elif partial.hasher is not None and chunk.index == partial.hashed:
             # Hash while the chunk is in cache, and every chunk that arrived before its turn;
             # completion then hashes nothing (in order) or only what never got its turn.
             partial.hasher.update(chunk.data)
@@ -286,7 +326,13 @@ class Reassembler:
             return None
         del self._partials[key]
         # A sealed delta's chunks were each authenticated when opened (and carry no hash).
-        if partial.hasher is not None and partial.hasher.hexdigest() != manifest.content_hash:
+        if partial.hashes is not None:
+            whole: str | None = derived_hash(
+                partial.hashes, manifest.total_bytes, manifest.chunk_size
+            )
+        else:
+            whole = partial.hasher.hexdigest() if partial.hasher is not None else None
+        if whole is not None and whole != manifest.content_hash:
             self.counters.updates_rejected += 1
             raise ContentHashMismatch(f"update {key[1]} from {key[0]}: content hash mismatch")
         self._completed[key] = None

@@ -9,6 +9,7 @@ import pytest
 from schemas.codec import any_decoder, delta_decoder, encode, event_decoder
 from schemas.errors import DecodeError, SchemaVersionError
 from schemas.messages import (
+    SCHEMA_VERSION,
     DeadLetter,
     DeltaChunk,
     Envelope,
@@ -54,7 +55,7 @@ def test_message_decodes_with_plain_msgpack_package() -> None:
         "run": "r1",
         "sender": "client-a",
         "federation": "eu",
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "timestamp": 1.5,
     }
     assert (plain["update_id"], plain["index"], plain["count"], plain["hash"]) == ("u1", 2, 5, 123)
@@ -113,7 +114,7 @@ def test_unknown_schema_version_with_incompatible_body_still_reports_version() -
     raw = msgpack.packb(
         {
             "type": "membership",
-            "envelope": {"run": "r", "sender": "c", "federation": "f", "schema_version": 2},
+            "envelope": {"run": "r", "sender": "c", "federation": "f", "schema_version": 3},
             "member": ["a", "new", "shape"],
             "action": 5,
         }

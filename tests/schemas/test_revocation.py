@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from schemas.messages import SCHEMA_VERSION
 from schemas.revocation import (
     GENESIS,
     ChainMemory,
@@ -114,4 +115,4 @@ def test_an_entry_is_a_tagged_versioned_struct() -> None:
     entry = revocation_decoder.decode(chain_of("de-0")[0])
     assert isinstance(entry, Revocation)
     raw = msgspec.msgpack.decode(chain_of("de-0")[0])
-    assert raw["type"] == "revocation" and raw["envelope"]["schema_version"] == 1
+    assert raw["type"] == "revocation" and raw["envelope"]["schema_version"] == SCHEMA_VERSION

@@ -130,7 +130,7 @@ class _Forge:
         return Item("truncated_chunk", "aggregator", self.up(manifest, short), manifest.update_id)
 
     def wrong_schema_version(self) -> Item:
-        version = self.rng.choice([0, 2, 3, 99, -1, 2**31])
+        version = self.rng.choice([0, 3, 4, 99, -1, 2**31])
         manifest, chunks = self.update(self.envelope(schema_version=version))
         return Item(
             "wrong_schema_version", "aggregator", self.up(self.rng.choice([manifest, chunks[0]]))

@@ -10,7 +10,8 @@ core.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from brokers.deltas import Received
@@ -35,7 +36,7 @@ class Admission:
         intake: Intake,
         checkpoint: Checkpoint,
         books: RoundBooks,
-        save: Callable[[], None],
+        save: Callable[[], Awaitable[None]],
     ) -> None:
         self.node, self.core, self.intake = node, core, intake
         self.checkpoint, self.books, self.save = checkpoint, books, save
@@ -77,11 +78,11 @@ class Admission:
             return None
         if not isinstance(decision, Accepted):
             return None  # a duplicate: already folded or pending
-        # Durable first, then the offset that delivered it.
-        self.checkpoint.save_pending(m.update_id, offer.delta)
+        # Durable first, then the offset that delivered it (written off the event loop).
+        await asyncio.to_thread(self.checkpoint.save_pending, m.update_id, offer.delta)
         safe = self.intake.safe_after(received)
         core.read_to(self.intake.name, safe if hold is None else min(safe, hold))
-        self.save()
+        await self.save()
         self.books.bytes_in += m.total_bytes
         await node.state.record_staleness(self.id, decision.sender, decision.staleness)
         node.log.info(

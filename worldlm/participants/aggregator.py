@@ -9,7 +9,9 @@ The checkpoint (core snapshot plus the offsets it covers) is the single source o
 round; Redis shows others what they need (membership, the model pointer, arrivals, the
 residual cache). Delivery is at-least-once and nothing is counted twice: an admitted update
 is checkpointed before its offset is, and a re-read update is a duplicate by id. While the
-federation waits for its parent's broadcast it keeps reading its children.
+federation waits for its parent's broadcast it keeps reading its children. Checkpoints are
+written in a worker thread (the process's event loop goes on); a close is checkpointed before
+it is announced, and a model taken from the parent while it is broadcast on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from schemas.delta import new_update_id
 from worldlm.config.hierarchy import Hierarchy
 from worldlm.core import steps
 from worldlm.core.federation import FederationCore
+from worldlm.core.rounds import Snapshot
 from worldlm.core.stopping import Stopped
 from worldlm.participants.admission import Admission
 from worldlm.participants.announcer import Announcer, Notice
@@ -108,7 +111,7 @@ class AggregatorParticipant:
 
     async def _lead(self) -> None:
         node, core = self.node, self.core
-        self._restore()
+        await self._restore()
         self.books.covered_from = core.offset(self.intake.name)
         await self.intake.start(self.books.covered_from)
         try:
@@ -228,7 +231,7 @@ class AggregatorParticipant:
             closed.round, reason, closed.version, len(closed.folded), report, core.needed(members)
         )
         core.hold_notice(notice.to_json())  # saved with the round: announced once
-        self._save()
+        await self._save()
         self.checkpoint.drop_pending(keep=set())
         await self.announcer.publish(notice)
         core.hold_notice({})  # the next save records it (until then a resume reads back)
@@ -251,7 +254,7 @@ class AggregatorParticipant:
                 case steps.Submit(submission=submission):
                     assert self.fed.parent is not None
                     if submission is not None:
-                        self._save(model=False)  # the submission id survives a restart
+                        await self._save(model=False)  # the submission id survives a restart
                     await self.announcer.submit(self.fed.parent, submission, core.round)
                 case steps.AwaitParent(after=after):  # awaited alongside intake
                     assert self._parent is not None
@@ -268,16 +271,23 @@ class AggregatorParticipant:
 
     async def _take_parent(self, broadcast: Broadcast) -> None:
         next_steps = self.core.take_parent(broadcast.tensors, broadcast.version, broadcast.final)
-        self._save()
         self.node.log.info("took_parent", parent_version=broadcast.version, final=broadcast.final)
-        await self._carry(next_steps)
+        # What was taken can be taken again from the parent's broadcast: its checkpoint is
+        # written while this federation broadcasts it, not before (a restart in between
+        # takes the same broadcast again and re-sends the same version), and it is complete
+        # before anything else of this federation's happens.
+        writing = asyncio.create_task(self._write(self._snapshot()), name=f"save-{self.id}")
+        try:
+            await self._carry(next_steps)
+        finally:
+            await writing
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _restore(self) -> None:
+    async def _restore(self) -> None:
         snapshot = self.checkpoint.load_snapshot()
         if snapshot is None:
-            self._save()
+            await self._save()
             return
         self.core.restore(snapshot)
         meta = snapshot.meta
@@ -290,8 +300,17 @@ class AggregatorParticipant:
             offset=self.core.offset(self.intake.name),
         )
 
-    def _save(self, model: bool = True) -> None:
+    async def _save(self, model: bool = True) -> None:
+        """Write the core's snapshot now, in a worker thread: the event loop (every other
+        participant of the process, the Kafka fetches) goes on meanwhile."""
+        await self._write(self._snapshot(), model)
+
+    def _snapshot(self) -> Snapshot:
+        """The core's state as of now (a copy: later rounds do not change it)."""
         if self.lease.lost:  # the checkpoint is the new leader's now
             raise Stopped
         self.core.keep_revocations(self.node.revocations.saved)
-        self.checkpoint.save_snapshot(self.core.snapshot(), model=model)
+        return self.core.snapshot()
+
+    async def _write(self, snapshot: Snapshot, model: bool = True) -> None:
+        await asyncio.to_thread(self.checkpoint.save_snapshot, snapshot, model=model)

@@ -1,8 +1,9 @@
 """The client participant: join, follow the federation's broadcasts, train, publish deltas.
 
 A client can join at any time: it starts from the model Redis points at. On each new
-broadcast it evaluates the received model on its fixed validation split, trains H local
-steps, and publishes the chunked delta to its federation's update topic, keyed by it.
+broadcast it trains H local steps, publishes the chunked delta to its federation's update
+topic, keyed by it, and only then evaluates the received model on its fixed validation split
+(evaluation is off the round's critical path: the aggregator folds while clients evaluate).
 It leaves cleanly when asked (SIGINT/SIGTERM set ``stop``); if it dies, its heartbeat expires.
 """
 
@@ -88,36 +89,38 @@ class ClientParticipant:
                     await task
 
     async def _round(self, broadcast: Broadcast) -> bool:
-        """Evaluate, train, publish; True when this was the final broadcast."""
-        assert self.learner is not None
+        """Train, publish, evaluate; True when this was the final broadcast."""
+        learner = self.learner
+        assert learner is not None
         node = self.node
         log = node.log.bind(round=broadcast.round, version=broadcast.version)
-        done = await asyncio.to_thread(self.learner.round, broadcast.tensors, final=broadcast.final)
-        values = done.values(broadcast.version, broadcast.final) | {
-            "bytes_in": float(broadcast.bytes)
-        }
+        trained = await asyncio.to_thread(learner.train, broadcast.tensors, final=broadcast.final)
         self.last_version = broadcast.version
-        if done.result is None:
+        if trained.result is None:
+            done = await asyncio.to_thread(learner.evaluate, trained)
+            values = done.values(broadcast.version, True) | {"bytes_in": float(broadcast.bytes)}
             await node.metrics(broadcast.round, values)
             log.info("client_final", val_ppl=values.get("val_ppl"))
             return True
-        assert done.sent is not None
+        assert trained.sent is not None
         encoded = encode_delta(
-            done.sent.wire,
+            trained.sent.wire,
             envelope=node.envelope(),
             kind="update",
             base_version=broadcast.version,
-            sample_count=done.result.num_samples,
+            sample_count=trained.result.num_samples,
             round=broadcast.round,
-            metrics={"train_loss": done.result.train_loss},
+            metrics={"train_loss": trained.result.train_loss},
             chunk_size=node.run.chunk_kib * 1024,
             seal_to=node.seal_to(node.federation),
             signer=node.signer,
-            codecs=done.sent.codecs,
+            codecs=trained.sent.codecs,
         )
         published = await publish_delta(
             node.producer, node.topics.up(node.federation), node.federation, encoded
         )
+        done = await asyncio.to_thread(learner.evaluate, trained)
+        values = done.values(broadcast.version, False) | {"bytes_in": float(broadcast.bytes)}
         self.rounds += 1
         node.counters["updates_sent"] += 1
         node.counters["bytes_out"] += published.bytes
@@ -125,7 +128,7 @@ class ClientParticipant:
         log.info(
             "client_round",
             val_ppl=values.get("val_ppl"),
-            train_loss=done.result.train_loss,
+            train_loss=trained.result.train_loss,
             train_s=round(done.train_s, 3),
         )
         return False

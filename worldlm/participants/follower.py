@@ -7,22 +7,28 @@ back the newest complete broadcast. Other federations' records that share the pa
 skipped by key before they are decoded; a record of the federation that cannot be used is
 handed to ``on_rejected`` (the participant dead-letters it). In a sealing run it opens
 broadcasts sealed to its owner; in a signing run it refuses one signed with a revoked key.
+
+Without sealing, the followers of one federation in one process share the decoding: each
+broadcast is decoded, hash-checked and reassembled once (``brokers.deltas.SharedReceiver``),
+and every follower gets views into the one verified payload; each still checks the signature
+against its own keys and revocations, and refuses what it would refuse alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 import torch
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from brokers.deltas import DeltaReceiver, Received, Unreadable
+from brokers.deltas import DeltaReceiver, Outcome, Received, Unreadable
 from brokers.fanout import Subscription, fanouts
 from brokers.kafka import KafkaSettings, partition_for
 from brokers.revocations import Revocations
@@ -84,8 +90,9 @@ class BroadcastFollower:
         self.revocations = revocations  # the participant's reader of the revocation chain
         self._key = federation.encode()
         self._records: Subscription | None = None
-        self._receiver = DeltaReceiver(Reassembler(unsealer=unsealer))
-        self.rejected = self._receiver.rejected
+        # Sealed broadcasts are opened with this participant's own key: no sharing then.
+        self._own = DeltaReceiver(Reassembler(unsealer=unsealer)) if unsealer else None
+        self.rejected: Counter[str] = Counter()
 
     async def start(self, stop: asyncio.Event | None = None) -> int:
         """Follow the federation's broadcasts from the current model (Redis's pointer), or
@@ -125,9 +132,11 @@ class BroadcastFollower:
             for record in records:
                 if record.key != self._key:
                     continue
-                result = self._receiver.feed(record)
-                if isinstance(result, Unreadable) and self.on_rejected is not None:
-                    await self.on_rejected(result)  # dead-lettered by the participant
+                result = self._feed(record)
+                if isinstance(result, Unreadable):
+                    self.rejected[result.reason] += 1
+                    if self.on_rejected is not None:
+                        await self.on_rejected(result)  # dead-lettered by the participant
                 if not isinstance(result, Received):  # a chunk, a refusal, a repeat
                     continue
                 revoked = await self._revoked()
@@ -143,6 +152,12 @@ class BroadcastFollower:
                 return newest
             if deadline is not None and time.monotonic() >= deadline:
                 return newest
+
+    def _feed(self, record: ConsumerRecord) -> Outcome:
+        if self._own is not None:
+            return self._own.feed(record)
+        assert self._records is not None
+        return self._records.fanout.receiver(self._key).feed(record)
 
     async def _revoked(self) -> set[str]:
         """The revoked keys, in a signing run (one read per complete broadcast)."""

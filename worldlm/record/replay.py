@@ -29,8 +29,8 @@ from dataclasses import dataclass, replace
 
 import msgspec
 import torch
-import xxhash
 
+from schemas.delta import DEFAULT_CHUNK_SIZE, payload_hash
 from schemas.messages import RoundLedger
 from schemas.tensors import layout
 from worldlm.config.hierarchy import DPConfig, Hierarchy
@@ -87,13 +87,12 @@ class ReplayedRound:
 OnBroadcast = Callable[[str, int, int, Weights], None]
 
 
-def model_hash(weights: Mapping[str, torch.Tensor]) -> str:
-    """The xxh3-128 a broadcast manifest carries for these weights (``content_hash``)."""
+def model_hash(weights: Mapping[str, torch.Tensor], chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
+    """The content hash a broadcast manifest of these weights carries when cut into
+    ``chunk_size`` chunks (``[run] chunk_kib``): derived from the chunks' xxh3-64 hashes
+    (schema version 2, ``schemas.reassembly.derived_hash``)."""
     _, segments = layout(weights)
-    hasher = xxhash.xxh3_128()
-    for part in segments.iter_parts():
-        hasher.update(part)
-    return hasher.hexdigest()
+    return payload_hash(segments.iter_parts(), chunk_size)
 
 
 def what_if(
@@ -271,7 +270,7 @@ class Replay:
                 folded,
                 recorded,
                 False,
-                model_hash(core.weights),
+                model_hash(core.weights, self.hierarchy.run.chunk_kib * 1024),
                 closed.values,
             )
         )

@@ -99,7 +99,11 @@ def replay_run(
 
     def on_broadcast(fid: str, version: int, round_: int, weights: Weights) -> None:
         row = BroadcastRow(
-            fid, version, round_, model_hash(weights), recorded.broadcasts.get((fid, version))
+            fid,
+            version,
+            round_,
+            model_hash(weights, hierarchy.run.chunk_kib * 1024),
+            recorded.broadcasts.get((fid, version)),
         )
         outcome.broadcasts.append(row)
         if not evaluate:

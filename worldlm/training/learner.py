@@ -6,7 +6,11 @@ broadcast is final, trains H local steps from it and returns the delta as
 its federation's codec sends it (with error feedback: ``worldlm/strategies/compression.py``).
 A client with ``keep_key_layers`` (FedPer) trains on its own key layers, never the
 federation's. The live client (``client.py``) and the simulator drive this same object, so
-they train identically.
+they train identically. Training and evaluation are two halves (:meth:`Learner.train`,
+:meth:`Learner.evaluate`) so a shell may publish the update before it evaluates: the live
+client does, which takes evaluation off the round's critical path; :meth:`Learner.round` runs
+both, and either order gives the same numbers (training never changes the received weights,
+and evaluation reads no state that training writes).
 """
 
 from __future__ import annotations
@@ -62,6 +66,20 @@ class LearnerRound:
         return values
 
 
+@dataclass(frozen=True)
+class Trained:
+    """The first half of a round: the weights the client received (what evaluation scores),
+    whether this round evaluates, and the training (None when the broadcast was final)."""
+
+    weights: dict[str, torch.Tensor]
+    evaluates: bool
+    final: bool
+    result: LocalResult | None = None
+    sent: Compressed | None = None
+    train_s: float = 0.0
+    train_cpu_s: float = 0.0
+
+
 class Learner:
     """One client's model, data and trainer, and its own key layers under FedPer."""
 
@@ -91,24 +109,42 @@ class Learner:
         return weights
 
     def round(self, received: Mapping[str, torch.Tensor], *, final: bool) -> LearnerRound:
-        """Evaluate the received model and, unless ``final``, train from it."""
+        """Train from the received model (unless ``final``) and evaluate it."""
+        return self.evaluate(self.train(received, final=final))
+
+    def train(self, received: Mapping[str, torch.Tensor], *, final: bool) -> Trained:
+        """Train H local steps from the received model, unless ``final``."""
         weights = self.model(received)
-        cpu = time.thread_time()
-        evaluation = self.bench.evaluate(weights) if self.evaluates(final) else None
-        # The held-out split is read on the final model (or with every validation evaluation
-        # under ``run.test_each_eval``): it reports, it never steers.
-        has_test = self.bench.data.test is not None and (
-            final or (evaluation is not None and self._test_each)
-        )
-        test = self.bench.evaluate(weights, test=True) if has_test else None
-        eval_cpu_s, cpu = time.thread_time() - cpu, time.thread_time()
+        evaluates = self.evaluates(final)
         if final:
-            return LearnerRound(evaluation, None, test=test, eval_cpu_s=eval_cpu_s)
-        started = time.perf_counter()
+            return Trained(weights, evaluates, final)
+        cpu, started = time.thread_time(), time.perf_counter()
         result = self.bench.train(weights)
         self._trained += 1
         if self.client.keep_key_layers:
             self._own_key = {n: weights[n] + result.delta[n] for n in self._key}
         sent = self.compressor.send(result.delta)
         train_s, train_cpu_s = time.perf_counter() - started, time.thread_time() - cpu
-        return LearnerRound(evaluation, result, train_s, test, sent, eval_cpu_s, train_cpu_s)
+        return Trained(weights, evaluates, final, result, sent, train_s, train_cpu_s)
+
+    def evaluate(self, trained: Trained) -> LearnerRound:
+        """Score the received model (in the rounds ``run.eval_every`` picks); the round."""
+        cpu = time.thread_time()
+        weights, final = trained.weights, trained.final
+        evaluation = self.bench.evaluate(weights) if trained.evaluates else None
+        # The held-out split is read on the final model (or with every validation evaluation
+        # under ``run.test_each_eval``): it reports, it never steers.
+        has_test = self.bench.data.test is not None and (
+            final or (evaluation is not None and self._test_each)
+        )
+        test = self.bench.evaluate(weights, test=True) if has_test else None
+        eval_cpu_s = time.thread_time() - cpu
+        return LearnerRound(
+            evaluation,
+            trained.result,
+            trained.train_s,
+            test,
+            trained.sent,
+            eval_cpu_s,
+            trained.train_cpu_s,
+        )
