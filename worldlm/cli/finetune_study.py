@@ -9,19 +9,15 @@ from pathlib import Path
 
 import typer
 
-from worldlm.cli.stopping import Stop, run_until_signal
+from worldlm.cli.stopping import run_cells
 
 
 def run_finetune(
     *, out: Path, config: Path | None, seeds: int | None, processes: int | None, dp: bool
 ) -> None:
     """Make the base if OUT/base has none, run the missing cells, write OUT/report.md."""
-    import asyncio
 
-    from tqdm import tqdm
-
-    from worldlm.cli.participants import load_config
-    from worldlm.core.stopping import Stopped
+    from worldlm.cli.options import load_config
     from worldlm.lab.grid import default_processes
     from worldlm.lab.studies.finetune import DEMO, FinetuneStudy, summary_table
     from worldlm.training.pretrained import PretrainConfig, pretrain, public_partitions
@@ -47,19 +43,8 @@ def run_finetune(
     )
     jobs = study.jobs()
 
-    async def main(stop: asyncio.Event) -> None:
-        with tqdm(desc="cells", unit="cell", total=len(jobs)) as bar:
-            study.should_stop = stop.is_set
-            study.on_done = lambda cell: bar.update()
-            await asyncio.to_thread(study.run)
-
     started = time.perf_counter()
-    stop = Stop()
-    try:
-        run_until_signal(main, stop)
-    except Stopped:
-        typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
-        raise typer.Exit(stop.status) from None
+    run_cells(study, len(jobs), out)
     summary = study.report(command)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False

@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import typer
 
@@ -135,3 +136,34 @@ def server_errors(kafka: str, redis: str, round: Callable[[], int] | None = None
 def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     first = group.exceptions[0]
     return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+class StudyCells(Protocol):
+    """A study that runs its missing cells (``worldlm/lab/studies``): stoppable, reporting each."""
+
+    should_stop: Callable[[], bool] | None
+    on_done: Callable[[Any], None] | None
+
+    def run(self) -> None: ...
+
+
+def run_cells(study: StudyCells, total: int, out: Path) -> None:
+    """Run ``study``'s cells with a progress bar over ``total`` until they are done or a
+    signal stops them: then the finished cells stay in ``out/cells`` and the command exits
+    130/143."""
+    from tqdm import tqdm
+
+    from worldlm.core.stopping import Stopped
+
+    async def main(stop: Stop) -> None:
+        with tqdm(desc="cells", unit="cell", total=total) as bar:
+            study.should_stop = stop.is_set
+            study.on_done = lambda cell: bar.update()
+            await asyncio.to_thread(study.run)
+
+    stop = Stop()
+    try:
+        run_until_signal(main, stop)
+    except Stopped:
+        typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
+        raise typer.Exit(stop.status) from None

@@ -11,18 +11,14 @@ from typing import Any
 
 import typer
 
-from worldlm.cli.stopping import Stop, run_until_signal
+from worldlm.cli.stopping import run_cells
 
 
 def run_worldwide(
     *, out: Path, config: Path | None, seeds: int | None, processes: int | None
 ) -> None:
     """Run the missing cells, then write OUT/report.md and OUT/summary.json."""
-    import asyncio
 
-    from tqdm import tqdm
-
-    from worldlm.core.stopping import Stopped
     from worldlm.lab.grid import default_processes
     from worldlm.lab.studies.worldwide import DEMO, WorldwideStudy, calibrate
 
@@ -37,19 +33,8 @@ def run_worldwide(
     )
     jobs = study.jobs()
 
-    async def main(stop: asyncio.Event) -> None:
-        with tqdm(desc="cells", unit="cell", total=len(jobs)) as bar:
-            study.should_stop = stop.is_set
-            study.on_done = lambda cell: bar.update()
-            await asyncio.to_thread(study.run)
-
     started = time.perf_counter()
-    stop = Stop()
-    try:
-        run_until_signal(main, stop)
-    except Stopped:
-        typer.echo(f"stopped; finished cells are kept in {out / 'cells'}", err=True)
-        raise typer.Exit(stop.status) from None
+    run_cells(study, len(jobs), out)
     wall = time.perf_counter() - started
     summary = study.report()
     summary["measured_clock"] = calibrate(study.config, study.budget)
